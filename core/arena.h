@@ -1,0 +1,27 @@
+/* A bump allocator for per-step memory (activations, their gradients, the autograd tape).
+ * Reset at the end of each step instead of freeing piece by piece; after a warm-up step it holds
+ * one block as large as the step needs, so a steady-state step makes no system allocation. */
+#ifndef BRAID_CORE_ARENA_H
+#define BRAID_CORE_ARENA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct bt_arena;
+
+struct bt_arena_stats {
+    size_t used;            /* bytes handed out since the last reset */
+    size_t high_water;      /* largest `used` seen over the arena's life */
+    size_t capacity;        /* bytes of the main block */
+    uint64_t system_allocs; /* malloc calls made by the arena over its life */
+};
+
+struct bt_arena *bt_arena_create(size_t initial_bytes);
+void bt_arena_destroy(struct bt_arena *arena);
+/* 64-byte aligned, uninitialised memory valid until the next reset; NULL only when out of memory.
+ */
+void *bt_arena_alloc(struct bt_arena *arena, size_t nbytes);
+void bt_arena_reset(struct bt_arena *arena);
+struct bt_arena_stats bt_arena_stats(const struct bt_arena *arena);
+
+#endif

@@ -1,0 +1,39 @@
+/* The CPU kernel table, and the lookup from a device to its backend. */
+#include "core/cpu/kernels.h"
+#include "core/error.h"
+
+const struct bt_backend bt_cpu_backend = {
+    .name = "cpu",
+    .alloc = bt_cpu_alloc,
+    .free = bt_cpu_free,
+    .copy_strided = bt_cpu_copy_strided,
+    .fill = bt_cpu_fill,
+    .binary = bt_cpu_binary,
+    .unary = bt_cpu_unary,
+    .unary_backward = bt_cpu_unary_backward,
+    .masked_fill = bt_cpu_masked_fill,
+    .reduce = bt_cpu_reduce,
+    .gemm = bt_cpu_gemm,
+    .bias_fill = bt_cpu_bias_fill,
+    .bias_backward = bt_cpu_bias_backward,
+    .softmax = bt_cpu_softmax,
+    .softmax_backward = bt_cpu_softmax_backward,
+    .layernorm = bt_cpu_layernorm,
+    .layernorm_backward = bt_cpu_layernorm_backward,
+    .rmsnorm = bt_cpu_rmsnorm,
+    .rmsnorm_backward = bt_cpu_rmsnorm_backward,
+    .embedding = bt_cpu_embedding,
+    .embedding_backward = bt_cpu_embedding_backward,
+    .cross_entropy = bt_cpu_cross_entropy,
+    .cross_entropy_backward = bt_cpu_cross_entropy_backward,
+    .dropout = bt_cpu_dropout,
+    .attention = bt_cpu_attention,
+    .attention_backward = bt_cpu_attention_backward,
+};
+
+const struct bt_backend *bt_backend_for(bt_device device, const char *op) {
+    if (device.type == BT_DEVICE_CPU) return &bt_cpu_backend;
+    bt_error("%s: device cuda:%d is not available: braid was built without the CUDA backend", op,
+             device.index);
+    return NULL;
+}

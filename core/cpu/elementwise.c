@@ -1,0 +1,180 @@
+/* CPU elementwise kernels: broadcasting binary ops, unary math/activations and their derivatives,
+ * masked fill. OpenMP over elements; the per-element math is in the inline functions below. */
+#include <math.h>
+
+#include "core/cpu/kernels.h"
+
+#define PARALLEL_MIN 16384 /* below this many elements threads cost more than they save */
+
+static inline float binary_apply(bt_binary_op op, float a, float b) {
+    switch (op) {
+    case BT_BIN_ADD:
+        return a + b;
+    case BT_BIN_SUB:
+        return a - b;
+    case BT_BIN_MUL:
+        return a * b;
+    case BT_BIN_DIV:
+        return a / b;
+    }
+    return 0.0f;
+}
+
+void bt_cpu_binary(bt_binary_op op, float *out, const float *a, const int64_t *a_strides,
+                   const float *b, const int64_t *b_strides, int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= shape[d];
+    if (n == 0) return;
+    /* rows = everything but the last dim; each row is a flat loop with fixed strides */
+    int64_t inner = ndim ? shape[ndim - 1] : 1;
+    int64_t as = ndim ? a_strides[ndim - 1] : 0, bs = ndim ? b_strides[ndim - 1] : 0;
+    int64_t rows = n / inner;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t rem = r, ao = 0, bo = 0;
+        for (int d = ndim - 2; d >= 0; d--) {
+            int64_t idx = rem % shape[d];
+            rem /= shape[d];
+            ao += idx * a_strides[d];
+            bo += idx * b_strides[d];
+        }
+        float *o = out + r * inner;
+        const float *pa = a + ao, *pb = b + bo;
+        if (as == 1 && bs == 1) {
+            switch (op) {
+            case BT_BIN_ADD:
+                for (int64_t j = 0; j < inner; j++)
+                    o[j] = pa[j] + pb[j];
+                break;
+            case BT_BIN_SUB:
+                for (int64_t j = 0; j < inner; j++)
+                    o[j] = pa[j] - pb[j];
+                break;
+            case BT_BIN_MUL:
+                for (int64_t j = 0; j < inner; j++)
+                    o[j] = pa[j] * pb[j];
+                break;
+            case BT_BIN_DIV:
+                for (int64_t j = 0; j < inner; j++)
+                    o[j] = pa[j] / pb[j];
+                break;
+            }
+        } else {
+            for (int64_t j = 0; j < inner; j++)
+                o[j] = binary_apply(op, pa[j * as], pb[j * bs]);
+        }
+    }
+}
+
+/* GELU: tanh approximation 0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))) and exact 0.5x(1+erf(x/sqrt2))
+ */
+#define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
+
+static inline float unary_apply(bt_unary_op op, float x, float arg) {
+    switch (op) {
+    case BT_UN_NEG:
+        return -x;
+    case BT_UN_EXP:
+        return expf(x);
+    case BT_UN_LOG:
+        return logf(x);
+    case BT_UN_TANH:
+        return tanhf(x);
+    case BT_UN_SQRT:
+        return sqrtf(x);
+    case BT_UN_RSQRT:
+        return 1.0f / sqrtf(x);
+    case BT_UN_POW:
+        return powf(x, arg);
+    case BT_UN_ADD_SCALAR:
+        return x + arg;
+    case BT_UN_MUL_SCALAR:
+        return x * arg;
+    case BT_UN_RELU:
+        return x > 0.0f ? x : 0.0f;
+    case BT_UN_GELU_TANH:
+        return 0.5f * x * (1.0f + tanhf(GELU_K * (x + 0.044715f * x * x * x)));
+    case BT_UN_GELU_EXACT:
+        return 0.5f * x * (1.0f + erff(x * INV_SQRT2));
+    case BT_UN_SILU:
+        return x / (1.0f + expf(-x));
+    case BT_UN_COUNT:
+        break;
+    }
+    return 0.0f;
+}
+
+/* d f(x) / dx, given x and y = f(x) */
+static inline float unary_derivative(bt_unary_op op, float x, float y, float arg) {
+    switch (op) {
+    case BT_UN_NEG:
+        return -1.0f;
+    case BT_UN_EXP:
+        return y;
+    case BT_UN_LOG:
+        return 1.0f / x;
+    case BT_UN_TANH:
+        return 1.0f - y * y;
+    case BT_UN_SQRT:
+        return 0.5f / y;
+    case BT_UN_RSQRT:
+        return -0.5f * y * y * y;
+    case BT_UN_POW:
+        return arg * powf(x, arg - 1.0f);
+    case BT_UN_ADD_SCALAR:
+        return 1.0f;
+    case BT_UN_MUL_SCALAR:
+        return arg;
+    case BT_UN_RELU:
+        return x > 0.0f ? 1.0f : 0.0f;
+    case BT_UN_GELU_TANH: {
+        float u = GELU_K * (x + 0.044715f * x * x * x);
+        float t = tanhf(u);
+        float du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    }
+    case BT_UN_GELU_EXACT:
+        return 0.5f * (1.0f + erff(x * INV_SQRT2)) + x * INV_SQRT_2PI * expf(-0.5f * x * x);
+    case BT_UN_SILU: {
+        float s = 1.0f / (1.0f + expf(-x));
+        return s * (1.0f + x * (1.0f - s));
+    }
+    case BT_UN_COUNT:
+        break;
+    }
+    return 0.0f;
+}
+
+void bt_cpu_unary(bt_unary_op op, float *out, const float *x, int64_t n, float arg) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++)
+        out[i] = unary_apply(op, x[i], arg);
+}
+
+void bt_cpu_unary_backward(bt_unary_op op, float *dx, const float *dout, const float *x,
+                           const float *out, int64_t n, float arg, float beta) {
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        float d = dout[i] * unary_derivative(op, x[i], out[i], arg);
+        dx[i] = beta == 0.0f ? d : dx[i] + d;
+    }
+}
+
+void bt_cpu_masked_fill(float *out, const float *x, const uint8_t *mask,
+                        const int64_t *mask_strides, int ndim, const int64_t *shape, float value) {
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= shape[d];
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i++) {
+        int64_t rem = i, mo = 0;
+        for (int d = ndim - 1; d >= 0; d--) {
+            mo += (rem % shape[d]) * mask_strides[d];
+            rem /= shape[d];
+        }
+        out[i] = mask[mo] ? value : x[i];
+    }
+}

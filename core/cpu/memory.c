@@ -1,0 +1,79 @@
+/* CPU memory kernels: allocation, strided copies with dtype conversion, fills. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/cpu/kernels.h"
+#include "core/dtype_convert.h"
+
+void *bt_cpu_alloc(size_t nbytes) {
+    return aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
+}
+
+void bt_cpu_free(void *ptr) {
+    free(ptr);
+}
+
+static bool strides_contiguous(int ndim, const int64_t *shape, const int64_t *strides) {
+    int64_t expected = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        if (shape[d] != 1 && strides[d] != expected) return false;
+        expected *= shape[d];
+    }
+    return true;
+}
+
+void bt_cpu_copy_strided(void *dst, bt_dtype dst_dtype, const void *src, bt_dtype src_dtype,
+                         int ndim, const int64_t *shape, const int64_t *src_strides) {
+    int64_t n = 1;
+    for (int d = 0; d < ndim; d++)
+        n *= shape[d];
+    if (n == 0) return;
+    size_t src_size = bt_dtype_size(src_dtype), dst_size = bt_dtype_size(dst_dtype);
+    if (dst_dtype == src_dtype && strides_contiguous(ndim, shape, src_strides)) {
+        memcpy(dst, src, (size_t)n * src_size);
+        return;
+    }
+    /* Walk the source in row-major order with an index counter; the innermost dim is a flat loop.
+     */
+    int64_t index[BT_MAX_DIMS] = {0};
+    int64_t inner = ndim ? shape[ndim - 1] : 1, inner_stride = ndim ? src_strides[ndim - 1] : 1;
+    char *out = dst;
+    for (int64_t done = 0; done < n; done += inner) {
+        int64_t off = 0;
+        for (int d = 0; d < ndim - 1; d++)
+            off += index[d] * src_strides[d];
+        const char *in = (const char *)src + off * (int64_t)src_size;
+        if (dst_dtype == BT_F32 && src_dtype == BT_F32) {
+            float *o = (float *)out;
+            const float *s = (const float *)in;
+            for (int64_t j = 0; j < inner; j++)
+                o[j] = s[j * inner_stride];
+        } else {
+            for (int64_t j = 0; j < inner; j++)
+                bt_store_from_double(
+                    out + j * (int64_t)dst_size, dst_dtype,
+                    bt_load_as_double(in + j * inner_stride * (int64_t)src_size, src_dtype));
+        }
+        out += inner * (int64_t)dst_size;
+        for (int d = ndim - 2; d >= 0; d--) {
+            if (++index[d] < shape[d]) break;
+            index[d] = 0;
+        }
+    }
+}
+
+void bt_cpu_fill(void *dst, bt_dtype dtype, int64_t n, double value) {
+    if (value == 0.0) {
+        memset(dst, 0, (size_t)n * bt_dtype_size(dtype));
+        return;
+    }
+    if (dtype == BT_F32) {
+        float *p = dst, v = (float)value;
+        for (int64_t i = 0; i < n; i++)
+            p[i] = v;
+        return;
+    }
+    size_t size = bt_dtype_size(dtype);
+    for (int64_t i = 0; i < n; i++)
+        bt_store_from_double((char *)dst + i * (int64_t)size, dtype, value);
+}

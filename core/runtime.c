@@ -1,0 +1,90 @@
+/* The process's runtime context, lazily created on first use, and the error/scope functions that
+ * write into it. */
+#include "core/runtime.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static struct bt_runtime *runtime_instance;
+
+struct bt_runtime *bt_runtime(void) {
+    if (!runtime_instance) {
+        runtime_instance = calloc(1, sizeof(*runtime_instance));
+        if (!runtime_instance) {
+            fprintf(stderr, "braid: error: out of memory creating the runtime\n");
+            exit(1);
+        }
+        runtime_instance->step_arena = bt_arena_create((size_t)1 << 20);
+        if (!runtime_instance->step_arena) {
+            fprintf(stderr, "braid: error: out of memory creating the step arena\n");
+            exit(1);
+        }
+        runtime_instance->grad_enabled = true;
+        runtime_instance->dropout_rng = bt_rng_make(0);
+    }
+    return runtime_instance;
+}
+
+void bt_step_end(void) {
+    struct bt_runtime *rt = bt_runtime();
+    rt->tape = NULL;
+    bt_arena_reset(rt->step_arena);
+}
+
+void bt_runtime_shutdown(void) {
+    if (!runtime_instance) return;
+    bt_arena_destroy(runtime_instance->step_arena);
+    free(runtime_instance);
+    runtime_instance = NULL;
+}
+
+void bt_manual_seed(uint64_t seed) {
+    bt_runtime()->dropout_rng = bt_rng_make(seed);
+}
+
+void *bt_step_alloc(size_t nbytes, const char *what) {
+    void *p = bt_arena_alloc(bt_runtime()->step_arena, nbytes);
+    if (!p) bt_error("%s: out of memory allocating %zu bytes", what, nbytes);
+    return p;
+}
+
+bt_status bt_error(const char *fmt, ...) {
+    struct bt_runtime *rt = bt_runtime();
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(rt->error, sizeof(rt->error), fmt, ap);
+    va_end(ap);
+    int top = rt->n_scopes < BT_SCOPE_MAX ? rt->n_scopes : BT_SCOPE_MAX;
+    if (n >= 0 && (size_t)n < sizeof(rt->error) && top > 0)
+        snprintf(rt->error + n, sizeof(rt->error) - (size_t)n, " (in %s)", rt->scopes[top - 1]);
+    rt->has_error = true;
+    return BT_ERR;
+}
+
+const char *bt_last_error(void) {
+    struct bt_runtime *rt = bt_runtime();
+    return rt->has_error ? rt->error : "";
+}
+
+bool bt_has_error(void) {
+    return bt_runtime()->has_error;
+}
+
+void bt_error_clear(void) {
+    struct bt_runtime *rt = bt_runtime();
+    rt->has_error = false;
+    rt->error[0] = '\0';
+}
+
+void bt_scope_push(const char *name) {
+    struct bt_runtime *rt = bt_runtime();
+    if (rt->n_scopes < BT_SCOPE_MAX) rt->scopes[rt->n_scopes] = name;
+    rt->n_scopes++;
+}
+
+void bt_scope_pop(void) {
+    struct bt_runtime *rt = bt_runtime();
+    if (rt->n_scopes > 0) rt->n_scopes--;
+}

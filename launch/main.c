@@ -1,0 +1,67 @@
+/* The `braid` binary: parses the global flags and dispatches to a subcommand. Subcommands are
+ * rows of `commands` below; each prints its own --help and returns its exit status. */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/tensor.h"
+
+struct command {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+};
+
+/* Subcommands land here as they are built (train, launch, prep, sample, inspect). */
+static const struct command commands[] = {
+    {NULL, NULL, NULL},
+};
+
+static void print_usage(FILE *out) {
+    fprintf(out, "usage: braid [--help] [--version] <command> [<args>]\n\n"
+                 "braid trains GPT- and LLaMA-style language models from a YAML job file.\n\n");
+    int n = 0;
+    for (const struct command *c = commands; c->name; c++) {
+        if (n++ == 0) fprintf(out, "commands:\n");
+        fprintf(out, "  %-10s %s\n", c->name, c->summary);
+    }
+    if (n == 0) fprintf(out, "commands: none yet in this build (the core library only)\n");
+    fprintf(out, "\noptions:\n"
+                 "  -h, --help     show this help and exit\n"
+                 "  -V, --version  show the version and build configuration and exit\n"
+                 "\nSee README.md and docs/ for the quick start and the config reference.\n");
+}
+
+static void print_version(void) {
+    printf("braid %s\n", BRAID_VERSION);
+    printf("backends: cpu (OpenBLAS, OpenMP)");
+#ifdef BRAID_HAVE_CUDA
+    printf(", cuda");
+#else
+    printf("; cuda not built");
+#endif
+    printf("\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        print_usage(stderr);
+        return 2;
+    }
+    const char *arg = argv[1];
+    if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
+        print_usage(stdout);
+        return 0;
+    }
+    if (!strcmp(arg, "-V") || !strcmp(arg, "--version")) {
+        print_version();
+        return 0;
+    }
+    if (arg[0] == '-') {
+        fprintf(stderr, "braid: error: unknown option '%s' (see braid --help)\n", arg);
+        return 2;
+    }
+    for (const struct command *c = commands; c->name; c++)
+        if (!strcmp(arg, c->name)) return c->run(argc - 1, argv + 1);
+    fprintf(stderr, "braid: error: unknown command '%s' (see braid --help)\n", arg);
+    return 2;
+}

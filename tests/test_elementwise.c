@@ -1,0 +1,199 @@
+/* Elementwise ops: forward values, gradient checks (with broadcasting and non-contiguous views),
+ * and the messages of bad inputs. */
+#include <math.h>
+
+#include "tests/gradcheck.h"
+
+static bt_tensor *fn_add(bt_tensor **in, void *ctx) {
+    return bt_add(in[0], in[1]);
+}
+static bt_tensor *fn_sub(bt_tensor **in, void *ctx) {
+    return bt_sub(in[0], in[1]);
+}
+static bt_tensor *fn_mul(bt_tensor **in, void *ctx) {
+    return bt_mul(in[0], in[1]);
+}
+static bt_tensor *fn_div(bt_tensor **in, void *ctx) {
+    return bt_div(in[0], in[1]);
+}
+
+START_TEST(test_add_forward_broadcast) {
+    float a[] = {1, 2, 3, 4, 5, 6};
+    float b[] = {10, 20, 30};
+    bt_tensor *x = bt_from_data(BT_SHAPE(2, 3), BT_F32, a);
+    bt_tensor *y = bt_from_data(BT_SHAPE(3), BT_F32, b);
+    bt_tensor *z = bt_add(x, y);
+    ck_assert_ptr_nonnull(z);
+    ck_assert_int_eq(z->ndim, 2);
+    float expect[] = {11, 22, 33, 14, 25, 36};
+    for (int i = 0; i < 6; i++)
+        ck_assert_float_eq(bt_get(z, i), expect[i]);
+}
+END_TEST
+
+START_TEST(test_binary_gradients_broadcast) {
+    gradcheck_fn fns[] = {fn_add, fn_sub, fn_mul, fn_div};
+    const char *names[] = {"add", "sub", "mul", "div"};
+    for (int k = 0; k < 4; k++) {
+        bt_tensor *in[2] = {test_param(BT_SHAPE(2, 3, 4), 1 + k, -1, 1),
+                            test_param(BT_SHAPE(3, 1), 7 + k, 0.5f, 1.5f)};
+        GRADCHECK(names[k], fns[k], in, 2, NULL);
+        /* the other way round: the broadcast operand first, and a leading broadcast dim */
+        bt_tensor *in2[2] = {test_param(BT_SHAPE(1, 4), 3 + k, 0.5f, 1.5f),
+                             test_param(BT_SHAPE(2, 3, 4), 5 + k, 0.5f, 1.5f)};
+        GRADCHECK(names[k], fns[k], in2, 2, NULL);
+    }
+}
+END_TEST
+
+static bt_tensor *fn_mul_transposed(bt_tensor **in, void *ctx) {
+    return bt_mul(bt_transpose(in[0], 0, 1), in[1]);
+}
+
+START_TEST(test_binary_gradient_noncontiguous) {
+    bt_tensor *in[2] = {test_param(BT_SHAPE(4, 3), 11, -1, 1),
+                        test_param(BT_SHAPE(3, 4), 12, -1, 1)};
+    GRADCHECK("mul(transpose)", fn_mul_transposed, in, 2, NULL);
+}
+END_TEST
+
+struct unary_case {
+    const char *name;
+    bt_tensor *(*op)(bt_tensor *);
+    float low, high;
+};
+static bt_tensor *gelu_tanh(bt_tensor *x) {
+    return bt_gelu(x, BT_GELU_TANH);
+}
+static bt_tensor *gelu_exact(bt_tensor *x) {
+    return bt_gelu(x, BT_GELU_EXACT);
+}
+static bt_tensor *pow3(bt_tensor *x) {
+    return bt_pow(x, 3.0);
+}
+static bt_tensor *pow_half(bt_tensor *x) {
+    return bt_pow(x, 0.5);
+}
+static bt_tensor *add_s(bt_tensor *x) {
+    return bt_add_scalar(x, 2.5);
+}
+static bt_tensor *mul_s(bt_tensor *x) {
+    return bt_mul_scalar(x, -1.5);
+}
+static const struct unary_case unary_cases[] = {
+    {"neg", bt_neg, -1, 1},
+    {"exp", bt_exp, -1, 1},
+    {"log", bt_log, 0.5f, 2},
+    {"tanh", bt_tanh, -2, 2},
+    {"sqrt", bt_sqrt, 0.5f, 2},
+    {"rsqrt", bt_rsqrt, 0.5f, 2},
+    {"pow3", pow3, -1, 1},
+    {"pow0.5", pow_half, 0.5f, 2},
+    {"add_scalar", add_s, -1, 1},
+    {"mul_scalar", mul_s, -1, 1},
+    {"relu", bt_relu, -1, 1},
+    {"gelu_tanh", gelu_tanh, -3, 3},
+    {"gelu_exact", gelu_exact, -3, 3},
+    {"silu", bt_silu, -3, 3},
+};
+
+static bt_tensor *fn_unary(bt_tensor **in, void *ctx) {
+    return ((const struct unary_case *)ctx)->op(in[0]);
+}
+
+START_TEST(test_unary_gradients) {
+    const struct unary_case *c = &unary_cases[_i];
+    bt_tensor *in[1] = {test_param(BT_SHAPE(3, 5), 100 + (uint64_t)_i, c->low, c->high)};
+    GRADCHECK(c->name, fn_unary, in, 1, (void *)c);
+}
+END_TEST
+
+START_TEST(test_unary_forward_values) {
+    float v[] = {-1.0f, 0.5f, 2.0f};
+    bt_tensor *x = bt_from_data(BT_SHAPE(3), BT_F32, v);
+    bt_tensor *ge = bt_gelu(x, BT_GELU_EXACT), *gt = bt_gelu(x, BT_GELU_TANH), *s = bt_silu(x);
+    /* PyTorch: F.gelu([-1,.5,2]) = [-0.158655, 0.345731, 1.954500];
+     * approximate='tanh': [-0.158808, 0.345714, 1.954598]; silu: [-0.268941, 0.311230, 1.761594] */
+    double ex[] = {-0.158655, 0.345731, 1.954500}, et[] = {-0.158808, 0.345714, 1.954598},
+           es[] = {-0.268941, 0.311230, 1.761594};
+    for (int i = 0; i < 3; i++) {
+        ck_assert_double_eq_tol(bt_get(ge, i), ex[i], 1e-5);
+        ck_assert_double_eq_tol(bt_get(gt, i), et[i], 1e-5);
+        ck_assert_double_eq_tol(bt_get(s, i), es[i], 1e-5);
+    }
+}
+END_TEST
+
+static bt_tensor *fn_masked_fill(bt_tensor **in, void *ctx) {
+    return bt_masked_fill(in[0], (bt_tensor *)ctx, -3.0);
+}
+
+START_TEST(test_masked_fill) {
+    uint8_t m[] = {1, 0, 0, 1};
+    bt_tensor *mask = bt_from_data(BT_SHAPE(1, 4), BT_BOOL, m);
+    bt_tensor *in[1] = {test_param(BT_SHAPE(3, 4), 21, -1, 1)};
+    bt_tensor *y = bt_masked_fill(in[0], mask, -3.0);
+    ck_assert_float_eq(bt_get(y, 0), -3.0f);
+    ck_assert_float_eq(bt_get(y, 5), bt_get(in[0], 5));
+    GRADCHECK("masked_fill", fn_masked_fill, in, 1, mask);
+}
+END_TEST
+
+START_TEST(test_binary_bad_shapes) {
+    bt_tensor *a = bt_zeros(BT_SHAPE(4, 8), BT_F32, bt_cpu());
+    bt_tensor *b = bt_zeros(BT_SHAPE(7, 3), BT_F32, bt_cpu());
+    ck_assert_ptr_null(bt_add(a, b));
+    ck_assert_error_contains("add: shapes (4,8) and (7,3) cannot be broadcast");
+}
+END_TEST
+
+START_TEST(test_binary_bad_dtype) {
+    bt_tensor *a = bt_zeros(BT_SHAPE(2), BT_F32, bt_cpu());
+    bt_tensor *b = bt_zeros(BT_SHAPE(2), BT_I32, bt_cpu());
+    ck_assert_ptr_null(bt_mul(a, b));
+    ck_assert_error_contains("mul: second operand must be float32, got int32 (2)");
+}
+END_TEST
+
+START_TEST(test_error_propagates_first_message) {
+    bt_tensor *a = bt_zeros(BT_SHAPE(4, 8), BT_F32, bt_cpu());
+    bt_tensor *b = bt_zeros(BT_SHAPE(7, 3), BT_F32, bt_cpu());
+    bt_tensor *y = bt_relu(bt_exp(bt_sub(a, b))); /* the chain keeps the first failure */
+    ck_assert_ptr_null(y);
+    ck_assert_error_contains("sub: shapes (4,8) and (7,3)");
+    ck_assert_ptr_null(bt_exp(NULL));
+    ck_assert_error_contains("exp: argument 1 is NULL");
+}
+END_TEST
+
+START_TEST(test_masked_fill_bad_mask) {
+    bt_tensor *x = bt_zeros(BT_SHAPE(2, 3), BT_F32, bt_cpu());
+    bt_tensor *m = bt_zeros(BT_SHAPE(2, 3), BT_F32, bt_cpu());
+    ck_assert_ptr_null(bt_masked_fill(x, m, 0));
+    ck_assert_error_contains("masked_fill: mask must be bool, got float32 (2,3)");
+    bt_tensor *big = bt_zeros(BT_SHAPE(4, 2, 3), BT_BOOL, bt_cpu());
+    ck_assert_ptr_null(bt_masked_fill(x, big, 0));
+    ck_assert_error_contains("masked_fill: mask (4,2,3) must broadcast to the input's shape (2,3)");
+}
+END_TEST
+
+static Suite *elementwise_suite(void) {
+    Suite *s = suite_create("elementwise");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, test_setup, test_teardown);
+    tcase_add_test(tc, test_add_forward_broadcast);
+    tcase_add_test(tc, test_binary_gradients_broadcast);
+    tcase_add_test(tc, test_binary_gradient_noncontiguous);
+    tcase_add_loop_test(tc, test_unary_gradients, 0,
+                        (int)(sizeof(unary_cases) / sizeof(unary_cases[0])));
+    tcase_add_test(tc, test_unary_forward_values);
+    tcase_add_test(tc, test_masked_fill);
+    tcase_add_test(tc, test_binary_bad_shapes);
+    tcase_add_test(tc, test_binary_bad_dtype);
+    tcase_add_test(tc, test_error_propagates_first_message);
+    tcase_add_test(tc, test_masked_fill_bad_mask);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+BT_TEST_MAIN(elementwise_suite)

@@ -1,0 +1,276 @@
+/* matmul and linear: forward values worked out by hand, gradient checks (batched, broadcast,
+ * transposed views on either side, bias, 3-D input), and the messages of bad inputs. */
+#include "tests/gradcheck.h"
+
+static void assert_values(const bt_tensor *y, const float *expect, int64_t n) {
+    ck_assert_ptr_nonnull(y);
+    ck_assert_int_eq(bt_numel(y), n);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(bt_get(y, i) == expect[i], "element %lld: got %g, expected %g", (long long)i,
+                      bt_get(y, i), (double)expect[i]);
+}
+
+START_TEST(test_matmul_forward_2d) {
+    float a[] = {1, 2, 3, 4, 5, 6};    /* (2,3) */
+    float b[] = {7, 8, 9, 10, 11, 12}; /* (3,2) */
+    bt_tensor *y =
+        bt_matmul(bt_from_data(BT_SHAPE(2, 3), BT_F32, a), bt_from_data(BT_SHAPE(3, 2), BT_F32, b));
+    /* [1*7+2*9+3*11, 1*8+2*10+3*12; 4*7+5*9+6*11, 4*8+5*10+6*12] */
+    float expect[] = {58, 64, 139, 154};
+    assert_values(y, expect, 4);
+    ck_assert_int_eq(y->ndim, 2);
+    ck_assert_int_eq(y->shape[0], 2);
+    ck_assert_int_eq(y->shape[1], 2);
+}
+END_TEST
+
+START_TEST(test_matmul_forward_batched_and_broadcast) {
+    float a[] = {1, 2, 3, 4,  /* batch 0: [[1,2],[3,4]] */
+                 0, 1, 1, 0}; /* batch 1: [[0,1],[1,0]] */
+    float b[] = {5, 6, 7, 8}; /* [[5,6],[7,8]] */
+    bt_tensor *ta = bt_from_data(BT_SHAPE(2, 2, 2), BT_F32, a);
+    bt_tensor *tb = bt_from_data(BT_SHAPE(2, 2), BT_F32, b);
+    float expect[] = {19, 22, 43, 50, 7, 8, 5, 6}; /* a[0] @ b; a[1] @ b swaps b's rows */
+    bt_tensor *y = bt_matmul(ta, tb);
+    assert_values(y, expect, 8);
+    ck_assert_int_eq(y->ndim, 3);
+    /* 2-D @ batched: b @ a[i] */
+    float expect2[] = {23, 34, 31, 46,
+                       6,  5,  8,  7}; /* [[5,6],[7,8]] @ [[1,2],[3,4]]; cols swapped */
+    assert_values(bt_matmul(tb, ta), expect2, 8);
+    /* batched @ batched */
+    float expect3[] = {7, 10, 15, 22, 1, 0, 0, 1}; /* a[0]^2, a[1]^2 */
+    assert_values(bt_matmul(ta, ta), expect3, 8);
+}
+END_TEST
+
+START_TEST(test_matmul_forward_transposed_view) {
+    float at[] = {1, 4, 2, 5, 3, 6}; /* (3,2), the transpose of [[1,2,3],[4,5,6]] */
+    float b[] = {7, 8, 9, 10, 11, 12};
+    bt_tensor *a = bt_transpose(bt_from_data(BT_SHAPE(3, 2), BT_F32, at), 0, 1);
+    bt_tensor *y = bt_matmul(a, bt_from_data(BT_SHAPE(3, 2), BT_F32, b));
+    float expect[] = {58, 64, 139, 154};
+    assert_values(y, expect, 4);
+    /* and on the right: [[1,2,3],[4,5,6]] @ ([[1,2,3],[4,5,6]])^T */
+    float m[] = {1, 2, 3, 4, 5, 6};
+    bt_tensor *x = bt_from_data(BT_SHAPE(2, 3), BT_F32, m);
+    float expect2[] = {14, 32, 32, 77};
+    assert_values(bt_matmul(x, bt_transpose(x, 0, 1)), expect2, 4);
+}
+END_TEST
+
+START_TEST(test_linear_forward) {
+    float x[] = {1, 2, 3, 4, 5, 6};  /* (2,3) */
+    float w[] = {1, 0, -1, 2, 1, 0}; /* (2,3): rows are output features */
+    float bias[] = {0.5f, -1};
+    bt_tensor *tx = bt_from_data(BT_SHAPE(2, 3), BT_F32, x);
+    bt_tensor *tw = bt_from_data(BT_SHAPE(2, 3), BT_F32, w);
+    bt_tensor *tb = bt_from_data(BT_SHAPE(2), BT_F32, bias);
+    /* x @ w^T = [[1-3, 2+2], [4-6, 8+5]] = [[-2,4],[-2,13]] */
+    float expect[] = {-1.5f, 3, -1.5f, 12};
+    assert_values(bt_linear(tx, tw, tb), expect, 4);
+    float expect_nobias[] = {-2, 4, -2, 13};
+    assert_values(bt_linear(tx, tw, NULL), expect_nobias, 4);
+    /* 3-D input (1,2,3) -> (1,2,2) */
+    bt_tensor *y3 = bt_linear(bt_from_data(BT_SHAPE(1, 2, 3), BT_F32, x), tw, tb);
+    assert_values(y3, expect, 4);
+    ck_assert_int_eq(y3->ndim, 3);
+    ck_assert_int_eq(y3->shape[2], 2);
+    /* weight given as a transposed view of its (in, out) storage */
+    float wt[] = {1, 2, 0, 1, -1, 0};
+    bt_tensor *wv = bt_transpose(bt_from_data(BT_SHAPE(3, 2), BT_F32, wt), 0, 1);
+    assert_values(bt_linear(tx, wv, tb), expect, 4);
+}
+END_TEST
+
+/* ---- gradient checks ---- */
+
+static bt_tensor *fn_matmul(bt_tensor **in, void *ctx) {
+    return bt_matmul(in[0], in[1]);
+}
+static bt_tensor *fn_matmul_ta(bt_tensor **in, void *ctx) {
+    return bt_matmul(bt_transpose(in[0], -2, -1), in[1]);
+}
+static bt_tensor *fn_matmul_tb(bt_tensor **in, void *ctx) {
+    return bt_matmul(in[0], bt_transpose(in[1], -2, -1));
+}
+static bt_tensor *fn_matmul_tab(bt_tensor **in, void *ctx) {
+    return bt_matmul(bt_transpose(in[0], -2, -1), bt_transpose(in[1], -2, -1));
+}
+/* a stored (M, batch, K), viewed (batch, M, K): batch stride K, row stride batch*K */
+static bt_tensor *fn_matmul_permuted_batch(bt_tensor **in, void *ctx) {
+    return bt_matmul(bt_transpose(in[0], 0, 1), in[1]);
+}
+static bt_tensor *fn_matmul_self(bt_tensor **in, void *ctx) {
+    return bt_matmul(in[0], in[0]);
+}
+
+#define PARAMS2(seed, shape_a, shape_b)                                                            \
+    (bt_tensor *[]) {                                                                              \
+        test_param(BT_SHAPE shape_a, seed, -1, 1), test_param(BT_SHAPE shape_b, seed + 1, -1, 1)   \
+    }
+
+START_TEST(test_matmul_gradients) {
+    GRADCHECK("matmul 2-D", fn_matmul, PARAMS2(1, (3, 4), (4, 5)), 2, NULL);
+    GRADCHECK("matmul 3-D", fn_matmul, PARAMS2(3, (2, 3, 4), (2, 4, 5)), 2, NULL);
+    GRADCHECK("matmul 4-D", fn_matmul, PARAMS2(5, (2, 2, 3, 4), (2, 2, 4, 2)), 2, NULL);
+    GRADCHECK("matmul batched @ 2-D", fn_matmul, PARAMS2(7, (2, 3, 4), (4, 5)), 2, NULL);
+    GRADCHECK("matmul 4-D @ 2-D", fn_matmul, PARAMS2(9, (2, 2, 3, 4), (4, 2)), 2, NULL);
+    GRADCHECK("matmul 2-D @ batched", fn_matmul, PARAMS2(11, (3, 4), (2, 4, 5)), 2, NULL);
+    GRADCHECK("matmul row @ col", fn_matmul, PARAMS2(13, (1, 4), (4, 1)), 2, NULL);
+    GRADCHECK("matmul x @ x", fn_matmul_self,
+              (bt_tensor *[]){test_param(BT_SHAPE(3, 3), 15, -1, 1)}, 1, NULL);
+}
+END_TEST
+
+START_TEST(test_matmul_gradients_transposed_views) {
+    GRADCHECK("matmul a^T @ b", fn_matmul_ta, PARAMS2(21, (4, 3), (4, 5)), 2, NULL);
+    GRADCHECK("matmul a @ b^T", fn_matmul_tb, PARAMS2(23, (3, 4), (5, 4)), 2, NULL);
+    GRADCHECK("matmul a^T @ b^T", fn_matmul_tab, PARAMS2(25, (4, 3), (5, 4)), 2, NULL);
+    GRADCHECK("matmul batched a^T @ b", fn_matmul_ta, PARAMS2(27, (2, 4, 3), (2, 4, 5)), 2, NULL);
+    GRADCHECK("matmul batched a @ b^T", fn_matmul_tb, PARAMS2(29, (2, 2, 3, 4), (2, 2, 5, 4)), 2,
+              NULL);
+    GRADCHECK("matmul batched a^T @ 2-D b^T", fn_matmul_tab, PARAMS2(31, (2, 4, 3), (5, 4)), 2,
+              NULL);
+    GRADCHECK("matmul 2-D a^T @ batched b^T", fn_matmul_tab, PARAMS2(33, (4, 3), (2, 5, 4)), 2,
+              NULL);
+    GRADCHECK("matmul permuted batch", fn_matmul_permuted_batch, PARAMS2(35, (3, 2, 4), (2, 4, 5)),
+              2, NULL);
+}
+END_TEST
+
+static bt_tensor *fn_linear(bt_tensor **in, void *ctx) {
+    return bt_linear(in[0], in[1], ctx ? in[2] : NULL);
+}
+static bt_tensor *fn_linear_wt(bt_tensor **in, void *ctx) {
+    return bt_linear(in[0], bt_transpose(in[1], 0, 1), ctx ? in[2] : NULL);
+}
+static bt_tensor *fn_linear_xt(bt_tensor **in, void *ctx) {
+    return bt_linear(bt_transpose(in[0], 0, 1), in[1], in[2]);
+}
+
+#define PARAMS3(seed, shape_x, shape_w, shape_b)                                                   \
+    (bt_tensor *[]) {                                                                              \
+        test_param(BT_SHAPE shape_x, seed, -1, 1), test_param(BT_SHAPE shape_w, seed + 1, -1, 1),  \
+            test_param(BT_SHAPE shape_b, seed + 2, -1, 1)                                          \
+    }
+static int with_bias = 1;
+
+START_TEST(test_linear_gradients) {
+    GRADCHECK("linear", fn_linear, PARAMS3(41, (3, 4), (5, 4), (5)), 3, &with_bias);
+    GRADCHECK("linear no bias", fn_linear, PARAMS2(44, (3, 4), (5, 4)), 2, NULL);
+    GRADCHECK("linear 3-D", fn_linear, PARAMS3(46, (2, 3, 4), (5, 4), (5)), 3, &with_bias);
+    GRADCHECK("linear 1-D", fn_linear, PARAMS3(49, (4), (5, 4), (5)), 3, &with_bias);
+    GRADCHECK("linear w^T view", fn_linear_wt, PARAMS3(52, (3, 4), (4, 5), (5)), 3, &with_bias);
+    GRADCHECK("linear w^T view no bias", fn_linear_wt, PARAMS2(55, (2, 3, 4), (4, 5)), 2, NULL);
+    GRADCHECK("linear x^T view", fn_linear_xt, PARAMS3(57, (4, 3), (5, 4), (5)), 3, &with_bias);
+}
+END_TEST
+
+START_TEST(test_linear_gradient_accumulates_into_persistent_weight) {
+    /* a parameter: persistent, its gradient adds up over two backward passes */
+    bt_tensor *w = bt_requires_grad_(bt_tensor_new(BT_SHAPE(2, 3), BT_F32, bt_cpu()), true);
+    for (int i = 0; i < 6; i++)
+        bt_set(w, i, 0.1 * i);
+    float xs[] = {1, 2, 3, -1, 0, 1};
+    for (int pass = 0; pass < 2; pass++) {
+        bt_tensor *x = bt_from_data(BT_SHAPE(2, 3), BT_F32, xs);
+        ck_assert_int_eq(bt_backward(bt_sum_all(bt_linear(x, w, NULL))), BT_OK);
+    }
+    /* d sum(x w^T) / dW[o][i] = sum_r x[r][i] = (0, 2, 4); twice */
+    float expect[] = {0, 4, 8, 0, 4, 8};
+    assert_values(w->grad, expect, 6);
+    bt_tensor_free(w);
+}
+END_TEST
+
+/* ---- bad inputs ---- */
+
+START_TEST(test_matmul_bad_inputs) {
+    bt_device cpu = bt_cpu();
+    bt_tensor *a = bt_zeros(BT_SHAPE(4, 8), BT_F32, cpu),
+              *b = bt_zeros(BT_SHAPE(7, 3), BT_F32, cpu);
+    ck_assert_ptr_null(bt_matmul(a, b));
+    ck_assert_error_contains("matmul: (4,8) @ (7,3): inner dimensions 8 and 7 differ");
+
+    bt_tensor *v = bt_zeros(BT_SHAPE(8), BT_F32, cpu);
+    ck_assert_ptr_null(bt_matmul(v, a));
+    ck_assert_error_contains("matmul: (8) @ (4,8): operands need at least 2 dimensions");
+    ck_assert_ptr_null(bt_matmul(a, v));
+    ck_assert_error_contains("matmul: (4,8) @ (8): operands need at least 2 dimensions");
+
+    bt_tensor *a3 = bt_zeros(BT_SHAPE(2, 3, 4), BT_F32, cpu);
+    bt_tensor *b3 = bt_zeros(BT_SHAPE(3, 4, 5), BT_F32, cpu);
+    ck_assert_ptr_null(bt_matmul(a3, b3));
+    ck_assert_error_contains("matmul: (2,3,4) @ (3,4,5): batch dimensions differ");
+    bt_tensor *b4 = bt_zeros(BT_SHAPE(1, 2, 4, 5), BT_F32, cpu);
+    ck_assert_ptr_null(bt_matmul(a3, b4));
+    ck_assert_error_contains("matmul: (2,3,4) @ (1,2,4,5): batch dimensions differ");
+
+    bt_tensor *ai = bt_zeros(BT_SHAPE(4, 3), BT_I32, cpu);
+    ck_assert_ptr_null(bt_matmul(b, ai));
+    ck_assert_error_contains("matmul: second operand must be float32, got int32 (4,3)");
+    ck_assert_ptr_null(bt_matmul(ai, b));
+    ck_assert_error_contains("matmul: first operand must be float32, got int32 (4,3)");
+
+    ck_assert_ptr_null(bt_matmul(NULL, b));
+    ck_assert_error_contains("matmul: argument 1 is NULL");
+    /* a failed op upstream keeps its message */
+    ck_assert_ptr_null(bt_matmul(bt_matmul(a, b), b));
+    ck_assert_error_contains("matmul: (4,8) @ (7,3): inner dimensions 8 and 7 differ");
+}
+END_TEST
+
+START_TEST(test_linear_bad_inputs) {
+    bt_device cpu = bt_cpu();
+    bt_tensor *x = bt_zeros(BT_SHAPE(2, 3), BT_F32, cpu),
+              *w = bt_zeros(BT_SHAPE(4, 5), BT_F32, cpu);
+    ck_assert_ptr_null(bt_linear(x, w, NULL));
+    ck_assert_error_contains("linear: input (2,3) has 3 features but weight (4,5) expects 5");
+
+    bt_tensor *w1 = bt_zeros(BT_SHAPE(3), BT_F32, cpu);
+    ck_assert_ptr_null(bt_linear(x, w1, NULL));
+    ck_assert_error_contains("linear: weight must be (out_features, in_features), got (3)");
+
+    bt_tensor *w43 = bt_zeros(BT_SHAPE(4, 3), BT_F32, cpu);
+    bt_tensor *b3 = bt_zeros(BT_SHAPE(3), BT_F32, cpu);
+    ck_assert_ptr_null(bt_linear(x, w43, b3));
+    ck_assert_error_contains("linear: bias (3) does not match weight (4,3) (expected (4))");
+    bt_tensor *b14 = bt_zeros(BT_SHAPE(1, 4), BT_F32, cpu);
+    ck_assert_ptr_null(bt_linear(x, w43, b14));
+    ck_assert_error_contains("linear: bias (1,4) does not match weight (4,3) (expected (4))");
+
+    bt_tensor *xi = bt_zeros(BT_SHAPE(2, 3), BT_I64, cpu);
+    ck_assert_ptr_null(bt_linear(xi, w43, NULL));
+    ck_assert_error_contains("linear: input must be float32, got int64 (2,3)");
+    bt_tensor *wi = bt_zeros(BT_SHAPE(4, 3), BT_I32, cpu);
+    ck_assert_ptr_null(bt_linear(x, wi, NULL));
+    ck_assert_error_contains("linear: weight must be float32, got int32 (4,3)");
+    bt_tensor *bi = bt_zeros(BT_SHAPE(4), BT_I32, cpu);
+    ck_assert_ptr_null(bt_linear(x, w43, bi));
+    ck_assert_error_contains("linear: bias must be float32, got int32 (4)");
+
+    ck_assert_ptr_null(bt_linear(x, NULL, NULL));
+    ck_assert_error_contains("linear: argument 2 is NULL");
+}
+END_TEST
+
+static Suite *matmul_suite(void) {
+    Suite *s = suite_create("matmul");
+    TCase *tc = tcase_create("core");
+    tcase_add_checked_fixture(tc, test_setup, test_teardown);
+    tcase_add_test(tc, test_matmul_forward_2d);
+    tcase_add_test(tc, test_matmul_forward_batched_and_broadcast);
+    tcase_add_test(tc, test_matmul_forward_transposed_view);
+    tcase_add_test(tc, test_linear_forward);
+    tcase_add_test(tc, test_matmul_gradients);
+    tcase_add_test(tc, test_matmul_gradients_transposed_views);
+    tcase_add_test(tc, test_linear_gradients);
+    tcase_add_test(tc, test_linear_gradient_accumulates_into_persistent_weight);
+    tcase_add_test(tc, test_matmul_bad_inputs);
+    tcase_add_test(tc, test_linear_bad_inputs);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+BT_TEST_MAIN(matmul_suite)
