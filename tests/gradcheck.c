@@ -15,6 +15,14 @@ void test_teardown(void) {
     bt_runtime_shutdown();
 }
 
+void bt_suite_add_case(Suite *suite, const char *name, const TTest *test, int start, int end) {
+    TCase *tc = tcase_create(name);
+    tcase_add_checked_fixture(tc, test_setup, test_teardown);
+    tcase_set_timeout(tc, 120);
+    tcase_add_loop_test(tc, test, start, end);
+    suite_add_tcase(suite, tc);
+}
+
 bt_tensor *test_param(int ndim, const int64_t *shape, uint64_t seed, float low, float high) {
     bt_tensor *t = bt_empty(ndim, shape, BT_F32, bt_cpu());
     struct bt_rng rng = bt_rng_make(seed);

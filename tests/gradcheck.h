@@ -43,6 +43,12 @@ bt_tensor *test_param(int ndim, const int64_t *shape, uint64_t seed, float low, 
 void test_setup(void);
 void test_teardown(void);
 
+/* Adds one test as a test case of its own, named after the test function, with the
+ * test_setup/test_teardown fixture: CTest runs each case as a separate test (CK_RUN_CASE=name). */
+void bt_suite_add_case(Suite *suite, const char *name, const TTest *test, int start, int end);
+#define bt_suite_add(suite, test) bt_suite_add_case(suite, #test, test, 0, 1)
+#define bt_suite_add_loop(suite, test, start, end) bt_suite_add_case(suite, #test, test, start, end)
+
 /* main() for a test file whose suite is built by `make_suite` */
 #define BT_TEST_MAIN(make_suite)                                                                   \
     int main(void) {                                                                               \

@@ -261,20 +261,16 @@ END_TEST
 
 static Suite *attention_suite(void) {
     Suite *s = suite_create("attention");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_forward_matches_reference);
-    tcase_add_test(tc, test_causal_first_row_is_first_value);
-    tcase_add_test(tc, test_gradients);
-    tcase_add_test(tc, test_gradients_transposed_views);
-    tcase_add_test(tc, test_gradients_several_key_blocks);
-    tcase_add_test(tc, test_gradients_explicit_scale_and_accumulation);
-    tcase_add_test(tc, test_gradients_some_inputs);
-    tcase_add_test(tc, test_gradient_same_tensor_three_times);
-    tcase_add_test(tc, test_no_grad_records_nothing);
-    tcase_add_test(tc, test_bad_inputs);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_forward_matches_reference);
+    bt_suite_add(s, test_causal_first_row_is_first_value);
+    bt_suite_add(s, test_gradients);
+    bt_suite_add(s, test_gradients_transposed_views);
+    bt_suite_add(s, test_gradients_several_key_blocks);
+    bt_suite_add(s, test_gradients_explicit_scale_and_accumulation);
+    bt_suite_add(s, test_gradients_some_inputs);
+    bt_suite_add(s, test_gradient_same_tensor_three_times);
+    bt_suite_add(s, test_no_grad_records_nothing);
+    bt_suite_add(s, test_bad_inputs);
     return s;
 }
 

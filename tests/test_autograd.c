@@ -296,29 +296,23 @@ END_TEST
 
 static Suite *autograd_suite(void) {
     Suite *s = suite_create("autograd");
-    TCase *tc = tcase_create("engine");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_add_test(tc, test_shared_input);
-    tcase_add_test(tc, test_dynamic_loop_depth_from_data);
-    tcase_add_test(tc, test_grad_accumulates_across_backwards);
-    tcase_add_test(tc, test_no_grad_records_nothing);
-    tcase_add_test(tc, test_retain_grad_intermediate);
-    tcase_add_test(tc, test_graph_released_after_backward);
-    tcase_add_test(tc, test_independent_graphs_backward_separately);
-    tcase_add_test(tc, test_backward_bad_inputs);
-    tcase_add_test(tc, test_backward_with_explicit_grad);
-    tcase_add_test(tc, test_gradcheck_catches_wrong_gradient);
-    suite_add_tcase(s, tc);
-    TCase *ops = tcase_create("reduce_and_views");
-    tcase_add_checked_fixture(ops, test_setup, test_teardown);
-    tcase_add_loop_test(ops, test_reduce_gradients, 0,
-                        (int)(sizeof(reduce_cases) / sizeof(reduce_cases[0])));
-    tcase_add_test(ops, test_reduce_all_gradients);
-    tcase_add_test(ops, test_reduce_values_and_errors);
-    tcase_add_test(ops, test_view_gradients);
-    tcase_add_test(ops, test_cat_split_gradients);
-    tcase_add_test(ops, test_cat_split_values_and_errors);
-    suite_add_tcase(s, ops);
+    bt_suite_add(s, test_shared_input);
+    bt_suite_add(s, test_dynamic_loop_depth_from_data);
+    bt_suite_add(s, test_grad_accumulates_across_backwards);
+    bt_suite_add(s, test_no_grad_records_nothing);
+    bt_suite_add(s, test_retain_grad_intermediate);
+    bt_suite_add(s, test_graph_released_after_backward);
+    bt_suite_add(s, test_independent_graphs_backward_separately);
+    bt_suite_add(s, test_backward_bad_inputs);
+    bt_suite_add(s, test_backward_with_explicit_grad);
+    bt_suite_add(s, test_gradcheck_catches_wrong_gradient);
+    bt_suite_add_loop(s, test_reduce_gradients, 0,
+                      (int)(sizeof(reduce_cases) / sizeof(reduce_cases[0])));
+    bt_suite_add(s, test_reduce_all_gradients);
+    bt_suite_add(s, test_reduce_values_and_errors);
+    bt_suite_add(s, test_view_gradients);
+    bt_suite_add(s, test_cat_split_gradients);
+    bt_suite_add(s, test_cat_split_values_and_errors);
     return s;
 }
 

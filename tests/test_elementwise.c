@@ -179,20 +179,17 @@ END_TEST
 
 static Suite *elementwise_suite(void) {
     Suite *s = suite_create("elementwise");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_add_test(tc, test_add_forward_broadcast);
-    tcase_add_test(tc, test_binary_gradients_broadcast);
-    tcase_add_test(tc, test_binary_gradient_noncontiguous);
-    tcase_add_loop_test(tc, test_unary_gradients, 0,
-                        (int)(sizeof(unary_cases) / sizeof(unary_cases[0])));
-    tcase_add_test(tc, test_unary_forward_values);
-    tcase_add_test(tc, test_masked_fill);
-    tcase_add_test(tc, test_binary_bad_shapes);
-    tcase_add_test(tc, test_binary_bad_dtype);
-    tcase_add_test(tc, test_error_propagates_first_message);
-    tcase_add_test(tc, test_masked_fill_bad_mask);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_add_forward_broadcast);
+    bt_suite_add(s, test_binary_gradients_broadcast);
+    bt_suite_add(s, test_binary_gradient_noncontiguous);
+    bt_suite_add_loop(s, test_unary_gradients, 0,
+                      (int)(sizeof(unary_cases) / sizeof(unary_cases[0])));
+    bt_suite_add(s, test_unary_forward_values);
+    bt_suite_add(s, test_masked_fill);
+    bt_suite_add(s, test_binary_bad_shapes);
+    bt_suite_add(s, test_binary_bad_dtype);
+    bt_suite_add(s, test_error_propagates_first_message);
+    bt_suite_add(s, test_masked_fill_bad_mask);
     return s;
 }
 

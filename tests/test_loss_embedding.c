@@ -311,23 +311,20 @@ END_TEST
 
 static Suite *loss_embedding_suite(void) {
     Suite *s = suite_create("loss_embedding");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_add_test(tc, test_embedding_forward);
-    tcase_add_test(tc, test_embedding_gradient_repeated_indices);
-    tcase_add_test(tc, test_embedding_backward_deterministic);
-    tcase_add_test(tc, test_embedding_bad_inputs);
-    tcase_add_test(tc, test_cross_entropy_forward_backward_values);
-    tcase_add_test(tc, test_cross_entropy_large_logits_stable);
-    tcase_add_test(tc, test_cross_entropy_gradient);
-    tcase_add_test(tc, test_cross_entropy_gradient_noncontiguous);
-    tcase_add_test(tc, test_cross_entropy_all_ignored);
-    tcase_add_test(tc, test_cross_entropy_bad_inputs);
-    tcase_add_test(tc, test_dropout_identity);
-    tcase_add_test(tc, test_dropout_mask);
-    tcase_add_test(tc, test_dropout_gradient);
-    tcase_add_test(tc, test_dropout_bad_inputs);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_embedding_forward);
+    bt_suite_add(s, test_embedding_gradient_repeated_indices);
+    bt_suite_add(s, test_embedding_backward_deterministic);
+    bt_suite_add(s, test_embedding_bad_inputs);
+    bt_suite_add(s, test_cross_entropy_forward_backward_values);
+    bt_suite_add(s, test_cross_entropy_large_logits_stable);
+    bt_suite_add(s, test_cross_entropy_gradient);
+    bt_suite_add(s, test_cross_entropy_gradient_noncontiguous);
+    bt_suite_add(s, test_cross_entropy_all_ignored);
+    bt_suite_add(s, test_cross_entropy_bad_inputs);
+    bt_suite_add(s, test_dropout_identity);
+    bt_suite_add(s, test_dropout_mask);
+    bt_suite_add(s, test_dropout_gradient);
+    bt_suite_add(s, test_dropout_bad_inputs);
     return s;
 }
 

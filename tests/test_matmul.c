@@ -257,19 +257,16 @@ END_TEST
 
 static Suite *matmul_suite(void) {
     Suite *s = suite_create("matmul");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_add_test(tc, test_matmul_forward_2d);
-    tcase_add_test(tc, test_matmul_forward_batched_and_broadcast);
-    tcase_add_test(tc, test_matmul_forward_transposed_view);
-    tcase_add_test(tc, test_linear_forward);
-    tcase_add_test(tc, test_matmul_gradients);
-    tcase_add_test(tc, test_matmul_gradients_transposed_views);
-    tcase_add_test(tc, test_linear_gradients);
-    tcase_add_test(tc, test_linear_gradient_accumulates_into_persistent_weight);
-    tcase_add_test(tc, test_matmul_bad_inputs);
-    tcase_add_test(tc, test_linear_bad_inputs);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_matmul_forward_2d);
+    bt_suite_add(s, test_matmul_forward_batched_and_broadcast);
+    bt_suite_add(s, test_matmul_forward_transposed_view);
+    bt_suite_add(s, test_linear_forward);
+    bt_suite_add(s, test_matmul_gradients);
+    bt_suite_add(s, test_matmul_gradients_transposed_views);
+    bt_suite_add(s, test_linear_gradients);
+    bt_suite_add(s, test_linear_gradient_accumulates_into_persistent_weight);
+    bt_suite_add(s, test_matmul_bad_inputs);
+    bt_suite_add(s, test_linear_bad_inputs);
     return s;
 }
 

@@ -361,19 +361,16 @@ END_TEST
 
 static Suite *nn_suite(void) {
     Suite *s = suite_create("nn");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_add_test(tc, test_named_parameters_and_paths);
-    tcase_add_test(tc, test_weight_tying);
-    tcase_add_test(tc, test_train_eval_reaches_dropout);
-    tcase_add_test(tc, test_linear_forward_equals_bt_linear);
-    tcase_add_test(tc, test_norm_and_embedding_forwards);
-    tcase_add_test(tc, test_init_gpt2_statistics);
-    tcase_add_test(tc, test_init_pytorch_default_statistics);
-    tcase_add_test(tc, test_error_scope_names_module);
-    tcase_add_test(tc, test_bad_modules);
-    tcase_add_test(tc, test_custom_module);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_named_parameters_and_paths);
+    bt_suite_add(s, test_weight_tying);
+    bt_suite_add(s, test_train_eval_reaches_dropout);
+    bt_suite_add(s, test_linear_forward_equals_bt_linear);
+    bt_suite_add(s, test_norm_and_embedding_forwards);
+    bt_suite_add(s, test_init_gpt2_statistics);
+    bt_suite_add(s, test_init_pytorch_default_statistics);
+    bt_suite_add(s, test_error_scope_names_module);
+    bt_suite_add(s, test_bad_modules);
+    bt_suite_add(s, test_custom_module);
     return s;
 }
 

@@ -477,22 +477,19 @@ END_TEST
 
 static Suite *optim_suite(void) {
     Suite *s = suite_create("optim");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_add_test(tc, test_sgd_momentum_matches_torch);
-    tcase_add_test(tc, test_sgd_weight_decay_matches_torch);
-    tcase_add_test(tc, test_adamw_matches_torch);
-    tcase_add_test(tc, test_adamw_decay_matrices_only_matches_torch);
-    tcase_add_test(tc, test_param_groups_custom);
-    tcase_add_test(tc, test_state_names_and_access);
-    tcase_add_test(tc, test_zero_grad);
-    tcase_add_test(tc, test_step_records_nothing_and_allocates_nothing);
-    tcase_add_test(tc, test_clip_grad_norm_matches_torch);
-    tcase_add_test(tc, test_bad_optimizer_parameters);
-    tcase_add_test(tc, test_schedule_cosine);
-    tcase_add_test(tc, test_schedule_linear_and_constant);
-    tcase_add_test(tc, test_schedule_bad_parameters);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_sgd_momentum_matches_torch);
+    bt_suite_add(s, test_sgd_weight_decay_matches_torch);
+    bt_suite_add(s, test_adamw_matches_torch);
+    bt_suite_add(s, test_adamw_decay_matrices_only_matches_torch);
+    bt_suite_add(s, test_param_groups_custom);
+    bt_suite_add(s, test_state_names_and_access);
+    bt_suite_add(s, test_zero_grad);
+    bt_suite_add(s, test_step_records_nothing_and_allocates_nothing);
+    bt_suite_add(s, test_clip_grad_norm_matches_torch);
+    bt_suite_add(s, test_bad_optimizer_parameters);
+    bt_suite_add(s, test_schedule_cosine);
+    bt_suite_add(s, test_schedule_linear_and_constant);
+    bt_suite_add(s, test_schedule_bad_parameters);
     return s;
 }
 

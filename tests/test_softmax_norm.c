@@ -268,22 +268,19 @@ END_TEST
 
 static Suite *softmax_norm_suite(void) {
     Suite *s = suite_create("softmax_norm");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
     int n_softmax = (int)(sizeof(softmax_cases) / sizeof(softmax_cases[0]));
-    tcase_add_test(tc, test_softmax_forward_values);
-    tcase_add_test(tc, test_softmax_large_values_stable);
-    tcase_add_loop_test(tc, test_softmax_gradients, 0, n_softmax);
-    tcase_add_loop_test(tc, test_softmax_gradient_noncontiguous, 0, n_softmax);
-    tcase_add_test(tc, test_softmax_gradient_accumulates);
-    tcase_add_test(tc, test_softmax_bad_inputs);
-    tcase_add_test(tc, test_layernorm_forward_values);
-    tcase_add_test(tc, test_rmsnorm_forward_values);
-    tcase_add_loop_test(tc, test_layernorm_gradients, 0, 4);
-    tcase_add_test(tc, test_layernorm_gradient_noncontiguous_accumulates);
-    tcase_add_test(tc, test_rmsnorm_gradients);
-    tcase_add_test(tc, test_norm_bad_inputs);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_softmax_forward_values);
+    bt_suite_add(s, test_softmax_large_values_stable);
+    bt_suite_add_loop(s, test_softmax_gradients, 0, n_softmax);
+    bt_suite_add_loop(s, test_softmax_gradient_noncontiguous, 0, n_softmax);
+    bt_suite_add(s, test_softmax_gradient_accumulates);
+    bt_suite_add(s, test_softmax_bad_inputs);
+    bt_suite_add(s, test_layernorm_forward_values);
+    bt_suite_add(s, test_rmsnorm_forward_values);
+    bt_suite_add_loop(s, test_layernorm_gradients, 0, 4);
+    bt_suite_add(s, test_layernorm_gradient_noncontiguous_accumulates);
+    bt_suite_add(s, test_rmsnorm_gradients);
+    bt_suite_add(s, test_norm_bad_inputs);
     return s;
 }
 

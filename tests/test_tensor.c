@@ -219,19 +219,16 @@ END_TEST
 
 static Suite *tensor_suite(void) {
     Suite *s = suite_create("tensor");
-    TCase *tc = tcase_create("core");
-    tcase_add_checked_fixture(tc, test_setup, test_teardown);
-    tcase_add_test(tc, test_factories_and_properties);
-    tcase_add_test(tc, test_dtypes_roundtrip);
-    tcase_add_test(tc, test_to_dtype_and_back);
-    tcase_add_test(tc, test_views_share_storage);
-    tcase_add_test(tc, test_view_errors);
-    tcase_add_test(tc, test_persistent_refcount);
-    tcase_add_test(tc, test_arena_reaches_steady_state);
-    tcase_add_test(tc, test_step_tensors_no_malloc_after_warmup);
-    tcase_add_test(tc, test_rng_reproducible);
-    tcase_add_test(tc, test_copy_converts_and_checks);
-    suite_add_tcase(s, tc);
+    bt_suite_add(s, test_factories_and_properties);
+    bt_suite_add(s, test_dtypes_roundtrip);
+    bt_suite_add(s, test_to_dtype_and_back);
+    bt_suite_add(s, test_views_share_storage);
+    bt_suite_add(s, test_view_errors);
+    bt_suite_add(s, test_persistent_refcount);
+    bt_suite_add(s, test_arena_reaches_steady_state);
+    bt_suite_add(s, test_step_tensors_no_malloc_after_warmup);
+    bt_suite_add(s, test_rng_reproducible);
+    bt_suite_add(s, test_copy_converts_and_checks);
     return s;
 }
 
