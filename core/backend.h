@@ -113,6 +113,13 @@ struct bt_backend {
     void (*dropout)(float *out, const float *x, int64_t n, float p, uint64_t seed, uint64_t offset,
                     float beta);
 
+    /* ---- rotary position embedding (core/cpu/rope.c) ---- */
+    /* x, out (B, NH, T, hs), hs even; HF's rotate-half convention: for i < hs/2, with angle
+     * (pos_offset + t) * theta^(-2i/hs): out[i] = x[i] cos - x[i+hs/2] sin,
+     * out[i+hs/2] = x[i+hs/2] cos + x[i] sin. inverse = rotate by -angle (the backward). */
+    void (*rope)(float *out, const float *x, int64_t B, int64_t NH, int64_t T, int64_t hs,
+                 float theta, int64_t pos_offset, bool inverse);
+
     /* ---- attention (core/cpu/attention.c) ---- */
     /* q (B, NH, T, hs), k and v (B, NKV, T, hs), out (B, NH, T, hs), lse (B, NH, T) saved;
      * causal when `causal`; query head h reads kv head h / (NH / NKV) */

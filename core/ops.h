@@ -61,6 +61,11 @@ bt_tensor *bt_cross_entropy(bt_tensor *logits, bt_tensor *targets);
 /* identity when !training or p == 0; masks from the runtime's dropout RNG (bt_manual_seed) */
 bt_tensor *bt_dropout(bt_tensor *x, double p, bool training);
 
+/* ---- rotary position embedding (core/ops/rope.c) ---- */
+/* x (B, NH, T, hs) with hs even: rotates feature pairs (i, i + hs/2) by the angle
+ * (pos_offset + t) * theta^(-2i/hs) (Hugging Face Llama's rotate_half convention). */
+bt_tensor *bt_rope(bt_tensor *x, double theta, int64_t pos_offset);
+
 /* ---- attention (core/ops/attention.c) ---- */
 /* q (B, NH, T, hs), k and v (B, NKV, T, hs) with NH % NKV == 0 (grouped-query attention) ->
  * (B, NH, T, hs); softmax(q k^T * scale) v, causal mask; scale <= 0 means 1/sqrt(hs). Fused: keeps

@@ -1,9 +1,10 @@
 /* The `braid` binary: parses the global flags and dispatches to a subcommand. Subcommands are
  * rows of `commands` below; each prints its own --help and returns its exit status. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "core/tensor.h"
+#include "launch/commands.h"
 
 struct command {
     const char *name;
@@ -11,10 +12,21 @@ struct command {
     int (*run)(int argc, char **argv);
 };
 
-/* Subcommands land here as they are built (train, launch, prep, sample, inspect). */
+/* Subcommands land here as they are built (launch, sample and inspect come next). */
 static const struct command commands[] = {
+    {"train", "train a model from a YAML job file (the worker)", cmd_train},
+    {"prep", "tokenize a text file into token shards", cmd_prep},
     {NULL, NULL, NULL},
 };
+
+void cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("braid: error: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
 
 static void print_usage(FILE *out) {
     fprintf(out, "usage: braid [--help] [--version] <command> [<args>]\n\n"
@@ -24,8 +36,8 @@ static void print_usage(FILE *out) {
         if (n++ == 0) fprintf(out, "commands:\n");
         fprintf(out, "  %-10s %s\n", c->name, c->summary);
     }
-    if (n == 0) fprintf(out, "commands: none yet in this build (the core library only)\n");
-    fprintf(out, "\noptions:\n"
+    fprintf(out, "\nRun 'braid <command> --help' for a command's options.\n"
+                 "\noptions:\n"
                  "  -h, --help     show this help and exit\n"
                  "  -V, --version  show the version and build configuration and exit\n"
                  "\nSee README.md and docs/ for the quick start and the config reference.\n");
@@ -57,11 +69,11 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (arg[0] == '-') {
-        fprintf(stderr, "braid: error: unknown option '%s' (see braid --help)\n", arg);
+        cli_error("unknown option '%s' (see braid --help)", arg);
         return 2;
     }
     for (const struct command *c = commands; c->name; c++)
         if (!strcmp(arg, c->name)) return c->run(argc - 1, argv + 1);
-    fprintf(stderr, "braid: error: unknown command '%s' (see braid --help)\n", arg);
+    cli_error("unknown command '%s' (see braid --help)", arg);
     return 2;
 }

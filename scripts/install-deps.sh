@@ -7,6 +7,11 @@ packages=(
   build-essential cmake pkg-config   # C11 toolchain and build
   libopenblas-dev                    # sgemm for the CPU backend
   check libsubunit-dev               # unit tests (Check)
+  libyaml-dev                        # job configs
+  libopenmpi-dev openmpi-bin         # MPI (ranks, collectives; parallel HDF5 needs it)
+  libhdf5-openmpi-dev                # checkpoints (parallel HDF5)
+  libpcre2-dev                       # GPT-2 tokenizer's Unicode pre-split regex
+  libjansson-dev                     # GPT-2 tokenizer's encoder.json
 )
 # PyTorch and h5py are used only by reference tests and benchmarks, never by braid itself.
 if [ "${BRAID_REFERENCE_DEPS:-0}" = 1 ]; then

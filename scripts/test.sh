@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=$(nproc)
 
-scripts/install-deps.sh
+BRAID_REFERENCE_DEPS=1 scripts/install-deps.sh  # torch + h5py for the reference tests
 
 echo "== sanitizer build (ASan + UBSan, Debug) =="
 cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DBRAID_SANITIZE=ON > /dev/null

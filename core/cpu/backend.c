@@ -27,6 +27,7 @@ const struct bt_backend bt_cpu_backend = {
     .cross_entropy = bt_cpu_cross_entropy,
     .cross_entropy_backward = bt_cpu_cross_entropy_backward,
     .dropout = bt_cpu_dropout,
+    .rope = bt_cpu_rope,
     .attention = bt_cpu_attention,
     .attention_backward = bt_cpu_attention_backward,
 };

@@ -66,6 +66,10 @@ void bt_cpu_cross_entropy_backward(float *dlogits, const float *logits, const fl
 void bt_cpu_dropout(float *out, const float *x, int64_t n, float p, uint64_t seed, uint64_t offset,
                     float beta);
 
+/* rope.c */
+void bt_cpu_rope(float *out, const float *x, int64_t B, int64_t NH, int64_t T, int64_t hs,
+                 float theta, int64_t pos_offset, bool inverse);
+
 /* attention.c */
 void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, const float *v,
                       int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs, float scale,

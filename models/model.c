@@ -1,0 +1,152 @@
+/* The model interface: config checks, dispatch to the family builders (models/gpt.c,
+ * models/llama.c), the checks every forward shares, the loss, parameters and FLOPs. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "models/model_internal.h"
+
+static const char *arch_name(model_arch arch) {
+    return arch == MODEL_GPT ? "gpt" : arch == MODEL_LLAMA ? "llama" : "?";
+}
+
+static bt_status check_at_least_one(const char *key, int64_t v) {
+    if (v >= 1) return BT_OK;
+    return bt_error("model.%s must be at least 1, got %lld", key, (long long)v);
+}
+
+/* Every value and relation the builders rely on; messages name the config keys. */
+static bt_status check_config(const struct model_config *c) {
+    if (c->arch != MODEL_GPT && c->arch != MODEL_LLAMA)
+        return bt_error("model.arch: unknown architecture %d (expected gpt or llama)",
+                        (int)c->arch);
+    const char *keys[] = {"vocab_size", "block_size", "n_layer",   "n_head",
+                          "n_kv_head",  "n_embd",     "ffn_hidden"};
+    const int64_t values[] = {c->vocab_size, c->block_size, c->n_layer,   c->n_head,
+                              c->n_kv_head,  c->n_embd,     c->ffn_hidden};
+    for (int k = 0; k < (int)(sizeof(values) / sizeof(values[0])); k++)
+        if (check_at_least_one(keys[k], values[k]) != BT_OK) return BT_ERR;
+    if (c->n_layer > 1000000)
+        return bt_error("model.n_layer=%lld is too large", (long long)c->n_layer);
+    if (c->n_embd % c->n_head != 0)
+        return bt_error("model.n_embd=%lld is not divisible by model.n_head=%lld",
+                        (long long)c->n_embd, (long long)c->n_head);
+    if (c->n_head % c->n_kv_head != 0)
+        return bt_error("model.n_head=%lld is not divisible by model.n_kv_head=%lld",
+                        (long long)c->n_head, (long long)c->n_kv_head);
+    if (!(c->dropout >= 0.0 && c->dropout < 1.0))
+        return bt_error("model.dropout must be in [0, 1), got %g", c->dropout);
+    if (!(c->norm_eps >= 0.0 && isfinite(c->norm_eps)))
+        return bt_error("model.norm_eps must be a non-negative number, got %g", c->norm_eps);
+    if (c->arch == MODEL_GPT) {
+        if (c->n_kv_head != c->n_head)
+            return bt_error("model.n_kv_head=%lld must equal model.n_head=%lld for model.arch=gpt "
+                            "(grouped-query attention is llama only)",
+                            (long long)c->n_kv_head, (long long)c->n_head);
+        if (c->gelu != BT_GELU_TANH && c->gelu != BT_GELU_EXACT)
+            return bt_error("model.gelu: unknown kind %d (expected tanh or exact)", (int)c->gelu);
+    } else {
+        int64_t hs = c->n_embd / c->n_head;
+        if (hs % 2 != 0)
+            return bt_error("model.n_embd=%lld / model.n_head=%lld gives head size %lld, which "
+                            "must be even for rotary embeddings (model.arch=llama)",
+                            (long long)c->n_embd, (long long)c->n_head, (long long)hs);
+        if (!(c->rope_theta > 0.0 && isfinite(c->rope_theta)))
+            return bt_error("model.rope_theta must be a positive number, got %g", c->rope_theta);
+    }
+    return BT_OK;
+}
+
+struct model *model_create(const struct model_config *cfg, uint64_t seed) {
+    if (!cfg) {
+        bt_error("model: config is NULL");
+        return NULL;
+    }
+    if (check_config(cfg) != BT_OK) return NULL;
+    struct model *m = calloc(1, sizeof(*m));
+    if (!m) {
+        bt_error("model: out of memory creating a %s model", arch_name(cfg->arch));
+        return NULL;
+    }
+    m->config = *cfg;
+    struct bt_rng rng = bt_rng_make(seed);
+    bt_status st = cfg->arch == MODEL_GPT ? gpt_build(m, &rng) : llama_build(m, &rng);
+    if (st != BT_OK) {
+        model_free(m);
+        return NULL;
+    }
+    return m;
+}
+
+void model_free(struct model *m) {
+    if (!m) return;
+    nn_module_free(m->root);
+    free(m->impl);
+    free(m);
+}
+
+/* idx (B, T) integer with 1 <= T <= block_size; targets NULL or integer of idx's shape */
+static bt_status check_batch(const struct model *m, const bt_tensor *idx,
+                             const bt_tensor *targets) {
+    const char *arch = arch_name(m->config.arch);
+    char a[96], b[96];
+    if (idx->ndim != 2)
+        return bt_error("%s: idx %s must be 2-D (batch, time)", arch,
+                        bt_shape_str(idx, a, sizeof a));
+    if (idx->dtype != BT_I32 && idx->dtype != BT_I64 && idx->dtype != BT_U16)
+        return bt_error("%s: idx must hold token ids (int32, int64 or uint16), got %s %s", arch,
+                        bt_dtype_name(idx->dtype), bt_shape_str(idx, a, sizeof a));
+    int64_t T = idx->shape[1];
+    if (T > m->config.block_size)
+        return bt_error("%s: idx %s has sequence length %lld, more than model.block_size=%lld",
+                        arch, bt_shape_str(idx, a, sizeof a), (long long)T,
+                        (long long)m->config.block_size);
+    if (idx->shape[0] < 1 || T < 1)
+        return bt_error("%s: idx %s is empty", arch, bt_shape_str(idx, a, sizeof a));
+    if (targets && !bt_same_shape(idx, targets))
+        return bt_error("%s: targets %s must have the shape of idx %s", arch,
+                        bt_shape_str(targets, b, sizeof b), bt_shape_str(idx, a, sizeof a));
+    return BT_OK;
+}
+
+bt_tensor *model_forward(struct model *m, bt_tensor *idx, bt_tensor *targets, bt_tensor **logits) {
+    if (logits) *logits = NULL;
+    if (!m || !idx) {
+        if (!bt_has_error()) bt_error("model: forward: %s is NULL", m ? "idx" : "model");
+        return NULL;
+    }
+    if (check_batch(m, idx, targets) != BT_OK) return NULL;
+    return m->forward(m, idx, targets, logits);
+}
+
+bt_tensor *model_finish_forward(bt_tensor *logits, bt_tensor *targets, bt_tensor **logits_out) {
+    if (logits_out) *logits_out = logits;
+    if (!logits || !targets) return NULL;
+    /* logits (B, T, V) -> (B*T, V), targets (B, T) -> (B*T) */
+    int64_t V = logits->shape[2];
+    return bt_cross_entropy(bt_reshape(logits, BT_SHAPE(-1, V)), bt_reshape(targets, BT_SHAPE(-1)));
+}
+
+void model_train(struct model *m, bool training) {
+    if (m) nn_module_train(m->root, training);
+}
+
+bt_status model_parameters(const struct model *m, struct nn_param_list *out) {
+    if (!m) {
+        *out = (struct nn_param_list){0};
+        return bt_has_error() ? BT_ERR : bt_error("model: parameters: model is NULL");
+    }
+    return nn_named_parameters(m->root, out);
+}
+
+int64_t model_num_parameters(const struct model *m) {
+    return m ? nn_num_parameters(m->root) : -1;
+}
+
+double model_flops_per_token(const struct model *m, int64_t T) {
+    if (!m) return 0.0;
+    const struct model_config *c = &m->config;
+    double N = (double)model_num_parameters(m);
+    if (c->arch == MODEL_GPT) N -= (double)(c->block_size * c->n_embd); /* transformer.wpe */
+    /* PaLM appendix B: 6N for the matmuls with weights, 12*L*C*T for q k^T and (att) v */
+    return 6.0 * N + 12.0 * (double)c->n_layer * (double)c->n_embd * (double)T;
+}

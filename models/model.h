@@ -1,0 +1,53 @@
+/* The language models braid trains (GPT-2 and LLaMA families) behind one interface: build from the
+ * model section of a config, forward (B,T) token ids to logits and a loss, list parameters with
+ * their public names (HF/nanoGPT), count FLOPs. Built from core/ ops and nn modules. */
+#ifndef BRAID_MODELS_MODEL_H
+#define BRAID_MODELS_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "core/nn.h"
+
+typedef enum { MODEL_GPT = 0, MODEL_LLAMA } model_arch;
+
+struct model_config {
+    model_arch arch;
+    int64_t vocab_size, block_size, n_layer, n_head, n_kv_head, n_embd, ffn_hidden;
+    double dropout;
+    bool bias;         /* gpt: biases in linears and layernorms */
+    bt_gelu_kind gelu; /* gpt */
+    double norm_eps;   /* layernorm (gpt) / rmsnorm (llama) epsilon */
+    double rope_theta; /* llama */
+    bool tie_embeddings;
+};
+
+struct model {
+    struct model_config config;
+    struct nn_module *root; /* parameters named like the public checkpoints */
+    void *impl;             /* the family's own layer pointers */
+    bt_tensor *(*forward)(struct model *m, bt_tensor *idx, bt_tensor *targets, bt_tensor **logits);
+};
+
+/* Builds the model with its family's init (GPT-2: normal 0.02 with scaled residual projections;
+ * LLaMA: normal 0.02) drawn from `seed`. NULL with a message naming the bad value. */
+struct model *model_create(const struct model_config *cfg, uint64_t seed);
+void model_free(struct model *m);
+
+/* idx (B, T) integer token ids, T <= block_size; targets (B, T) or NULL. Returns the mean
+ * cross-entropy loss (0-d) when targets are given, else NULL without error; *logits, when not NULL,
+ * receives (B, T, V). Step tensors; records autograd when grad mode is on. */
+bt_tensor *model_forward(struct model *m, bt_tensor *idx, bt_tensor *targets, bt_tensor **logits);
+
+/* Training-mode switch (dropout). */
+void model_train(struct model *m, bool training);
+
+/* Parameters with their public names, in a fixed order (caller frees the list). */
+bt_status model_parameters(const struct model *m, struct nn_param_list *out);
+int64_t model_num_parameters(const struct model *m);
+
+/* Model FLOPs for one token of a forward+backward at sequence length T: 6*N (N without the
+ * position embedding) + 12*n_layer*n_embd*T (attention scores and values; PaLM appendix B). */
+double model_flops_per_token(const struct model *m, int64_t T);
+
+#endif

@@ -1,0 +1,30 @@
+/* What models/model.c shares with the families (models/gpt.c, models/llama.c): each family builds
+ * its module tree into a struct model whose config model.c has already checked, and ends its
+ * forward with model_finish_forward. Internal to models/. */
+#ifndef BRAID_MODELS_MODEL_INTERNAL_H
+#define BRAID_MODELS_MODEL_INTERNAL_H
+
+#include "models/model.h"
+
+/* Build m->root (parameters created, tied and initialised from rng), m->impl (one allocation,
+ * released with free) and m->forward. On failure they return BT_ERR with a message and leave
+ * whatever they built in m for model_free. */
+bt_status gpt_build(struct model *m, struct bt_rng *rng);
+bt_status llama_build(struct model *m, struct bt_rng *rng);
+
+/* logits (B, T, V), targets (B, T) or NULL: the mean cross-entropy over (B*T, V), or NULL without
+ * error when there are no targets; *logits_out receives logits when not NULL. */
+bt_tensor *model_finish_forward(bt_tensor *logits, bt_tensor *targets, bt_tensor **logits_out);
+
+/* Makes child (a module struct or NULL from a failed constructor) the last child of parent and
+ * returns it; NULL (the child freed) when it cannot be attached. */
+static inline void *model_attach(struct nn_module *parent, void *child) {
+    if (!child) return NULL;
+    if (!nn_module_add_child(parent, child)) {
+        nn_module_free(child);
+        return NULL;
+    }
+    return child;
+}
+
+#endif

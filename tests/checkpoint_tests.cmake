@@ -1,0 +1,7 @@
+# h5py reads a checkpoint braid wrote (tests/checkpoint_h5py.sh); skipped (status 77) where
+# /usr/bin/python3 has no h5py. Included from the top-level CMakeLists.txt inside if(CHECK_FOUND).
+add_test(NAME checkpoint.h5py_reads_file
+         COMMAND bash ${PROJECT_SOURCE_DIR}/tests/checkpoint_h5py.sh $<TARGET_FILE:test_checkpoint>
+                 ${PROJECT_VERSION})
+set_tests_properties(checkpoint.h5py_reads_file PROPERTIES SKIP_RETURN_CODE 77
+                     ENVIRONMENT "OMP_NUM_THREADS=2")
