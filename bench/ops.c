@@ -81,9 +81,13 @@ static void time_pair(bench_fn prepare, bench_fn braid, bench_fn raw, struct ben
         braid(s);
         double t1 = now_s();
         bt_step_end();
+        /* raw sgemm gets OpenBLAS's own threads; braid splits GEMMs over OpenMP with OpenBLAS
+         * single-threaded (core/cpu/matmul.c) */
+        openblas_set_num_threads(omp_get_max_threads());
         double t2 = now_s();
         raw(s);
         double t3 = now_s();
+        openblas_set_num_threads(1);
         if (r >= WARMUP) tb[r - WARMUP] = t1 - t0, tr[r - WARMUP] = t3 - t2;
     }
     *t_braid = median(tb, REPS);
@@ -237,8 +241,9 @@ int main(int argc, char **argv) {
     for (int i = 0; i < argc; i++)
         printf(" %s", argv[i]);
     printf("\n");
-    printf("threads: OpenBLAS %d, OpenMP %d; %s\n", openblas_get_num_threads(),
-           omp_get_max_threads(), openblas_get_config());
+    printf("threads: raw sgemm with OpenBLAS's %d threads; braid with %d OpenMP threads over "
+           "single-threaded OpenBLAS; %s\n",
+           omp_get_max_threads(), omp_get_max_threads(), openblas_get_config());
     printf("timing: median of %d runs after %d warm-up runs; ms per run; overhead = braid/raw - 1\n"
            "linear/matmul fwd+bwd = 3 GEMMs (out, dX, dW), 6*M*K*N flops; backward seeded with a "
            "ones gradient (no loss reduction)\n\n",

@@ -12,6 +12,9 @@ typedef enum { BT_OK = 0, BT_ERR = -1 } bt_status;
  * bt_scope_push), " (in <scope>)" is appended so messages name the caller. */
 bt_status bt_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *bt_last_error(void); /* "" when there is none */
+/* Puts "<prefix>: " in front of the current message (the caller's context: a config key, a
+ * file) and returns BT_ERR. */
+bt_status bt_error_prefix(const char *prefix);
 bool bt_has_error(void);
 void bt_error_clear(void);
 

@@ -2,6 +2,8 @@
  * write into it. */
 #include "core/runtime.h"
 
+#include "core/cpu/kernels.h"
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@ struct bt_runtime *bt_runtime(void) {
             exit(1);
         }
         runtime_instance->grad_enabled = true;
+        bt_cpu_threads_init();
         runtime_instance->dropout_rng = bt_rng_make(0);
     }
     return runtime_instance;
@@ -59,6 +62,19 @@ bt_status bt_error(const char *fmt, ...) {
     int top = rt->n_scopes < BT_SCOPE_MAX ? rt->n_scopes : BT_SCOPE_MAX;
     if (n >= 0 && (size_t)n < sizeof(rt->error) && top > 0)
         snprintf(rt->error + n, sizeof(rt->error) - (size_t)n, " (in %s)", rt->scopes[top - 1]);
+    rt->has_error = true;
+    return BT_ERR;
+}
+
+bt_status bt_error_prefix(const char *prefix) {
+    struct bt_runtime *rt = bt_runtime();
+    char message[BT_ERROR_MAX];
+    strcpy(message, rt->has_error ? rt->error : "failed"); /* rt->error is NUL-terminated */
+    size_t size = sizeof rt->error, n = 0;
+    for (const char *p = prefix; *p && n < size / 2; p++) rt->error[n++] = *p;
+    for (const char *p = ": "; *p; p++) rt->error[n++] = *p;
+    for (const char *p = message; *p && n < size - 1; p++) rt->error[n++] = *p;
+    rt->error[n] = '\0';
     rt->has_error = true;
     return BT_ERR;
 }

@@ -68,10 +68,10 @@ static int compare_names(const void *a, const void *b) {
 /* glob(3), sorted by byte order so the order is the same under every locale */
 static bt_status match_files(const char *pattern, glob_t *g) {
     int rc = glob(pattern, 0, NULL, g);
-    if (rc == GLOB_NOMATCH) return bt_error("data: no files match '%s'", pattern);
+    if (rc == GLOB_NOMATCH) return bt_error("no files match '%s'", pattern);
     if (rc != 0) {
         globfree(g);
-        return bt_error("data: cannot expand '%s' (%s)", pattern,
+        return bt_error("cannot expand '%s' (%s)", pattern,
                         rc == GLOB_NOSPACE ? "out of memory" : "read error");
     }
     qsort(g->gl_pathv, g->gl_pathc, sizeof *g->gl_pathv, compare_names);
@@ -91,7 +91,7 @@ static bt_status open_shards(struct data_loader *dl, const glob_t *g, int64_t vo
     int64_t T = dl->T, longest = 0;
     dl->shards = calloc(g->gl_pathc, sizeof *dl->shards);
     dl->first_window = calloc(g->gl_pathc + 1, sizeof *dl->first_window);
-    if (!dl->shards || !dl->first_window) return bt_error("data: out of memory");
+    if (!dl->shards || !dl->first_window) return bt_error("out of memory");
     for (size_t i = 0; i < g->gl_pathc; i++) {
         struct shard *s = &dl->shards[i];
         if (shard_open(s, g->gl_pathv[i]) != BT_OK) return BT_ERR;
@@ -104,7 +104,7 @@ static bt_status open_shards(struct data_loader *dl, const glob_t *g, int64_t vo
     }
     dl->n_windows = dl->first_window[g->gl_pathc];
     if (dl->n_windows == 0)
-        return bt_error("data: '%s' has %lld tokens in %zu shard(s), the longest %lld: a window "
+        return bt_error("'%s' has %lld tokens in %zu shard(s), the longest %lld: a window "
                         "needs seq_len+1 = %lld tokens in one shard",
                         dl->pattern, (long long)dl->n_tokens, g->gl_pathc, (long long)longest,
                         (long long)(T + 1));
@@ -116,13 +116,13 @@ struct data_loader *data_loader_open(const char *pattern, int64_t seq_len, uint6
     glob_t g;
     memset(&g, 0, sizeof g);
     if (seq_len <= 0) {
-        bt_error("data: seq_len must be positive, got %lld", (long long)seq_len);
+        bt_error("seq_len must be positive, got %lld", (long long)seq_len);
         return NULL;
     }
     if (match_files(pattern, &g) != BT_OK) return NULL;
     struct data_loader *dl = calloc(1, sizeof *dl);
     if (!dl || !(dl->pattern = strdup(pattern))) {
-        bt_error("data: out of memory");
+        bt_error("out of memory");
         goto fail;
     }
     dl->T = seq_len;
@@ -131,7 +131,7 @@ struct data_loader *data_loader_open(const char *pattern, int64_t seq_len, uint6
     dl->perm_epoch = -1;
     if (open_shards(dl, &g, vocab_size) != BT_OK) goto fail;
     if (shuffle && !(dl->perm = malloc((size_t)dl->n_windows * sizeof *dl->perm))) {
-        bt_error("data: out of memory for the permutation of %lld windows",
+        bt_error("out of memory for the permutation of %lld windows",
                  (long long)dl->n_windows);
         goto fail;
     }

@@ -5,6 +5,7 @@
 #include <cblas.h>
 #include <errno.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -75,6 +76,10 @@ double metrics_sgemm_peak(int64_t M, int64_t N, int64_t K, double seconds) {
     if (a && b && c) {
         for (int64_t i = 0; i < M * K; i++) a[i] = (float)(i % 7) * 0.1f;
         for (int64_t i = 0; i < K * N; i++) b[i] = (float)(i % 5) * 0.1f;
+        /* OpenBLAS's own threading, as many threads as braid's OpenMP uses; braid keeps
+         * OpenBLAS single-threaded otherwise (core/cpu/matmul.c) */
+        int previous = openblas_get_num_threads();
+        openblas_set_num_threads(omp_get_max_threads());
         double start = now_seconds();
         for (int rep = 0; rep < 100 && (rep < 2 || now_seconds() - start < seconds); rep++) {
             double t0 = now_seconds();
@@ -83,6 +88,7 @@ double metrics_sgemm_peak(int64_t M, int64_t N, int64_t K, double seconds) {
             double rate = 2.0 * (double)M * (double)N * (double)K / (now_seconds() - t0);
             if (rep > 0 && rate > best) best = rate; /* rep 0 warms caches and threads */
         }
+        openblas_set_num_threads(previous);
     }
     free(a);
     free(b);

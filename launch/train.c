@@ -57,10 +57,13 @@ static bt_status resolve_vocab_size(struct braid_config *cfg) {
     snprintf(pattern, sizeof pattern, "%s", cfg->data.train);
     const char *dir = dirname(pattern);
     struct tokenizer *tok = tokenizer_load(dir, NULL);
-    if (!tok)
+    if (!tok) {
+        char why[BT_ERROR_MAX / 2];
+        snprintf(why, sizeof why, "%s", bt_last_error());
         return bt_error("model.vocab_size is not set and %s/tokenizer.yaml cannot be read (%s): "
                         "set model.vocab_size or prepare the data with braid prep",
-                        dir, bt_last_error());
+                        dir, why);
+    }
     cfg->model.vocab_size = tokenizer_vocab_size(tok);
     tokenizer_free(tok);
     return BT_OK;
@@ -152,11 +155,11 @@ static bt_status setup(struct run *r) {
     int64_t T = cfg->train.seq_len;
     r->train_data = data_loader_open(cfg->data.train, T, (uint64_t)cfg->train.seed,
                                      cfg->data.shuffle, cfg->model.vocab_size);
-    if (!r->train_data) return bt_error("data.train: %s", bt_last_error());
+    if (!r->train_data) return bt_error_prefix("data.train");
     if (cfg->data.val[0]) {
         r->val_data = data_loader_open(cfg->data.val, T, (uint64_t)cfg->train.seed, false,
                                        cfg->model.vocab_size);
-        if (!r->val_data) return bt_error("data.val: %s", bt_last_error());
+        if (!r->val_data) return bt_error_prefix("data.val");
     }
     if (build_optimizer(r) != BT_OK) return BT_ERR;
     if (metrics_open(&r->log, cfg->log.dir) != BT_OK) return BT_ERR;

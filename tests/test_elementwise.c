@@ -2,6 +2,7 @@
  * and the messages of bad inputs. */
 #include <math.h>
 
+#include "core/cpu/fastmath.h"
 #include "tests/gradcheck.h"
 
 static bt_tensor *fn_add(bt_tensor **in, void *ctx) {
@@ -177,6 +178,22 @@ START_TEST(test_masked_fill_bad_mask) {
 }
 END_TEST
 
+START_TEST(test_fast_exp_matches_libm) {
+    /* bt_fast_expf (vectorisable) against libm's expf over the range kernels use */
+    double worst = 0.0;
+    for (float x = -87.0f; x <= 88.0f; x += 0.00731f) {
+        double ref = exp((double)x), rel = fabs(bt_fast_expf(x) - ref) / ref;
+        if (rel > worst) worst = rel;
+    }
+    ck_assert_msg(worst < 3e-7, "fast exp relative error %g", worst); /* ~2.5 ulp of float */
+    ck_assert_float_eq(bt_fast_expf(0.0f), 1.0f);
+    ck_assert(bt_fast_expf(-1000.0f) < 1e-37f); /* clamped, no garbage */
+    ck_assert(isfinite(bt_fast_expf(1000.0f)));
+    for (float u = -10.0f; u <= 10.0f; u += 0.01f)
+        ck_assert_msg(fabsf(bt_fast_tanhf(u) - tanhf(u)) < 2e-7f, "tanh(%g)", u);
+}
+END_TEST
+
 static Suite *elementwise_suite(void) {
     Suite *s = suite_create("elementwise");
     bt_suite_add(s, test_add_forward_broadcast);
@@ -185,6 +202,7 @@ static Suite *elementwise_suite(void) {
     bt_suite_add_loop(s, test_unary_gradients, 0,
                       (int)(sizeof(unary_cases) / sizeof(unary_cases[0])));
     bt_suite_add(s, test_unary_forward_values);
+    bt_suite_add(s, test_fast_exp_matches_libm);
     bt_suite_add(s, test_masked_fill);
     bt_suite_add(s, test_binary_bad_shapes);
     bt_suite_add(s, test_binary_bad_dtype);

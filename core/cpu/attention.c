@@ -1,13 +1,31 @@
-/* CPU attention kernels: fused scaled-dot-product attention with an online softmax (forward) and
- * FlashAttention-2 style recomputation from the saved log-sum-exp (backward), one query row at a
- * time; never builds the T x T matrix. OpenMP over query rows (forward), over kv heads or key
- * blocks (backward), so that no two threads write the same row. */
+/* CPU attention kernels, FlashAttention-2 style (Dao 2023) on tiles: a block of BQ query rows is
+ * scored against up to KC keys at once with cblas_sgemm, so no thread holds more than a BQ x KC
+ * tile of the T x T score matrix. Forward: online softmax over key chunks (one chunk when T <= KC),
+ * saves the log-sum-exp. Backward: recomputes P from it. OpenMP over (batch, head, query block)
+ * in the forward; over (batch, kv head) or, with few of those, over key blocks then query blocks
+ * in the backward, so that no two threads write the same output row. The small sgemms run inside
+ * the OpenMP team with OpenBLAS single-threaded. */
+#include <cblas.h>
 #include <math.h>
 #include <omp.h>
+#include <stdalign.h>
 
 #include "core/cpu/kernels.h"
 
-#define KEY_BLOCK 64 /* keys scored at once; forward rescales once per block, backward owns one */
+/* glibc's libmvec has vector expf (_ZGVbN4v_expf, ...; libm's link script pulls it in), but
+ * <math.h> declares it only under -ffast-math; declared here, the `omp simd` exp loops below call it
+ * 4 (SSE) to 16 (AVX-512) lanes at a time. Within a few ulp of expf; elsewhere plain expf. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
+    !defined(__FAST_MATH__)
+__attribute__((__simd__("notinbranch"))) float expf(float);
+#endif
+
+#define BQ 64  /* query rows per tile */
+#define KC 256 /* keys per tile (a multiple of BQ: a causal tile never starts past its queries) */
+
+static inline int64_t min64(int64_t a, int64_t b) {
+    return a < b ? a : b;
+}
 
 static inline float dot(const float *a, const float *b, int64_t n) {
     float acc = 0.0f;
@@ -17,31 +35,81 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-/* y[n] += alpha * x[n] */
-static inline void axpy(float *restrict y, float alpha, const float *restrict x, int64_t n) {
-#pragma omp simd
-    for (int64_t i = 0; i < n; i++)
-        y[i] += alpha * x[i];
+/* C (M, N) = alpha op(A) op(B) + beta C, row-major, leading dimensions as given */
+static inline void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                         float *C, int64_t ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda,
+                B, (int)ldb, beta, C, (int)ldc);
 }
 
-/* y[n] += sum_j w[j] * x[j][n] for x (n_rows, n): four rows per pass over y, so y is loaded and
- * stored a quarter as often as with one axpy per row */
-static inline void add_weighted_rows(float *restrict y, const float *w, const float *restrict x,
-                                     int64_t n_rows, int64_t n) {
-    int64_t j = 0;
-    for (; j + 4 <= n_rows; j += 4) {
-        const float *x0 = x + j * n, *x1 = x0 + n, *x2 = x1 + n, *x3 = x2 + n;
-        float w0 = w[j], w1 = w[j + 1], w2 = w[j + 2], w3 = w[j + 3];
+/* Keys of a causal tile that query q0 + i may see: those below q0 + i + 1, from key c0 on */
+static inline int64_t visible_keys(bool causal, int64_t q0, int64_t i, int64_t c0, int64_t nc) {
+    if (!causal) return nc;
+    int64_t n = q0 + i + 1 - c0;
+    return n < 0 ? 0 : n < nc ? n : nc;
+}
+
+/* OpenBLAS single-threaded while the OpenMP team calls it; returns the count to restore */
+static int blas_threads_one(void) {
+    int previous = openblas_get_num_threads();
+    if (previous != 1) openblas_set_num_threads(1);
+    return previous;
+}
+
+static void blas_threads_restore(int previous) {
+    if (previous != 1) openblas_set_num_threads(previous);
+}
+
+/* Forward of query rows q0..q1-1 of head h in batch b (q1 - q0 <= BQ). S: BQ * KC scratch. */
+static void forward_block(float *out, float *lse, const float *q, const float *k, const float *v,
+                          int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t NH, int64_t NKV,
+                          int64_t T, int64_t hs, float scale, bool causal, float *S) {
+    int64_t nq = q1 - q0, row0 = (b * NH + h) * T + q0;
+    int64_t kv_off = (b * NKV + h / (NH / NKV)) * T * hs;
+    const float *Q = q + row0 * hs, *K = k + kv_off, *V = v + kv_off;
+    float *O = out + row0 * hs, m[BQ], l[BQ];
+    int64_t n_keys = causal ? q1 : T;
+    for (int64_t i = 0; i < nq; i++)
+        m[i] = -INFINITY, l[i] = 0.0f;
+    for (int64_t c0 = 0; c0 < n_keys; c0 += KC) {
+        int64_t nc = min64(KC, n_keys - c0);
+        sgemm(false, true, nq, nc, hs, scale, Q, hs, K + c0 * hs, hs, 0.0f, S, nc);
+        for (int64_t i = 0; i < nq; i++) {
+            float *s = S + i * nc;
+            int64_t nv = visible_keys(causal, q0, i, c0, nc);
+            float mx = -INFINITY, sum = 0.0f;
+#pragma omp simd reduction(max : mx)
+            for (int64_t j = 0; j < nv; j++)
+                mx = s[j] > mx ? s[j] : mx;
+            float m_new = mx > m[i] ? mx : m[i];
 #pragma omp simd
-        for (int64_t i = 0; i < n; i++)
-            y[i] += w0 * x0[i] + w1 * x1[i] + w2 * x2[i] + w3 * x3[i];
+            for (int64_t j = 0; j < nv; j++)
+                s[j] = expf(s[j] - m_new);
+#pragma omp simd reduction(+ : sum)
+            for (int64_t j = 0; j < nv; j++)
+                sum += s[j];
+            for (int64_t j = nv; j < nc; j++)
+                s[j] = 0.0f;
+            if (c0 > 0 && m_new > m[i]) { /* rescale what earlier chunks accumulated */
+                float correction = expf(m[i] - m_new);
+                l[i] *= correction;
+                for (int64_t d = 0; d < hs; d++)
+                    O[i * hs + d] *= correction;
+            }
+            if (nv > 0) m[i] = m_new;
+            l[i] += sum;
+        }
+        sgemm(false, false, nq, hs, nc, 1.0f, S, nc, V + c0 * hs, hs, c0 > 0 ? 1.0f : 0.0f, O,
+              hs);
     }
-    for (; j < n_rows; j++)
-        axpy(y, w[j], x + j * n, n);
-}
-
-static inline int64_t min64(int64_t a, int64_t b) {
-    return a < b ? a : b;
+    for (int64_t i = 0; i < nq; i++) {
+        float inv_l = 1.0f / l[i];
+        for (int64_t d = 0; d < hs; d++)
+            O[i * hs + d] *= inv_l;
+        lse[row0 + i] = m[i] + logf(l[i]);
+    }
 }
 
 void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, const float *v,
@@ -50,47 +118,25 @@ void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, co
     /* q and out are (B, NH, T, hs), k and v (B, NKV, T, hs), lse (B, NH, T); row r = (b, h, t):
      *   out_t = sum_s softmax_s(q_t . k_s * scale) v_s,  lse_t = log sum_s exp(q_t . k_s * scale)
      * over s <= t when causal, all s otherwise; query head h reads kv head h / (NH / NKV).
-     * Online softmax (Milakov & Gimelshein 2018): keep the running max m and sum l, rescale the
-     * partial output when m grows. */
-    int64_t rows = B * NH * T, group = NKV > 0 ? NH / NKV : 1;
-#pragma omp parallel for schedule(dynamic, 16) if (rows * T * hs >= 32768)
-    for (int64_t r = 0; r < rows; r++) {
-        int64_t t = r % T, bh = r / T, b = bh / NH, h = bh % NH;
-        int64_t kv_off = (b * NKV + h / group) * T * hs;
-        const float *q_t = q + r * hs, *kh = k + kv_off, *vh = v + kv_off;
-        float *o = out + r * hs;
-        int64_t n_keys = causal ? t + 1 : T;
-        float m = -INFINITY, l = 0.0f, p[KEY_BLOCK];
-        for (int64_t i = 0; i < hs; i++)
-            o[i] = 0.0f;
-        for (int64_t s0 = 0; s0 < n_keys; s0 += KEY_BLOCK) {
-            int64_t n = min64(KEY_BLOCK, n_keys - s0);
-            float block_max = -INFINITY;
-            for (int64_t j = 0; j < n; j++) {
-                p[j] = dot(q_t, kh + (s0 + j) * hs, hs) * scale;
-                if (p[j] > block_max) block_max = p[j];
-            }
-            if (block_max > m) { /* rescale what was accumulated under the old max */
-                float correction = expf(m - block_max);
-                l *= correction;
-                for (int64_t i = 0; i < hs; i++)
-                    o[i] *= correction;
-                m = block_max;
-            }
-            for (int64_t j = 0; j < n; j++) {
-                p[j] = expf(p[j] - m);
-                l += p[j];
-            }
-            add_weighted_rows(o, p, vh + s0 * hs, n, hs);
+     * Per tile S = Q K^T * scale; online softmax across key chunks (Milakov & Gimelshein 2018);
+     * O = P V. Tasks go longest first (late causal query blocks see the most keys). */
+    if (NKV <= 0 || T <= 0) return;
+    int64_t n_qblocks = (T + BQ - 1) / BQ, heads = B * NH, tasks = heads * n_qblocks;
+    int blas_threads = blas_threads_one();
+#pragma omp parallel if (heads * T * T * hs >= 32768)
+    {
+        alignas(64) float S[BQ * KC];
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t task = 0; task < tasks; task++) {
+            int64_t qb = n_qblocks - 1 - task / heads, bh = task % heads;
+            forward_block(out, lse, q, k, v, bh / NH, bh % NH, qb * BQ, min64(qb * BQ + BQ, T), NH,
+                          NKV, T, hs, scale, causal, S);
         }
-        float inv_l = 1.0f / l;
-        for (int64_t i = 0; i < hs; i++)
-            o[i] *= inv_l;
-        lse[r] = m + logf(l);
     }
+    blas_threads_restore(blas_threads);
 }
 
-/* Everything the backward helpers read and write; shapes as in bt_cpu_attention_backward. */
+/* Everything the backward tiles read and write; shapes as in bt_cpu_attention_backward. */
 struct attention_grads {
     float *dq, *dk, *dv;
     const float *dout, *q, *k, *v, *out, *lse;
@@ -99,57 +145,96 @@ struct attention_grads {
     bool causal;
 };
 
-/* Keys s0 <= s < s1 (s1 - s0 <= KEY_BLOCK) of kv head g in batch b, against every query of the
- * heads that read it: overwrites dk, dv rows s0..s1-1 and, when with_dq, adds these keys' share
- * to those queries' dq rows. */
-static void backward_key_block(const struct attention_grads *a, int64_t b, int64_t g, int64_t s0,
-                               int64_t s1, bool with_dq) {
-    int64_t NH = a->NH, T = a->T, hs = a->hs, group = a->NH / a->NKV;
-    int64_t kv_off = (b * a->NKV + g) * T * hs;
-    const float *kg = a->k + kv_off, *vg = a->v + kv_off;
-    float *dkg = a->dk + kv_off, *dvg = a->dv + kv_off, ds[KEY_BLOCK];
-    for (int64_t i = s0 * hs; i < s1 * hs; i++)
-        dkg[i] = dvg[i] = 0.0f;
-    for (int64_t h = g * group; h < (g + 1) * group; h++) {
-        for (int64_t t = a->causal ? s0 : 0; t < T; t++) {
-            int64_t r = (b * NH + h) * T + t;
-            const float *q_t = a->q + r * hs, *do_t = a->dout + r * hs;
-            float D = dot(do_t, a->out + r * hs, hs), lse_t = a->lse[r];
-            int64_t n = (a->causal ? min64(s1, t + 1) : s1) - s0;
-            for (int64_t j = 0; j < n; j++) {
-                int64_t s = s0 + j;
-                float p = expf(dot(q_t, kg + s * hs, hs) * a->scale - lse_t);
-                float dp = dot(do_t, vg + s * hs, hs);
-                ds[j] = p * (dp - D) * a->scale;
-                axpy(dvg + s * hs, p, do_t, hs);
-                axpy(dkg + s * hs, ds[j], q_t, hs);
-            }
-            if (with_dq) add_weighted_rows(a->dq + r * hs, ds, kg + s0 * hs, n, hs);
-        }
+/* Per-thread scratch of the backward: scores / probabilities, dP / dS, and D of a query tile */
+struct backward_scratch {
+    alignas(64) float S[BQ * KC];
+    alignas(64) float dP[BQ * KC];
+    float D[BQ];
+};
+
+/* D_t = dout_t . out_t for the query rows q0..q1-1 of head h in batch b */
+static void backward_rowsums(const struct attention_grads *a, int64_t b, int64_t h, int64_t q0,
+                             int64_t q1, float *D) {
+    int64_t row0 = (b * a->NH + h) * a->T + q0, hs = a->hs;
+    for (int64_t i = 0; i < q1 - q0; i++)
+        D[i] = dot(a->dout + (row0 + i) * hs, a->out + (row0 + i) * hs, hs);
+}
+
+/* Queries q0..q1-1 (at most BQ) of head h in batch b against keys c0..c1-1 (at most KC) of its kv
+ * head, with x->D holding the queries' D. dq rows = dS K * scale + dq_beta * dq rows when with_dq;
+ * dk rows += dS^T Q * scale and dv rows += P^T dout when with_dkdv. */
+static void backward_tile(const struct attention_grads *a, int64_t b, int64_t h, int64_t q0,
+                          int64_t q1, int64_t c0, int64_t c1, struct backward_scratch *x,
+                          bool with_dq, float dq_beta, bool with_dkdv) {
+    int64_t NH = a->NH, T = a->T, hs = a->hs, nq = q1 - q0, nc = c1 - c0;
+    int64_t row0 = (b * NH + h) * T + q0, kv_off = ((b * a->NKV + h / (NH / a->NKV)) * T + c0) * hs;
+    const float *Q = a->q + row0 * hs, *dO = a->dout + row0 * hs, *L = a->lse + row0;
+    const float *K = a->k + kv_off, *V = a->v + kv_off;
+    float *S = x->S, *dP = x->dP;
+    sgemm(false, true, nq, nc, hs, a->scale, Q, hs, K, hs, 0.0f, S, nc);
+    sgemm(false, true, nq, nc, hs, 1.0f, dO, hs, V, hs, 0.0f, dP, nc);
+    for (int64_t i = 0; i < nq; i++) {
+        float *s = S + i * nc, *dp = dP + i * nc, lse_t = L[i], D = x->D[i];
+        int64_t nv = visible_keys(a->causal, q0, i, c0, nc);
+#pragma omp simd
+        for (int64_t j = 0; j < nv; j++)
+            s[j] = expf(s[j] - lse_t);
+#pragma omp simd
+        for (int64_t j = 0; j < nv; j++)
+            dp[j] = s[j] * (dp[j] - D);
+        for (int64_t j = nv; j < nc; j++)
+            s[j] = dp[j] = 0.0f;
+    }
+    if (with_dq)
+        sgemm(false, false, nq, hs, nc, a->scale, dP, nc, K, hs, dq_beta, a->dq + row0 * hs, hs);
+    if (with_dkdv) {
+        sgemm(true, false, nc, hs, nq, a->scale, dP, nc, Q, hs, 1.0f, a->dk + kv_off, hs);
+        sgemm(true, false, nc, hs, nq, 1.0f, S, nc, dO, hs, 1.0f, a->dv + kv_off, hs);
     }
 }
 
-/* dq row r = (b, h, t) from all its keys (overwritten) */
-static void backward_query_row(const struct attention_grads *a, int64_t r) {
-    int64_t NH = a->NH, T = a->T, hs = a->hs, group = a->NH / a->NKV;
-    int64_t t = r % T, b = r / T / NH, h = r / T % NH;
-    int64_t kv_off = (b * a->NKV + h / group) * T * hs;
-    const float *q_t = a->q + r * hs, *do_t = a->dout + r * hs;
-    const float *kh = a->k + kv_off, *vh = a->v + kv_off;
-    float *dq_t = a->dq + r * hs, ds[KEY_BLOCK];
-    float D = dot(do_t, a->out + r * hs, hs), lse_t = a->lse[r];
-    int64_t n_keys = a->causal ? t + 1 : T;
-    for (int64_t i = 0; i < hs; i++)
-        dq_t[i] = 0.0f;
-    for (int64_t s0 = 0; s0 < n_keys; s0 += KEY_BLOCK) {
-        int64_t n = min64(KEY_BLOCK, n_keys - s0);
-        for (int64_t j = 0; j < n; j++) {
-            const float *k_s = kh + (s0 + j) * hs, *v_s = vh + (s0 + j) * hs;
-            float p = expf(dot(q_t, k_s, hs) * a->scale - lse_t);
-            ds[j] = p * (dot(do_t, v_s, hs) - D) * a->scale;
+/* One-pass task: kv head g of batch b with every query of the heads that read it; overwrites the
+ * group's dk, dv and the dq of those heads. */
+static void backward_group(const struct attention_grads *a, int64_t b, int64_t g,
+                           struct backward_scratch *x) {
+    int64_t T = a->T, hs = a->hs, group = a->NH / a->NKV;
+    float *dkg = a->dk + (b * a->NKV + g) * T * hs, *dvg = a->dv + (b * a->NKV + g) * T * hs;
+    for (int64_t i = 0; i < T * hs; i++)
+        dkg[i] = dvg[i] = 0.0f;
+    for (int64_t h = g * group; h < (g + 1) * group; h++)
+        for (int64_t q0 = 0; q0 < T; q0 += BQ) {
+            int64_t q1 = min64(q0 + BQ, T), n_keys = a->causal ? q1 : T;
+            backward_rowsums(a, b, h, q0, q1, x->D);
+            for (int64_t c0 = 0; c0 < n_keys; c0 += KC)
+                backward_tile(a, b, h, q0, q1, c0, min64(c0 + KC, n_keys), x, true,
+                              c0 > 0 ? 1.0f : 0.0f, true);
         }
-        add_weighted_rows(dq_t, ds, kh + s0 * hs, n, hs);
-    }
+}
+
+/* Two-pass, first pass: keys s0..s1-1 (at most KC) of kv head g in batch b against every query
+ * that sees them; overwrites those dk, dv rows. */
+static void backward_key_block(const struct attention_grads *a, int64_t b, int64_t g, int64_t s0,
+                               int64_t s1, struct backward_scratch *x) {
+    int64_t T = a->T, hs = a->hs, group = a->NH / a->NKV;
+    int64_t off = ((b * a->NKV + g) * T + s0) * hs;
+    for (int64_t i = 0; i < (s1 - s0) * hs; i++)
+        a->dk[off + i] = a->dv[off + i] = 0.0f;
+    for (int64_t h = g * group; h < (g + 1) * group; h++)
+        for (int64_t q0 = a->causal ? s0 : 0; q0 < T; q0 += BQ) {
+            int64_t q1 = min64(q0 + BQ, T);
+            backward_rowsums(a, b, h, q0, q1, x->D);
+            backward_tile(a, b, h, q0, q1, s0, s1, x, false, 0.0f, true);
+        }
+}
+
+/* Two-pass, second pass: dq of query rows q0..q1-1 of head h in batch b (overwritten) */
+static void backward_query_block(const struct attention_grads *a, int64_t b, int64_t h, int64_t q0,
+                                 int64_t q1, struct backward_scratch *x) {
+    int64_t n_keys = a->causal ? q1 : a->T;
+    backward_rowsums(a, b, h, q0, q1, x->D);
+    for (int64_t c0 = 0; c0 < n_keys; c0 += KC)
+        backward_tile(a, b, h, q0, q1, c0, min64(c0 + KC, n_keys), x, true, c0 > 0 ? 1.0f : 0.0f,
+                      false);
 }
 
 void bt_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
@@ -157,37 +242,49 @@ void bt_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
                                int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs,
                                float scale, bool causal) {
     /* Shapes as in the forward; dq, dout like q; dk, dv like k, v; all overwritten.
-     * FlashAttention-2 (Dao 2023, Alg. 2) per (query t, key s) pair, with p recomputed from lse:
-     *   p = exp(q_t . k_s * scale - lse_t)     (forward: softmax row)
-     *   D_t = dout_t . out_t                   (= sum_s p_s dp_s)
-     *   dv_s += p dout_t;  dp = dout_t . v_s;  ds = p (dp - D_t) * scale
-     *   dq_t += ds k_s;  dk_s += ds q_t
-     * Every output row has one writer. With enough (b, kv head) groups for the threads, one pass:
-     * a group's task owns its dk, dv rows and the dq rows of the query heads that read it. Else two
-     * passes with more tasks: dk, dv by (b, kv head, key block), then dq by query row; this scores
-     * every pair twice. */
+     * FlashAttention-2 (Dao 2023, Alg. 2) per tile of queries i and keys j, P recomputed from lse:
+     *   S = Q K^T * scale,  P = exp(S - lse_i) (0 where masked),  D_i = dout_i . out_i
+     *   dP = dO V^T,  dS = P * (dP - D_i)
+     *   dQ += dS K * scale,  dK += dS^T Q * scale,  dV += P^T dO
+     * Every output row has one writer. When the (b, kv head) groups keep the threads busy, one
+     * pass: a group's task owns its dk, dv rows and the dq rows of the query heads that read it.
+     * Else two passes with more tasks: dk, dv by (b, kv head, key block), then dq by (b, head,
+     * query block); this scores every pair twice. */
     if (NKV <= 0 || T <= 0) return;
     struct attention_grads a = {dq, dk, dv, dout, q, k, v, out, lse, NH, NKV, T, hs, scale, causal};
-    int64_t rows = B * NH * T, groups = B * NKV, n_blocks = (T + KEY_BLOCK - 1) / KEY_BLOCK;
-    bool parallel = rows * T * hs >= 32768;
-    if (!parallel || groups >= 4 * omp_get_max_threads()) {
-#pragma omp parallel for schedule(dynamic, 1) if (parallel)
-        for (int64_t bg = 0; bg < groups; bg++) {
-            int64_t b = bg / NKV, g = bg % NKV, group = NH / NKV;
-            float *dq_g = dq + (b * NH + g * group) * T * hs; /* the group's query heads */
-            for (int64_t i = 0; i < group * T * hs; i++)
-                dq_g[i] = 0.0f;
-            for (int64_t s0 = 0; s0 < T; s0 += KEY_BLOCK)
-                backward_key_block(&a, b, g, s0, min64(s0 + KEY_BLOCK, T), true);
+    int64_t groups = B * NKV, heads = B * NH;
+    int64_t n_kblocks = (T + BQ - 1) / BQ, n_qblocks = n_kblocks;
+    bool parallel = heads * T * T * hs >= 32768;
+    int64_t threads = parallel ? omp_get_max_threads() : 1;
+    /* the one pass's share of busy thread time, its groups all being the same size */
+    int64_t rounds = (groups + threads - 1) / threads;
+    bool one_pass = 4 * groups >= 3 * rounds * threads;
+    int blas_threads = blas_threads_one();
+    if (one_pass) {
+#pragma omp parallel if (parallel)
+        {
+            struct backward_scratch x;
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t bg = 0; bg < groups; bg++)
+                backward_group(&a, bg / NKV, bg % NKV, &x);
         }
-        return;
+    } else {
+#pragma omp parallel
+        {
+            struct backward_scratch x;
+            /* early key blocks first: causal, they see the most queries */
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t task = 0; task < groups * n_kblocks; task++) {
+                int64_t kb = task / groups, bg = task % groups;
+                backward_key_block(&a, bg / NKV, bg % NKV, kb * BQ, min64(kb * BQ + BQ, T), &x);
+            }
+            /* late query blocks first: causal, they see the most keys */
+#pragma omp for schedule(dynamic, 1)
+            for (int64_t task = 0; task < heads * n_qblocks; task++) {
+                int64_t qb = n_qblocks - 1 - task / heads, bh = task % heads;
+                backward_query_block(&a, bh / NH, bh % NH, qb * BQ, min64(qb * BQ + BQ, T), &x);
+            }
+        }
     }
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int64_t task = 0; task < groups * n_blocks; task++) {
-        int64_t bg = task / n_blocks, s0 = (task % n_blocks) * KEY_BLOCK;
-        backward_key_block(&a, bg / NKV, bg % NKV, s0, min64(s0 + KEY_BLOCK, T), false);
-    }
-#pragma omp parallel for schedule(dynamic, 16)
-    for (int64_t r = 0; r < rows; r++)
-        backward_query_row(&a, r);
+    blas_threads_restore(blas_threads);
 }

@@ -1,19 +1,68 @@
 /* CPU matmul kernels: batched sgemm through OpenBLAS (cblas, row-major), bias fill and bias
  * gradient. */
 #include <cblas.h>
+#include <omp.h>
 
 #include "core/cpu/kernels.h"
+
+/* One thread pool: OpenBLAS runs single-threaded (bt_cpu_threads_init) and the GEMM is split
+ * across braid's OpenMP threads, so BLAS worker threads never spin against the OpenMP kernels
+ * that run between GEMMs (the two pools fought over 2 cores: ~15% of a training step in
+ * sched_yield). Each thread computes a block of C's rows or columns, aligned to 16. */
+#define GEMM_SPLIT_MIN_FLOPS 2000000.0 /* below this, one thread does the whole product */
+
+static void gemm_block(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                       float *C, int64_t ldc) {
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda,
+                B, (int)ldb, beta, C, (int)ldc);
+}
+
+/* C (M,N) = alpha op(A) op(B) + beta C, split over the threads of the enclosing team */
+static void gemm_parallel(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                          float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
+                          float beta, float *C) {
+    int threads = omp_get_max_threads();
+    if (threads <= 1 || 2.0 * (double)M * (double)N * (double)K < GEMM_SPLIT_MIN_FLOPS) {
+        gemm_block(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+        return;
+    }
+    bool split_rows = M >= N; /* split the longer side of C */
+    int64_t len = split_rows ? M : N;
+    int64_t chunk = ((len + threads - 1) / threads + 15) / 16 * 16;
+#pragma omp parallel for schedule(static, 1)
+    for (int64_t start = 0; start < len; start += chunk) {
+        int64_t n = start + chunk <= len ? chunk : len - start;
+        if (split_rows) /* rows of op(A) and of C */
+            gemm_block(trans_a, trans_b, n, N, K, alpha, trans_a ? A + start : A + start * lda,
+                       lda, B, ldb, beta, C + start * N, N);
+        else /* columns of op(B) and of C */
+            gemm_block(trans_a, trans_b, M, n, K, alpha, A, lda,
+                       trans_b ? B + start * ldb : B + start, ldb, beta, C + start, N);
+    }
+}
+
+void bt_cpu_threads_init(void) {
+    openblas_set_num_threads(1);
+}
 
 void bt_cpu_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N, int64_t K,
                  float alpha, const float *A, int64_t lda, int64_t stride_a, const float *B,
                  int64_t ldb, int64_t stride_b, float beta, float *C, int64_t stride_c) {
-    /* stride_c == 0 means every batch accumulates into the same C (a broadcast operand's grad) */
+    /* many small independent products: one per thread; stride_c == 0 means every batch
+     * accumulates into the same C (a broadcast operand's gradient), which must stay serial */
+    if (batch >= omp_get_max_threads() && stride_c != 0 && batch > 1) {
+#pragma omp parallel for schedule(static)
+        for (int64_t b = 0; b < batch; b++)
+            gemm_block(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b,
+                       ldb, beta, C + b * stride_c, N);
+        return;
+    }
     for (int64_t b = 0; b < batch; b++) {
         float beta_b = (stride_c == 0 && b > 0) ? 1.0f : beta;
-        cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                    trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha,
-                    A + b * stride_a, (int)lda, B + b * stride_b, (int)ldb, beta_b,
-                    C + b * stride_c, (int)N);
+        gemm_parallel(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b,
+                      ldb, beta_b, C + b * stride_c);
     }
 }
 

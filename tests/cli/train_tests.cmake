@@ -1,0 +1,28 @@
+# braid train from the command line: bad input gives one named error line and a non-zero exit
+# before any work; a short run of the shakespeare_char job trains (tests/cli/train_shakespeare.sh).
+# Included from tests/cli/CMakeLists.txt.
+set(CONFIGS ${PROJECT_SOURCE_DIR}/configs)
+set(CONFIG_FILES ${PROJECT_SOURCE_DIR}/tests/config_files)
+set(TRAIN_OUT ${CMAKE_CURRENT_BINARY_DIR}/train_out)
+
+braid_cli_test(train_help 0 "usage: braid train CONFIG.yaml" train --help)
+braid_cli_test(train_no_config 2 "braid: error: train: expected a config file first" train)
+braid_cli_test(train_missing_config 2 "nope.yaml: cannot open" train ${TRAIN_OUT}/nope.yaml)
+braid_cli_test(train_unknown_key 2 "unknown_key.yaml:3: unknown key 'model.n_layers' (did you mean 'model.n_layer'?)"
+               train ${CONFIG_FILES}/unknown_key.yaml)
+braid_cli_test(train_bad_override 2 "command line: --model.n_layer=four: expected an integer, got 'four'"
+               train ${CONFIGS}/shakespeare_char.yaml --model.n_layer=four)
+braid_cli_test(train_bad_relation 2 "model.n_embd=128 is not divisible by model.n_head=3"
+               train ${CONFIGS}/shakespeare_char.yaml --model.n_head=3 --model.vocab_size=65)
+braid_cli_test(train_cuda_unavailable 2 "train.device=cuda: braid was built without the CUDA backend"
+               train ${CONFIGS}/shakespeare_char.yaml --train.device=cuda --model.vocab_size=65)
+braid_cli_test(train_no_data 1 "no files match '${TRAIN_OUT}/none/train_*.bin'"
+               train ${CONFIGS}/shakespeare_char.yaml --model.vocab_size=65
+               --data.train=${TRAIN_OUT}/none/train_*.bin --log.dir=${TRAIN_OUT}/log)
+braid_cli_test(train_no_vocab 2 "model.vocab_size is not set and ${TRAIN_OUT}/none/tokenizer.yaml cannot be read"
+               train ${CONFIGS}/shakespeare_char.yaml --data.train=${TRAIN_OUT}/none/train_*.bin)
+
+add_test(NAME train_shakespeare_char
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_shakespeare.sh $<TARGET_FILE:braid>
+                 ${PROJECT_SOURCE_DIR} ${TRAIN_OUT}/shakespeare_char)
+set_tests_properties(train_shakespeare_char PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2" TIMEOUT 900)
