@@ -10,15 +10,10 @@
 #include <omp.h>
 #include <stdalign.h>
 
+#include "core/cpu/fastmath.h"
 #include "core/cpu/kernels.h"
 
-/* glibc's libmvec has vector expf (_ZGVbN4v_expf, ...; libm's link script pulls it in), but
- * <math.h> declares it only under -ffast-math; declared here, the `omp simd` exp loops below call it
- * 4 (SSE) to 16 (AVX-512) lanes at a time. Within a few ulp of expf; elsewhere plain expf. */
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__GLIBC__) && \
-    !defined(__FAST_MATH__)
-__attribute__((__simd__("notinbranch"))) float expf(float);
-#endif
+/* exp in the softmax loops is bt_fast_expf: gcc vectorises it (libm's expf it does not). */
 
 #define BQ 64  /* query rows per tile */
 #define KC 256 /* keys per tile (a multiple of BQ: a causal tile never starts past its queries) */
@@ -86,14 +81,14 @@ static void forward_block(float *out, float *lse, const float *q, const float *k
             float m_new = mx > m[i] ? mx : m[i];
 #pragma omp simd
             for (int64_t j = 0; j < nv; j++)
-                s[j] = expf(s[j] - m_new);
+                s[j] = bt_fast_expf(s[j] - m_new);
 #pragma omp simd reduction(+ : sum)
             for (int64_t j = 0; j < nv; j++)
                 sum += s[j];
             for (int64_t j = nv; j < nc; j++)
                 s[j] = 0.0f;
             if (c0 > 0 && m_new > m[i]) { /* rescale what earlier chunks accumulated */
-                float correction = expf(m[i] - m_new);
+                float correction = bt_fast_expf(m[i] - m_new);
                 l[i] *= correction;
                 for (int64_t d = 0; d < hs; d++)
                     O[i * hs + d] *= correction;
@@ -178,7 +173,7 @@ static void backward_tile(const struct attention_grads *a, int64_t b, int64_t h,
         int64_t nv = visible_keys(a->causal, q0, i, c0, nc);
 #pragma omp simd
         for (int64_t j = 0; j < nv; j++)
-            s[j] = expf(s[j] - lse_t);
+            s[j] = bt_fast_expf(s[j] - lse_t);
 #pragma omp simd
         for (int64_t j = 0; j < nv; j++)
             dp[j] = s[j] * (dp[j] - D);
