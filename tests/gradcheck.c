@@ -1,8 +1,25 @@
 /* Finite-difference gradient checking for the Check suites (see gradcheck.h). */
+#define _XOPEN_SOURCE 700 /* nftw */
 #include "tests/gradcheck.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+
+void test_tmpdir_make(char *dir, size_t size, const char *tag) {
+    snprintf(dir, size, "/tmp/braid_%s_XXXXXX", tag);
+    ck_assert_msg(mkdtemp(dir) != NULL, "mkdtemp %s failed", dir);
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    return remove(path);
+}
+
+void test_tmpdir_remove(const char *dir) {
+    nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+}
 
 void test_setup(void) {
     bt_error_clear();

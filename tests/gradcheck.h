@@ -39,6 +39,11 @@ bt_tensor *test_param(int ndim, const int64_t *shape, uint64_t seed, float low, 
         bt_error_clear();                                                                          \
     } while (0)
 
+/* A fresh directory /tmp/braid_<tag>_XXXXXX for a test's files, its path written into dir (at
+ * least 64 bytes); test_tmpdir_remove deletes it with everything in it. */
+void test_tmpdir_make(char *dir, size_t size, const char *tag);
+void test_tmpdir_remove(const char *dir);
+
 /* Each test starts and ends with a clean runtime (no error, empty step arena). */
 void test_setup(void);
 void test_teardown(void);

@@ -3,7 +3,6 @@
  * view of the file is checked by tests/checkpoint_h5py.sh on the file test_h5py_fixture writes. */
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <ftw.h>
 #include <hdf5.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -15,17 +14,12 @@
 
 static char dir[64];
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    return remove(path);
-}
-
 static void make_dir(void) {
-    snprintf(dir, sizeof dir, "/tmp/braid_ckpt_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    test_tmpdir_make(dir, sizeof dir, "ckpt");
 }
 
 static void remove_dir(void) {
-    nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_tmpdir_remove(dir);
     H5close(); /* HDF5's globals, so LeakSanitizer sees only braid's memory */
 }
 

@@ -2,7 +2,6 @@
  * "Data order"), every window once per epoch, targets shifted by one, and the messages of bad
  * inputs. Shards are written with shard_write into a fresh temporary directory per test. */
 #define _GNU_SOURCE
-#include <ftw.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -15,18 +14,13 @@
 static char dir[64];
 static char pattern[128];
 
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    return remove(path);
-}
-
 static void make_dir(void) {
-    snprintf(dir, sizeof dir, "/tmp/braid_loader_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    test_tmpdir_make(dir, sizeof dir, "loader");
     snprintf(pattern, sizeof pattern, "%s/train_*.bin", dir);
 }
 
 static void remove_dir(void) {
-    nftw(dir, remove_entry, 8, FTW_DEPTH | FTW_PHYS);
+    test_tmpdir_remove(dir);
 }
 
 /* Writes dir/train_<index>.bin holding tokens first, first+1, ... (mod 65536): a window's first

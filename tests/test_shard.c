@@ -1,6 +1,5 @@
 /* Token shards (llm.c .bin): write/read round trip, and every malformed file is refused with a
  * message naming the file and the problem. Files live in a fresh directory under /tmp. */
-#include <dirent.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,22 +10,11 @@
 static char dir[64];
 
 static void dir_make(void) {
-    snprintf(dir, sizeof dir, "/tmp/braid_test_shard_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    test_tmpdir_make(dir, sizeof dir, "test_shard");
 }
 
-/* Removes the test directory and the files in it (it holds no subdirectories). */
 static void dir_remove(void) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char path[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
+    test_tmpdir_remove(dir);
 }
 
 /* Writes a shard file by hand: a header with the given fields, then `n_written` tokens, then

@@ -1,7 +1,6 @@
 /* Tokenizers: byte and char round trips and vocabularies, GPT-2 encodings checked against fixed ids
  * from an independent reference (tests/reference/gpt2_encode.py), tokenizer.yaml save/load, and the
  * error messages for unknown characters, invalid UTF-8 and damaged files. */
-#include <dirent.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,22 +11,11 @@
 static char dir[64];
 
 static void dir_make(void) {
-    snprintf(dir, sizeof dir, "/tmp/braid_test_tok_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    test_tmpdir_make(dir, sizeof dir, "test_tok");
 }
 
-/* Removes the test directory and the files in it (it holds no subdirectories). */
 static void dir_remove(void) {
-    DIR *d = opendir(dir);
-    if (!d) return;
-    char path[512];
-    for (struct dirent *e; (e = readdir(d));) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-        snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
-        unlink(path);
-    }
-    closedir(d);
-    rmdir(dir);
+    test_tmpdir_remove(dir);
 }
 
 static void write_text(const char *path, const char *text) {

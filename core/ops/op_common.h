@@ -53,6 +53,13 @@ static inline bt_tensor *op_new_like_shape(const bt_tensor *t, int ndim, const i
     return bt_empty(ndim, shape, BT_F32, t->storage->device);
 }
 
+/* dim wrapped into [0, ndim), or -1 with "<op>: dimension <dim> out of range for <shape>" */
+static inline int op_dim(const char *op, const bt_tensor *x, int dim) {
+    int d = bt_wrap_dim(dim, x->ndim);
+    if (d < 0) bt_error("%s: dimension %d out of range for %s", op, dim, SHAPE(x));
+    return d;
+}
+
 /* (outer, dim, inner) of x around dimension d */
 static inline void op_split_dims(const bt_tensor *x, int d, int64_t *outer, int64_t *dim,
                                  int64_t *inner) {

@@ -53,11 +53,8 @@ static bt_tensor *reduce(bt_reduce_op op, bt_tensor *x, int dim, bool keepdim) {
     const char *name = reduce_names[op];
     if (!OP_INPUTS(name, x)) return NULL;
     if (!op_check_float(name, "input", x)) return NULL;
-    int d = bt_wrap_dim(dim, x->ndim);
-    if (d < 0) {
-        bt_error("%s: dimension %d out of range for %s", name, dim, SHAPE(x));
-        return NULL;
-    }
+    int d = op_dim(name, x, dim);
+    if (d < 0) return NULL;
     if (op == BT_RED_MAX && x->shape[d] == 0) {
         bt_error("max: dimension %d of %s is empty", d, SHAPE(x));
         return NULL;

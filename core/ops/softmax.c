@@ -20,11 +20,8 @@ static bt_status softmax_backward(struct ag_node *node) {
 static bt_tensor *softmax(const char *name, bt_tensor *x, int dim, bool log) {
     if (!OP_INPUTS(name, x)) return NULL;
     if (!op_check_float(name, "input", x)) return NULL;
-    int d = bt_wrap_dim(dim, x->ndim);
-    if (d < 0) {
-        bt_error("%s: dimension %d out of range for %s", name, dim, SHAPE(x));
-        return NULL;
-    }
+    int d = op_dim(name, x, dim);
+    if (d < 0) return NULL;
     bt_tensor *xc = op_contiguous_data(x);
     bt_tensor *out = xc ? op_new_like_shape(x, x->ndim, x->shape) : NULL;
     const struct bt_backend *be = op_backend(name, x);
