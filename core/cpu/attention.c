@@ -5,7 +5,6 @@
  * in the forward; over (batch, kv head) or, with few of those, over key blocks then query blocks
  * in the backward, so that no two threads write the same output row. The small sgemms run inside
  * the OpenMP team with OpenBLAS single-threaded. */
-#include <cblas.h>
 #include <math.h>
 #include <omp.h>
 #include <stdalign.h>
@@ -30,31 +29,11 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return acc;
 }
 
-/* C (M, N) = alpha op(A) op(B) + beta C, row-major, leading dimensions as given */
-static inline void sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                         const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                         float *C, int64_t ldc) {
-    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda,
-                B, (int)ldb, beta, C, (int)ldc);
-}
-
 /* Keys of a causal tile that query q0 + i may see: those below q0 + i + 1, from key c0 on */
 static inline int64_t visible_keys(bool causal, int64_t q0, int64_t i, int64_t c0, int64_t nc) {
     if (!causal) return nc;
     int64_t n = q0 + i + 1 - c0;
     return n < 0 ? 0 : n < nc ? n : nc;
-}
-
-/* OpenBLAS single-threaded while the OpenMP team calls it; returns the count to restore */
-static int blas_threads_one(void) {
-    int previous = openblas_get_num_threads();
-    if (previous != 1) openblas_set_num_threads(1);
-    return previous;
-}
-
-static void blas_threads_restore(int previous) {
-    if (previous != 1) openblas_set_num_threads(previous);
 }
 
 /* Forward of query rows q0..q1-1 of head h in batch b (q1 - q0 <= BQ). S: BQ * KC scratch. */
@@ -70,7 +49,7 @@ static void forward_block(float *out, float *lse, const float *q, const float *k
         m[i] = -INFINITY, l[i] = 0.0f;
     for (int64_t c0 = 0; c0 < n_keys; c0 += KC) {
         int64_t nc = min64(KC, n_keys - c0);
-        sgemm(false, true, nq, nc, hs, scale, Q, hs, K + c0 * hs, hs, 0.0f, S, nc);
+        bt_cpu_sgemm(false, true, nq, nc, hs, scale, Q, hs, K + c0 * hs, hs, 0.0f, S, nc);
         for (int64_t i = 0; i < nq; i++) {
             float *s = S + i * nc;
             int64_t nv = visible_keys(causal, q0, i, c0, nc);
@@ -96,8 +75,8 @@ static void forward_block(float *out, float *lse, const float *q, const float *k
             if (nv > 0) m[i] = m_new;
             l[i] += sum;
         }
-        sgemm(false, false, nq, hs, nc, 1.0f, S, nc, V + c0 * hs, hs, c0 > 0 ? 1.0f : 0.0f, O,
-              hs);
+        bt_cpu_sgemm(false, false, nq, hs, nc, 1.0f, S, nc, V + c0 * hs, hs, c0 > 0 ? 1.0f : 0.0f,
+                     O, hs);
     }
     for (int64_t i = 0; i < nq; i++) {
         float inv_l = 1.0f / l[i];
@@ -117,7 +96,6 @@ void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, co
      * O = P V. Tasks go longest first (late causal query blocks see the most keys). */
     if (NKV <= 0 || T <= 0) return;
     int64_t n_qblocks = (T + BQ - 1) / BQ, heads = B * NH, tasks = heads * n_qblocks;
-    int blas_threads = blas_threads_one();
 #pragma omp parallel if (heads * T * T * hs >= 32768)
     {
         alignas(64) float S[BQ * KC];
@@ -128,7 +106,6 @@ void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, co
                           NKV, T, hs, scale, causal, S);
         }
     }
-    blas_threads_restore(blas_threads);
 }
 
 /* Everything the backward tiles read and write; shapes as in bt_cpu_attention_backward. */
@@ -166,8 +143,8 @@ static void backward_tile(const struct attention_grads *a, int64_t b, int64_t h,
     const float *Q = a->q + row0 * hs, *dO = a->dout + row0 * hs, *L = a->lse + row0;
     const float *K = a->k + kv_off, *V = a->v + kv_off;
     float *S = x->S, *dP = x->dP;
-    sgemm(false, true, nq, nc, hs, a->scale, Q, hs, K, hs, 0.0f, S, nc);
-    sgemm(false, true, nq, nc, hs, 1.0f, dO, hs, V, hs, 0.0f, dP, nc);
+    bt_cpu_sgemm(false, true, nq, nc, hs, a->scale, Q, hs, K, hs, 0.0f, S, nc);
+    bt_cpu_sgemm(false, true, nq, nc, hs, 1.0f, dO, hs, V, hs, 0.0f, dP, nc);
     for (int64_t i = 0; i < nq; i++) {
         float *s = S + i * nc, *dp = dP + i * nc, lse_t = L[i], D = x->D[i];
         int64_t nv = visible_keys(a->causal, q0, i, c0, nc);
@@ -181,10 +158,11 @@ static void backward_tile(const struct attention_grads *a, int64_t b, int64_t h,
             s[j] = dp[j] = 0.0f;
     }
     if (with_dq)
-        sgemm(false, false, nq, hs, nc, a->scale, dP, nc, K, hs, dq_beta, a->dq + row0 * hs, hs);
+        bt_cpu_sgemm(false, false, nq, hs, nc, a->scale, dP, nc, K, hs, dq_beta, a->dq + row0 * hs,
+                     hs);
     if (with_dkdv) {
-        sgemm(true, false, nc, hs, nq, a->scale, dP, nc, Q, hs, 1.0f, a->dk + kv_off, hs);
-        sgemm(true, false, nc, hs, nq, 1.0f, S, nc, dO, hs, 1.0f, a->dv + kv_off, hs);
+        bt_cpu_sgemm(true, false, nc, hs, nq, a->scale, dP, nc, Q, hs, 1.0f, a->dk + kv_off, hs);
+        bt_cpu_sgemm(true, false, nc, hs, nq, 1.0f, S, nc, dO, hs, 1.0f, a->dv + kv_off, hs);
     }
 }
 
@@ -254,7 +232,6 @@ void bt_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
     /* the one pass's share of busy thread time, its groups all being the same size */
     int64_t rounds = (groups + threads - 1) / threads;
     bool one_pass = 4 * groups >= 3 * rounds * threads;
-    int blas_threads = blas_threads_one();
     if (one_pass) {
 #pragma omp parallel if (parallel)
         {
@@ -281,5 +258,4 @@ void bt_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
             }
         }
     }
-    blas_threads_restore(blas_threads);
 }

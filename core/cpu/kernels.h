@@ -28,6 +28,11 @@ void bt_cpu_reduce(bt_reduce_op op, float *out, int64_t *argmax, const float *x,
 /* matmul.c */
 /* Once per process: OpenBLAS single-threaded; braid's OpenMP threads split the GEMMs. */
 void bt_cpu_threads_init(void);
+/* C (M,N) = alpha op(A) op(B) + beta C on the calling thread (row-major, leading dimensions as
+ * given): for kernels that already run inside an OpenMP team, e.g. attention's tiles. */
+void bt_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                  int64_t ldc);
 void bt_cpu_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N, int64_t K,
                  float alpha, const float *A, int64_t lda, int64_t stride_a, const float *B,
                  int64_t ldb, int64_t stride_b, float beta, float *C, int64_t stride_c);

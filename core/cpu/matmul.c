@@ -11,21 +11,21 @@
  * sched_yield). Each thread computes a block of C's rows or columns, aligned to 16. */
 #define GEMM_SPLIT_MIN_FLOPS 2000000.0 /* below this, one thread does the whole product */
 
-static void gemm_block(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                       const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                       float *C, int64_t ldc) {
+void bt_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float *A, int64_t lda, const float *B, int64_t ldb, float beta, float *C,
+                  int64_t ldc) {
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
-                trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda,
-                B, (int)ldb, beta, C, (int)ldc);
+                trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha, A, (int)lda, B,
+                (int)ldb, beta, C, (int)ldc);
 }
 
 /* C (M,N) = alpha op(A) op(B) + beta C, split over the threads of the enclosing team */
-static void gemm_parallel(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
-                          float alpha, const float *A, int64_t lda, const float *B, int64_t ldb,
-                          float beta, float *C) {
+static void gemm_parallel(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                          const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
+                          float *C) {
     int threads = omp_get_max_threads();
     if (threads <= 1 || 2.0 * (double)M * (double)N * (double)K < GEMM_SPLIT_MIN_FLOPS) {
-        gemm_block(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+        bt_cpu_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
         return;
     }
     bool split_rows = M >= N; /* split the longer side of C */
@@ -35,11 +35,11 @@ static void gemm_parallel(bool trans_a, bool trans_b, int64_t M, int64_t N, int6
     for (int64_t start = 0; start < len; start += chunk) {
         int64_t n = start + chunk <= len ? chunk : len - start;
         if (split_rows) /* rows of op(A) and of C */
-            gemm_block(trans_a, trans_b, n, N, K, alpha, trans_a ? A + start : A + start * lda,
-                       lda, B, ldb, beta, C + start * N, N);
+            bt_cpu_sgemm(trans_a, trans_b, n, N, K, alpha, trans_a ? A + start : A + start * lda,
+                         lda, B, ldb, beta, C + start * N, N);
         else /* columns of op(B) and of C */
-            gemm_block(trans_a, trans_b, M, n, K, alpha, A, lda,
-                       trans_b ? B + start * ldb : B + start, ldb, beta, C + start, N);
+            bt_cpu_sgemm(trans_a, trans_b, M, n, K, alpha, A, lda,
+                         trans_b ? B + start * ldb : B + start, ldb, beta, C + start, N);
     }
 }
 
@@ -55,8 +55,8 @@ void bt_cpu_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N
     if (batch >= omp_get_max_threads() && stride_c != 0 && batch > 1) {
 #pragma omp parallel for schedule(static)
         for (int64_t b = 0; b < batch; b++)
-            gemm_block(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b,
-                       ldb, beta, C + b * stride_c, N);
+            bt_cpu_sgemm(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b,
+                         ldb, beta, C + b * stride_c, N);
         return;
     }
     for (int64_t b = 0; b < batch; b++) {
