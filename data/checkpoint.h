@@ -1,35 +1,93 @@
-/* HDF5 checkpoints (docs/checkpoint.md): one file per saved step, `/model/<name>` float32 full
- * logical tensors in row-major (nn.Linear) layout, root attributes for the step, tokens seen, the
- * resolved config (YAML text), braid's version and the format version. Written to a temporary name,
- * fsync'd and renamed, then the `latest` pointer is replaced the same way. HDF5's own error stack
- * is silenced: failures come back as one message naming the file and what is wrong. */
+/* HDF5 checkpoints (docs/checkpoint.md): one file per saved step with the whole training state —
+ * `/model/<name>` float32 full logical tensors in row-major (nn.Linear) layout, `/optimizer/<name>/
+ * <state>`, the RNG, data and schedule positions, the resolved config and the tokenizer — each
+ * tensor with a CRC-32 of its bytes. Written to a temporary name, fsync'd and renamed, then the
+ * `latest` pointer is replaced the same way. HDF5's own error stack is silenced: every failure is
+ * one message `checkpoint PATH: <what is wrong>`. */
 #ifndef BRAID_DATA_CHECKPOINT_H
 #define BRAID_DATA_CHECKPOINT_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "core/nn.h"
+#include "core/optim.h"
 
-#define CKPT_FORMAT_VERSION 1
+#define CKPT_FORMAT_VERSION 2
 
+/* The run state saved beside the tensors. */
 struct ckpt_meta {
-    int64_t step;        /* steps completed */
+    int64_t step;        /* optimizer steps completed */
     int64_t tokens_seen; /* training tokens consumed */
-    const char *config_yaml;
+    double lr;           /* learning rate of the last step taken (0 before any) */
+    /* core's dropout RNG (struct bt_rng): seed and the next counter offset */
+    uint64_t dropout_seed, dropout_offset;
+    /* the data stream (data/loader.h): seed, shuffle, window length and the index of the next
+     * sample of the global stream (layout-independent: step * dp * grad_accum * batch_size) */
+    uint64_t data_seed;
+    bool data_shuffle;
+    int64_t data_seq_len, data_position;
+    const char *config_yaml;    /* the resolved config; "" when none */
+    const char *tokenizer_yaml; /* the tokenizer.yaml of the training data; "" when unknown */
 };
 
-/* Saves `params` as <dir>/step_<8-digit step>.h5 and points <dir>/latest at it; keeps the newest
- * `keep` step files (keep <= 0: all). Creates dir if needed. */
-bt_status ckpt_save(const char *dir, const struct nn_param_list *params,
+/* Saves params (and the optimizer's state when opt is not NULL) with meta as
+ * <dir>/step_<8-digit step>.h5 and points <dir>/latest at it; keeps the newest `keep` step files
+ * (keep <= 0: all; the file just written always counts). Creates dir if needed. A failure leaves
+ * the previous files and `latest` as they were. */
+bt_status ckpt_save(const char *dir, const struct nn_param_list *params, const struct optim *opt,
                     const struct ckpt_meta *meta, int64_t keep);
 
-/* Loads `/model/<name>` for every parameter in `params` into it. A missing dataset, a shape or
- * dtype that differs, or a /model dataset that no parameter takes is an error naming it:
- * `init.h5: dataset /model/transformer.h.0.attn.c_attn.weight has shape (384,1152), expected
- * (1152,384)`. */
-bt_status ckpt_load_model(const char *path, const struct nn_param_list *params);
+/* The checkpoint `path` names: a file as it is, a directory through its `latest` pointer, into
+ * buf. Errors: `checkpoint dir 'ckpt': no latest checkpoint`, a bad `latest`, a missing path. */
+bt_status ckpt_resolve(const char *path, char *buf, size_t size);
 
-/* The path <dir>/latest names, into buf; BT_ERR with a message when there is none. */
-bt_status ckpt_latest(const char *dir, char *buf, size_t size);
+/* ---- reading ---- */
+
+/* An opened checkpoint whose layout has been checked: the format version, the root attributes and
+ * groups, and that every tensor is a float32 or int64 dataset with a crc32 attribute. */
+struct ckpt_file;
+
+struct ckpt_tensor_info {
+    const char *name; /* full path: "/model/wte.weight", "/optimizer/wte.weight/exp_avg" */
+    int ndim;         /* 0 for a scalar */
+    int64_t shape[BT_MAX_DIMS];
+    bt_dtype dtype; /* BT_F32 or BT_I64 */
+};
+
+/* Opens path read-only and checks its layout; NULL with `checkpoint PATH: ...` on any problem
+ * (missing, not HDF5, truncated, unknown format_version, a missing group or attribute). */
+struct ckpt_file *ckpt_open(const char *path);
+void ckpt_close(struct ckpt_file *f);
+const char *ckpt_path(const struct ckpt_file *f);
+/* The braid version that wrote the file ("0.1.0"). */
+const char *ckpt_braid_version(const struct ckpt_file *f);
+/* The run state; its strings belong to f. */
+const struct ckpt_meta *ckpt_meta(const struct ckpt_file *f);
+/* Name of the optimizer whose state the file holds ("adamw", "sgd"), "" when none, and the number
+ * of optimizer steps it had taken. */
+const char *ckpt_optimizer_name(const struct ckpt_file *f);
+int64_t ckpt_optimizer_steps(const struct ckpt_file *f);
+
+/* Every tensor in the file (/model first, then /optimizer), in name order. */
+int64_t ckpt_num_tensors(const struct ckpt_file *f);
+const struct ckpt_tensor_info *ckpt_tensor(const struct ckpt_file *f, int64_t i);
+/* Reads tensor i into a new persistent CPU tensor of its dtype and shape, verifying its checksum;
+ * NULL with `checkpoint PATH: /model/x: checksum mismatch (...)` and the like. */
+bt_tensor *ckpt_read_tensor(struct ckpt_file *f, int64_t i);
+
+/* Reads /model/<name> into every parameter of params. Every parameter's dataset must exist with
+ * its shape and dtype, and every /model dataset must be a parameter: checked before any is read.
+ * Checksums are verified as each tensor is read: on a mismatch the error is returned and the
+ * parameters read so far keep their new values (callers stop the run). */
+bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *params);
+/* Reads the optimizer state of every parameter of opt (same checks) and its step count; the file's
+ * optimizer must be the same kind. */
+bt_status ckpt_read_optim(struct ckpt_file *f, struct optim *opt);
+
+/* Opens path, reads /model into params and closes it (model.init_from). Besides braid's
+ * checkpoints, any HDF5 file whose /model/<name> datasets hold float32 weights is accepted (a
+ * conversion of other weights, written with h5py): crc32 attributes are verified where present. */
+bt_status ckpt_load_model(const char *path, const struct nn_param_list *params);
 
 #endif

@@ -2,6 +2,7 @@
  * braid error message per failed call. */
 #include "data/h5util.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "core/error.h"
@@ -37,10 +38,16 @@ static const char *call_only(const char *call) {
     return assign && paren && assign < paren ? assign + 3 : call;
 }
 
-void h5_error(const char *path, const char *call, const char *src_file, int src_line) {
+void h5_reason(char *buf, size_t size) {
     char reason[256] = "";
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, reason);
     H5Eclear2(H5E_DEFAULT);
+    snprintf(buf, size, "%s", reason);
+}
+
+void h5_error(const char *path, const char *call, const char *src_file, int src_line) {
+    char reason[256];
+    h5_reason(reason, sizeof reason);
     bt_error("%s: HDF5 %s failed%s%s (%s:%d)", path, call_only(call), reason[0] ? ": " : "", reason,
              short_source(src_file), src_line);
 }

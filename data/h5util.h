@@ -5,6 +5,7 @@
 #define BRAID_DATA_H5UTIL_H
 
 #include <hdf5.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Checks an HDF5 call returning herr_t, htri_t or hid_t: on a negative result, records
@@ -23,6 +24,10 @@ void h5_silence(void);
 
 /* Records the error of a failed HDF5 call (see H5_CHECK) and clears HDF5's error stack. */
 void h5_error(const char *path, const char *call, const char *src_file, int src_line);
+
+/* HDF5's most specific reason for the last failed call ("truncated file: eof = 96, …"), into buf
+ * ("" when none), and clears its error stack. */
+void h5_reason(char *buf, size_t size);
 
 /* Closes an HDF5 handle of any kind if it is valid (for `fail:` paths; never fails). */
 void h5_close_quietly(hid_t id);

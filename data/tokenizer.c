@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pcre2.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1065,28 +1066,58 @@ fail:
     return NULL;
 }
 
-struct tokenizer *tokenizer_load(const char *dir, const char *gpt2_dir) {
-    char *path = yaml_path(dir);
+struct tokenizer *tokenizer_load_text(const char *yaml_text, const char *name,
+                                      const char *gpt2_dir) {
     struct tokenizer *tok = NULL;
     struct yaml_fields fields = {0};
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)yaml_text, strlen(yaml_text));
+    if (yaml_read_fields(&parser, name, &fields) == BT_OK)
+        tok = tokenizer_from_fields(&fields, name, gpt2_dir);
+    yaml_parser_delete(&parser);
+    yaml_fields_free(&fields);
+    return tok;
+}
+
+/* The whole file at path, NUL-terminated (malloc'd); NULL with a message naming it. */
+static char *read_text_file(const char *path) {
+    FILE *file = fopen(path, "rb");
+    if (!file) {
+        bt_error("%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    size_t len = 0, cap = 0, n = 1;
+    char *text = NULL;
+    while (n > 0) {
+        if (len + 1 >= cap) { /* room for one more read and the terminator */
+            char *bigger = realloc(text, cap = cap ? 2 * cap : 4096);
+            if (!bigger) break;
+            text = bigger;
+        }
+        n = fread(text + len, 1, cap - 1 - len, file);
+        len += n;
+    }
+    bool failed = n > 0 || ferror(file);
+    fclose(file);
+    if (failed) {
+        bt_error("%s: cannot read: %s", path, n > 0 ? "out of memory" : strerror(errno));
+        free(text);
+        return NULL;
+    }
+    text[len] = '\0';
+    return text;
+}
+
+struct tokenizer *tokenizer_load(const char *dir, const char *gpt2_dir) {
+    char *path = yaml_path(dir);
     if (!path) {
         bt_error("tokenizer: out of memory");
         return NULL;
     }
-    FILE *file = fopen(path, "rb");
-    if (!file) {
-        bt_error("%s: cannot open: %s", path, strerror(errno));
-        free(path);
-        return NULL;
-    }
-    yaml_parser_t parser;
-    yaml_parser_initialize(&parser);
-    yaml_parser_set_input_file(&parser, file);
-    if (yaml_read_fields(&parser, path, &fields) == BT_OK)
-        tok = tokenizer_from_fields(&fields, path, gpt2_dir);
-    yaml_parser_delete(&parser);
-    fclose(file);
-    yaml_fields_free(&fields);
+    char *text = read_text_file(path);
+    struct tokenizer *tok = text ? tokenizer_load_text(text, path, gpt2_dir) : NULL;
+    free(text);
     free(path);
     return tok;
 }

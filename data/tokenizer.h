@@ -43,5 +43,9 @@ int64_t tokenizer_utf8_invalid_at(const char *text, size_t len);
  * validates it; errors name the file (and line). */
 bt_status tokenizer_save(const struct tokenizer *tok, const char *dir);
 struct tokenizer *tokenizer_load(const char *dir, const char *gpt2_dir);
+/* The same from the text of a tokenizer.yaml held in memory (a checkpoint's copy); `name` stands
+ * for the file in messages. */
+struct tokenizer *tokenizer_load_text(const char *yaml_text, const char *name,
+                                      const char *gpt2_dir);
 
 #endif

@@ -6,6 +6,8 @@
 
 int cmd_train(int argc, char **argv);  /* braid train CONFIG.yaml [--section.key=value ...] */
 int cmd_prep(int argc, char **argv);   /* braid prep --tokenizer K --input TEXT --out DIR */
+int cmd_sample(int argc, char **argv); /* braid sample --checkpoint PATH|DIR [--prompt TEXT] ... */
+int cmd_inspect(int argc, char **argv); /* braid inspect PATH (a checkpoint or a token shard) */
 
 /* Prints `braid: error: <formatted message>` as one line on stderr. */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

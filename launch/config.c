@@ -150,7 +150,7 @@ void cfg_defaults(struct braid_config *cfg) {
     SET_STRING(cfg->checkpoint.dir, "checkpoints");
     cfg->checkpoint.every = 0;
     cfg->checkpoint.keep = 3;
-    SET_STRING(cfg->checkpoint.resume, "none");
+    SET_STRING(cfg->checkpoint.resume, "auto");
     SET_STRING(cfg->log.dir, "runs");
     cfg->log.every = 10;
 }
@@ -552,14 +552,14 @@ static void forget_earlier_lines(struct braid_config *cfg) {
         if (cfg->origin[k] > 0) cfg->origin[k] = CFG_FROM_EARLIER_FILE;
 }
 
-bt_status cfg_load_file(struct braid_config *cfg, const char *path) {
+/* Reads the YAML of stream f (named `path` in messages) over cfg; closes f. */
+static bt_status load_stream(struct braid_config *cfg, const char *path, FILE *f) {
     bt_status status = BT_ERR;
     struct braid_config next = *cfg; /* cfg changes only when the whole file is good */
     struct yaml_reader reader = {.cfg = &next, .path = path};
     yaml_parser_t parser;
     yaml_document_t doc;
     bool have_parser = false, have_doc = false;
-    FILE *f = open_regular_file(path);
     if (!f) goto fail;
     if (!yaml_parser_initialize(&parser)) {
         bt_error("%s: out of memory starting the YAML parser", path);
@@ -584,6 +584,18 @@ fail:
     if (have_parser) yaml_parser_delete(&parser);
     if (f) fclose(f);
     return status;
+}
+
+bt_status cfg_load_file(struct braid_config *cfg, const char *path) {
+    return load_stream(cfg, path, open_regular_file(path));
+}
+
+bt_status cfg_load_text(struct braid_config *cfg, const char *text, const char *name) {
+    size_t len = strlen(text);
+    if (len == 0) return BT_OK; /* an empty document: every key keeps its value */
+    FILE *f = fmemopen((void *)text, len, "rb");
+    if (!f) return bt_error("%s: cannot read the config text: %s", name, strerror(errno));
+    return load_stream(cfg, name, f);
 }
 
 /* ---- command-line overrides ---- */
@@ -615,6 +627,21 @@ bt_status cfg_apply_override(struct braid_config *cfg, const char *arg) {
         return bt_error("command line: %s: %s", arg, why);
     cfg->origin[k] = CFG_FROM_COMMAND_LINE;
     return BT_OK;
+}
+
+/* ---- keys by index, for comparing configs ---- */
+
+static const char *format_value(const struct braid_config *cfg, int k, char *buf, size_t size);
+
+const char *cfg_key_name(int k, char *buf, size_t size) {
+    if (k < 0 || k >= CFG_N_KEYS) return NULL;
+    snprintf(buf, size, "%s.%s", keys[k].section, keys[k].name);
+    return buf;
+}
+
+const char *cfg_value_text(const struct braid_config *cfg, int k, char *buf, size_t size) {
+    if (k < 0 || k >= CFG_N_KEYS) return NULL;
+    return format_value(cfg, k, buf, size);
 }
 
 /* ---- where keys came from ---- */

@@ -92,6 +92,10 @@ void cfg_defaults(struct braid_config *cfg);
  * path in cfg->source and each key's line in cfg->origin. */
 bt_status cfg_load_file(struct braid_config *cfg, const char *path);
 
+/* The same for YAML text held in memory (a checkpoint's /config); `name` stands for the file in
+ * messages and in cfg->source. */
+bt_status cfg_load_text(struct braid_config *cfg, const char *text, const char *name);
+
 /* Applies one `--section.key=value` override (the leading dashes optional); the value is parsed
  * as the key's type. Errors name the override as given. */
 bt_status cfg_apply_override(struct braid_config *cfg, const char *arg);
@@ -104,6 +108,11 @@ bt_status cfg_finalize(struct braid_config *cfg, int world_size);
 /* The resolved config as YAML text (every key, sections in docs order), into buf; returns the
  * length it needs (like snprintf). */
 size_t cfg_to_yaml(const struct braid_config *cfg, char *buf, size_t size);
+
+/* Key k (0 .. CFG_N_KEYS-1, docs order) as "section.key", and its value in cfg as the text
+ * cfg_to_yaml writes ("12", "0.0006", "true", "gpt"); NULL for k out of range. */
+const char *cfg_key_name(int k, char *buf, size_t size);
+const char *cfg_value_text(const struct braid_config *cfg, int k, char *buf, size_t size);
 
 /* Whether `key` ("model.tie_embeddings") was set by a file or the command line rather than left
  * at its default; false for an unknown key. */

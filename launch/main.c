@@ -12,10 +12,12 @@ struct command {
     int (*run)(int argc, char **argv);
 };
 
-/* Subcommands land here as they are built (launch, sample and inspect come next). */
+/* Subcommands land here as they are built (launch comes next). */
 static const struct command commands[] = {
     {"train", "train a model from a YAML job file (the worker)", cmd_train},
     {"prep", "tokenize a text file into token shards", cmd_prep},
+    {"sample", "generate text from a checkpoint", cmd_sample},
+    {"inspect", "summarize a checkpoint or a token shard", cmd_inspect},
     {NULL, NULL, NULL},
 };
 

@@ -8,6 +8,7 @@
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/stat.h>
 #include <time.h>
 
@@ -33,32 +34,71 @@ bt_status make_dirs(const char *path) {
     return BT_OK;
 }
 
-bt_status metrics_open(struct metrics_log *log, const char *dir) {
+/* Rewrites log->path keeping the rows whose "step" is at most `through` (through a temporary file
+ * and a rename, so a crash keeps the old file). A missing file is nothing to keep. */
+static bt_status keep_rows_through(const struct metrics_log *log, int64_t through) {
+    char tmp[sizeof log->path + 8], line[4096];
+    FILE *in = fopen(log->path, "r");
+    if (!in) return errno == ENOENT ? BT_OK : bt_error("%s: cannot read: %s", log->path,
+                                                          strerror(errno));
+    snprintf(tmp, sizeof tmp, "%s.tmp", log->path);
+    FILE *out = fopen(tmp, "w");
+    if (!out) {
+        fclose(in);
+        return bt_error("%s: cannot create: %s", tmp, strerror(errno));
+    }
+    bool keep = false; /* of the current line, which may span several fgets calls */
+    bool at_start = true;
+    while (fgets(line, sizeof line, in)) {
+        long long step;
+        if (at_start) keep = sscanf(line, "{\"step\": %lld", &step) == 1 && step <= through;
+        if (keep) fputs(line, out);
+        at_start = strchr(line, '\n') != NULL;
+    }
+    fclose(in);
+    if (fclose(out) != 0 || rename(tmp, log->path) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return bt_error("%s: cannot rewrite: %s", log->path, strerror(err));
+    }
+    return BT_OK;
+}
+
+bt_status metrics_open(struct metrics_log *log, const char *dir, int64_t keep_through_step) {
     if (make_dirs(dir) != BT_OK) return BT_ERR;
     snprintf(log->path, sizeof log->path, "%s/metrics.jsonl", dir);
-    log->file = fopen(log->path, "w");
+    if (keep_through_step > 0 && keep_rows_through(log, keep_through_step) != BT_OK)
+        return BT_ERR;
+    log->file = fopen(log->path, keep_through_step > 0 ? "a" : "w");
     if (!log->file) return bt_error("%s: cannot open for writing: %s", log->path, strerror(errno));
     return BT_OK;
 }
 
-/* JSON has no NaN/inf: they are written as null */
-static void write_number(FILE *f, const char *key, double v) {
-    if (isfinite(v))
-        fprintf(f, ", \"%s\": %.9g", key, v);
-    else
+/* exact: the shortest decimal that reads back as exactly v (losses compare bit for bit across
+ * runs); otherwise 6 significant digits (timings). JSON has no NaN/inf: they are written as null. */
+static void write_number(FILE *f, const char *key, double v, bool exact) {
+    if (!isfinite(v)) {
         fprintf(f, ", \"%s\": null", key);
+        return;
+    }
+    char text[40];
+    for (int digits = 6; digits <= (exact ? 17 : 6); digits++) {
+        snprintf(text, sizeof text, "%.*g", digits, v);
+        if (strtod(text, NULL) == v) break;
+    }
+    fprintf(f, ", \"%s\": %s", key, text);
 }
 
 bt_status metrics_write(struct metrics_log *log, const struct metrics_row *row) {
     FILE *f = log->file;
     fprintf(f, "{\"step\": %lld", (long long)row->step);
-    write_number(f, "loss", row->loss);
-    write_number(f, "lr", row->lr);
-    write_number(f, "grad_norm", row->grad_norm);
-    write_number(f, "tokens_per_s", row->tokens_per_s);
-    write_number(f, "mfu", row->mfu);
-    write_number(f, "elapsed_s", row->elapsed_s);
-    if (row->has_val) write_number(f, "val_loss", row->val_loss);
+    write_number(f, "loss", row->loss, true);
+    write_number(f, "lr", row->lr, true);
+    write_number(f, "grad_norm", row->grad_norm, true);
+    write_number(f, "tokens_per_s", row->tokens_per_s, false);
+    write_number(f, "mfu", row->mfu, false);
+    write_number(f, "elapsed_s", row->elapsed_s, false);
+    if (row->has_val) write_number(f, "val_loss", row->val_loss, true);
     fprintf(f, "}\n");
     if (fflush(f) != 0) return bt_error("%s: write failed: %s", log->path, strerror(errno));
     return BT_OK;

@@ -22,7 +22,10 @@ struct metrics_log {
 };
 
 /* Creates <dir> (mkdir -p) and truncates <dir>/metrics.jsonl. */
-bt_status metrics_open(struct metrics_log *log, const char *dir);
+/* Opens <dir>/metrics.jsonl (creating dir). A resumed run passes the step it resumes from: rows of
+ * a previous run up to that step are kept, later ones (steps the resumed run redoes) dropped; a
+ * fresh run passes 0 and starts an empty file. */
+bt_status metrics_open(struct metrics_log *log, const char *dir, int64_t keep_through_step);
 bt_status metrics_write(struct metrics_log *log, const struct metrics_row *row);
 void metrics_close(struct metrics_log *log);
 

@@ -1,8 +1,10 @@
 /* `braid train CONFIG.yaml [--section.key=value ...]`: the worker. Loads and checks the job, builds
  * the model, the data loaders, the optimizer and the schedule, then runs the step loop: gradient
  * accumulation, clipping, the update, metrics, evaluation and checkpoints. */
+#include <errno.h>
 #include <libgen.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,7 +17,9 @@
 #include "data/tokenizer.h"
 #include "launch/commands.h"
 #include "launch/config.h"
+#include "launch/job.h"
 #include "launch/metrics.h"
+#include "launch/resume.h"
 #include "models/model.h"
 
 static const char train_usage[] =
@@ -23,7 +27,10 @@ static const char train_usage[] =
     "\n"
     "Trains the model a YAML job file describes (see docs/config.md for every key).\n"
     "Any key can be overridden on the command line, e.g. --train.max_steps=100.\n"
-    "Writes <log.dir>/metrics.jsonl and <checkpoint.dir>/step_<8 digits>.h5 + latest.\n";
+    "Writes <log.dir>/metrics.jsonl and <checkpoint.dir>/step_<8 digits>.h5 + latest, and\n"
+    "resumes from <checkpoint.dir>/latest when it exists (checkpoint.resume=auto, the default;\n"
+    "none = start fresh; or a checkpoint path). SIGTERM or Ctrl-C ends the run after the\n"
+    "current step with a checkpoint (exit status 143 or 130).\n";
 
 /* Everything a run holds, released by run_free in reverse order. */
 struct run {
@@ -36,6 +43,10 @@ struct run {
     struct data_loader *train_data, *val_data;
     struct metrics_log log;
     double peak_flops;
+    char *tokenizer_yaml; /* tokenizer.yaml beside the training shards ("" when none) */
+    /* where the run starts: 0 and the stream's start, or a checkpoint's step and position */
+    int64_t start_step, start_position, start_tokens;
+    double last_lr;
 };
 
 static void run_free(struct run *r) {
@@ -45,6 +56,7 @@ static void run_free(struct run *r) {
     optim_free(r->opt);
     nn_param_list_free(&r->params);
     model_free(r->model);
+    free(r->tokenizer_yaml);
     free(r->config_yaml);
 }
 
@@ -69,6 +81,39 @@ static bt_status resolve_vocab_size(struct braid_config *cfg) {
     return BT_OK;
 }
 
+/* The text of the tokenizer.yaml beside data.train's shards, stored in checkpoints so that
+ * braid sample decodes with it; "" when there is none (shards not made by braid prep). */
+static bt_status read_tokenizer_yaml(struct run *r) {
+    char pattern[CFG_STR], path[CFG_STR + 32];
+    snprintf(pattern, sizeof pattern, "%s", r->cfg.data.train);
+    snprintf(path, sizeof path, "%s/tokenizer.yaml", dirname(pattern));
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        r->tokenizer_yaml = calloc(1, 1);
+        return r->tokenizer_yaml ? BT_OK : bt_error("out of memory");
+    }
+    size_t cap = 4096, len = 0;
+    char *text = malloc(cap);
+    for (size_t got; text && (got = fread(text + len, 1, cap - len - 1, f)) > 0;) {
+        len += got;
+        if (len + 1 == cap) {
+            char *grown = realloc(text, cap *= 2);
+            if (!grown) free(text);
+            text = grown;
+        }
+    }
+    bool failed = ferror(f);
+    fclose(f);
+    if (!text) return bt_error("%s: out of memory reading it", path);
+    if (failed) {
+        free(text);
+        return bt_error("%s: cannot read: %s", path, strerror(errno));
+    }
+    text[len] = '\0';
+    r->tokenizer_yaml = text;
+    return BT_OK;
+}
+
 static bt_status load_config(struct braid_config *cfg, int argc, char **argv) {
     cfg_defaults(cfg);
     if (cfg_load_file(cfg, argv[1]) != BT_OK) return BT_ERR;
@@ -81,32 +126,7 @@ static bt_status load_config(struct braid_config *cfg, int argc, char **argv) {
                         cfg->train.device);
     if (strcmp(cfg->train.dtype, "float32") != 0)
         return bt_error("train.dtype=%s: CPU training runs in float32", cfg->train.dtype);
-    if (strcmp(cfg->checkpoint.resume, "none") != 0 && strcmp(cfg->checkpoint.resume, "auto") != 0)
-        return bt_error("checkpoint.resume=%s: resuming from a checkpoint is not supported yet "
-                        "(checkpoints hold model weights only; use model.init_from to start "
-                        "from them)",
-                        cfg->checkpoint.resume);
     return BT_OK;
-}
-
-static struct model_config model_config_of(const struct cfg_model *m) {
-    struct model_config mc = {
-        .arch = strcmp(m->arch, "llama") == 0 ? MODEL_LLAMA : MODEL_GPT,
-        .vocab_size = m->vocab_size,
-        .block_size = m->block_size,
-        .n_layer = m->n_layer,
-        .n_head = m->n_head,
-        .n_kv_head = m->n_kv_head,
-        .n_embd = m->n_embd,
-        .ffn_hidden = m->ffn_hidden,
-        .dropout = m->dropout,
-        .bias = m->bias,
-        .gelu = strcmp(m->gelu, "exact") == 0 ? BT_GELU_EXACT : BT_GELU_TANH,
-        .norm_eps = m->norm_eps,
-        .rope_theta = m->rope_theta,
-        .tie_embeddings = m->tie_embeddings,
-    };
-    return mc;
 }
 
 static bt_status build_optimizer(struct run *r) {
@@ -127,6 +147,55 @@ static bt_status build_optimizer(struct run *r) {
     return sched_init(&r->sched, sk, o->lr, s->warmup_steps, s->decay_steps, s->min_lr);
 }
 
+/* Says why the run starts fresh, and warns when that will replace another run's checkpoints. */
+static void report_fresh_start(const struct braid_config *cfg) {
+    char latest[CFG_STR + 300];
+    bool has_latest = ckpt_resolve(cfg->checkpoint.dir, latest, sizeof latest) == BT_OK;
+    bt_error_clear();
+    if (strcmp(cfg->checkpoint.resume, "auto") == 0)
+        printf("checkpoint.resume=auto: no checkpoint in %s, starting fresh\n",
+               cfg->checkpoint.dir);
+    else if (has_latest)
+        printf("checkpoint.resume=none: starting fresh although %s exists; this run's "
+               "checkpoints replace those of the same steps and older ones are pruned "
+               "(checkpoint.keep)\n",
+               latest);
+}
+
+/* Continues the run saved in `path`: weights, optimizer state, RNG and data positions. */
+static bt_status restore(struct run *r, const char *path) {
+    struct ckpt_file *f = ckpt_open(path);
+    bt_status st = BT_ERR;
+    if (!f) return BT_ERR;
+    const struct ckpt_meta *m = ckpt_meta(f);
+    if (resume_check_config(&r->cfg, m->config_yaml, path) != BT_OK) goto done;
+    if (m->data_seq_len != r->cfg.train.seq_len || m->data_seed != (uint64_t)r->cfg.train.seed ||
+        m->data_shuffle != r->cfg.data.shuffle) {
+        bt_error("checkpoint %s: its /data state (seed %llu, seq_len %lld, shuffle %d) does not "
+                 "match its /config",
+                 path, (unsigned long long)m->data_seed, (long long)m->data_seq_len,
+                 (int)m->data_shuffle);
+        goto done;
+    }
+    if (ckpt_read_model(f, &r->params) != BT_OK || ckpt_read_optim(f, r->opt) != BT_OK) goto done;
+    struct bt_runtime *rt = bt_runtime();
+    rt->dropout_rng.seed = m->dropout_seed;
+    rt->dropout_rng.offset = m->dropout_offset;
+    r->start_step = m->step;
+    r->start_position = m->data_position;
+    r->start_tokens = m->tokens_seen;
+    r->last_lr = m->lr;
+    if (r->cfg.model.init_from[0])
+        printf("model.init_from=%s is ignored: the run resumes from %s\n", r->cfg.model.init_from,
+               path);
+    printf("resumed from %s: step %lld, %lld tokens seen\n", path, (long long)m->step,
+           (long long)m->tokens_seen);
+    st = BT_OK;
+done:
+    ckpt_close(f);
+    return st;
+}
+
 static bt_status setup(struct run *r) {
     const struct braid_config *cfg = &r->cfg;
     size_t need = cfg_to_yaml(cfg, NULL, 0);
@@ -134,22 +203,20 @@ static bt_status setup(struct run *r) {
     if (!r->config_yaml) return bt_error("out of memory");
     cfg_to_yaml(cfg, r->config_yaml, need + 1);
     printf("braid train %s: resolved config\n%s\n", cfg->source, r->config_yaml);
-    if (strcmp(cfg->checkpoint.resume, "auto") == 0) {
-        char latest[1024];
-        if (ckpt_latest(cfg->checkpoint.dir, latest, sizeof latest) == BT_OK)
-            return bt_error("checkpoint.resume=auto: %s exists but resuming is not supported "
-                            "yet; move it away or set checkpoint.resume=none",
-                            latest);
-        bt_error_clear();
-        printf("checkpoint.resume=auto: no checkpoint in %s, starting fresh\n",
-               cfg->checkpoint.dir);
-    }
+    char resume_path[CFG_STR + 300];
+    bool resuming;
+    if (resume_find(cfg, resume_path, sizeof resume_path, &resuming) != BT_OK) return BT_ERR;
+    if (!resuming) report_fresh_start(cfg);
+    if (read_tokenizer_yaml(r) != BT_OK) return BT_ERR;
 
-    struct model_config mc = model_config_of(&cfg->model);
+    struct model_config mc = job_model_config(&cfg->model);
     r->model = model_create(&mc, (uint64_t)cfg->train.seed);
     if (!r->model || model_parameters(r->model, &r->params) != BT_OK) return BT_ERR;
-    if (cfg->model.init_from[0] && ckpt_load_model(cfg->model.init_from, &r->params) != BT_OK)
-        return BT_ERR;
+    if (!resuming && cfg->model.init_from[0]) {
+        if (ckpt_load_model(cfg->model.init_from, &r->params) != BT_OK)
+            return bt_error_prefix("model.init_from");
+        printf("model.init_from: weights from %s\n", cfg->model.init_from);
+    }
     bt_manual_seed((uint64_t)cfg->train.seed);
 
     int64_t T = cfg->train.seq_len;
@@ -162,7 +229,8 @@ static bt_status setup(struct run *r) {
         if (!r->val_data) return bt_error_prefix("data.val");
     }
     if (build_optimizer(r) != BT_OK) return BT_ERR;
-    if (metrics_open(&r->log, cfg->log.dir) != BT_OK) return BT_ERR;
+    if (resuming && restore(r, resume_path) != BT_OK) return BT_ERR;
+    if (metrics_open(&r->log, cfg->log.dir, r->start_step) != BT_OK) return BT_ERR;
 
     /* MFU is relative to sgemm at the model's largest GEMM: the MLP or the lm_head */
     int64_t rows = cfg->train.batch_size * T, C = cfg->model.n_embd;
@@ -177,6 +245,24 @@ static bt_status setup(struct run *r) {
 }
 
 /* ---- the loop ---- */
+
+/* SIGTERM (what Slurm and Kubernetes send before they preempt) and SIGINT (Ctrl-C) end the run
+ * after the current step with a checkpoint; a second signal kills at once (SA_RESETHAND). */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) {
+    stop_signal = sig;
+}
+
+static void catch_stop_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESETHAND;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+}
 
 /* Mean loss over eval_steps batches of the validation data, in eval mode without autograd. */
 static bt_status evaluate(struct run *r, double *val_loss) {
@@ -204,11 +290,13 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
                             double *norm_out) {
     const struct cfg_train *t = &r->cfg.train;
     int64_t B = t->batch_size, global_batch = B * t->grad_accum; /* dp = 1 */
+    /* the stream continues from where the checkpoint left it, whatever its batch layout was */
+    int64_t first = r->start_position + (step - r->start_step) * global_batch;
     optim_zero_grad(r->opt);
     double loss_sum = 0.0;
     for (int64_t m = 0; m < t->grad_accum; m++) {
         bt_tensor *x, *y;
-        if (data_loader_batch(r->train_data, step * global_batch + m * B, B, &x, &y) != BT_OK)
+        if (data_loader_batch(r->train_data, first + m * B, B, &x, &y) != BT_OK)
             return BT_ERR;
         bt_tensor *loss = model_forward(r->model, x, y, NULL);
         /* the step's loss is the mean over micro-batches: scale each one's gradient */
@@ -238,13 +326,23 @@ static void format_duration(double s, char *buf, size_t size) {
 
 static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
     const struct braid_config *cfg = &r->cfg;
+    const struct bt_rng *dropout = &bt_runtime()->dropout_rng;
+    int64_t samples_per_step = cfg->train.batch_size * cfg->train.grad_accum; /* dp = 1 */
+    int64_t steps = steps_done - r->start_step;
     struct ckpt_meta meta = {
         .step = steps_done,
-        .tokens_seen = steps_done * cfg->train.batch_size * cfg->train.grad_accum *
-                       cfg->train.seq_len,
+        .tokens_seen = r->start_tokens + steps * samples_per_step * cfg->train.seq_len,
+        .lr = r->last_lr,
+        .dropout_seed = dropout->seed,
+        .dropout_offset = dropout->offset,
+        .data_seed = (uint64_t)cfg->train.seed,
+        .data_shuffle = cfg->data.shuffle,
+        .data_seq_len = cfg->train.seq_len,
+        .data_position = r->start_position + steps * samples_per_step,
         .config_yaml = r->config_yaml,
+        .tokenizer_yaml = r->tokenizer_yaml,
     };
-    if (ckpt_save(cfg->checkpoint.dir, &r->params, &meta, cfg->checkpoint.keep) != BT_OK)
+    if (ckpt_save(cfg->checkpoint.dir, &r->params, r->opt, &meta, cfg->checkpoint.keep) != BT_OK)
         return BT_ERR;
     printf("saved %s/step_%08lld.h5\n", cfg->checkpoint.dir, (long long)steps_done);
     return BT_OK;
@@ -257,10 +355,16 @@ static bt_status train_loop(struct run *r) {
     double flops_per_token = model_flops_per_token(r->model, t->seq_len);
     double start = now_seconds(), window_start = start, eval_time = 0.0;
     int64_t window_steps = 0;
-    for (int64_t step = 0; step < t->max_steps; step++) {
+    if (r->start_step >= t->max_steps) {
+        printf("nothing to train: the run is at step %lld and train.max_steps=%lld\n",
+               (long long)r->start_step, (long long)t->max_steps);
+        return BT_OK;
+    }
+    for (int64_t step = r->start_step; step < t->max_steps; step++) {
         int64_t done = step + 1;
         double lr = sched_lr(&r->sched, step), loss, norm;
         if (train_step(r, step, lr, &loss, &norm) != BT_OK) return BT_ERR;
+        r->last_lr = lr;
         window_steps++;
         bool last = done == t->max_steps;
         struct metrics_row row = {.step = done, .loss = loss, .lr = lr, .grad_norm = norm};
@@ -278,7 +382,7 @@ static bt_status train_loop(struct run *r) {
             row.elapsed_s = now - start;
             if (metrics_write(&r->log, &row) != BT_OK) return BT_ERR;
             char eta[32];
-            format_duration((now - start) / (double)done * (double)(t->max_steps - done), eta,
+            format_duration((now - start) / (double)(done - r->start_step) * (double)(t->max_steps - done), eta,
                             sizeof eta);
             printf("step %lld/%lld | loss %.4f", (long long)done, (long long)t->max_steps, loss);
             if (row.has_val) printf(" | val %.4f", row.val_loss);
@@ -290,7 +394,11 @@ static bt_status train_loop(struct run *r) {
             eval_time = 0.0;
         }
         bool periodic = cfg->checkpoint.every > 0 && done % cfg->checkpoint.every == 0;
-        if ((periodic || last) && save_checkpoint(r, done) != BT_OK) return BT_ERR;
+        if ((periodic || last || stop_signal) && save_checkpoint(r, done) != BT_OK) return BT_ERR;
+        if (stop_signal && !last)
+            return bt_error("stopped by %s after step %lld, with a checkpoint: run again with "
+                            "checkpoint.resume=auto to continue",
+                            stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)done);
     }
     return BT_OK;
 }
@@ -311,9 +419,9 @@ int cmd_train(int argc, char **argv) {
     if (load_config(&r.cfg, argc, argv) != BT_OK) {
         cli_error("%s", bt_last_error());
         status = 2;
-    } else if (setup(&r) != BT_OK || train_loop(&r) != BT_OK) {
+    } else if (setup(&r) != BT_OK || (catch_stop_signals(), train_loop(&r)) != BT_OK) {
         cli_error("%s", bt_last_error());
-        status = 1;
+        status = stop_signal ? 128 + stop_signal : 1;
     }
     run_free(&r);
     bt_runtime_shutdown();

@@ -43,8 +43,10 @@ struct gpt {
 
 /* ---- forward ---- */
 
-/* x (B, T, C) -> (B, T, C): causal self-attention, dropout on the projected output */
-static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x) {
+/* x (B, T, C) -> (B, T, C): causal self-attention, dropout on the projected output. With a
+ * cache, x holds positions len..len+T-1 and attends to the cached ones too (model_cache_attend). */
+static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x,
+                                    struct model_cache *cache, int64_t layer) {
     if (!x) return NULL; /* an earlier op failed: keep its message */
     bt_scope_push(a->base.path);
     int64_t B = x->shape[0], T = x->shape[1], C = x->shape[2], NH = a->n_head, hs = C / NH;
@@ -57,7 +59,8 @@ static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x) {
     bt_tensor *q = bt_transpose(heads[0], 1, 2);
     bt_tensor *k = bt_transpose(heads[1], 1, 2);
     bt_tensor *v = bt_transpose(heads[2], 1, 2);
-    bt_tensor *y = bt_attention(q, k, v, true, 0.0);          /* (B, NH, T, hs), scale 1/sqrt(hs) */
+    bt_tensor *y = cache ? model_cache_attend(cache, layer, q, k, v)
+                         : bt_attention(q, k, v, true, 0.0);  /* (B, NH, T, hs), scale 1/sqrt(hs) */
     y = bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, C)); /* heads side by side again */
     y = nn_linear_forward(a->c_proj, y);                      /* (B, T, C) */
     y = nn_dropout_forward(a->resid_dropout, y);
@@ -77,31 +80,42 @@ static bt_tensor *mlp_forward(struct gpt_mlp *mlp, bt_tensor *x) {
 }
 
 /* x (B, T, C) -> (B, T, C): x + attn(ln_1(x)), then + mlp(ln_2(x)) */
-static bt_tensor *block_forward(struct gpt_block *blk, bt_tensor *x) {
+static bt_tensor *block_forward(struct gpt_block *blk, bt_tensor *x, struct model_cache *cache,
+                                int64_t layer) {
     bt_scope_push(blk->base.path);
-    x = bt_add(x, attention_forward(blk->attn, nn_layernorm_forward(blk->ln_1, x)));
+    x = bt_add(x, attention_forward(blk->attn, nn_layernorm_forward(blk->ln_1, x), cache, layer));
     x = bt_add(x, mlp_forward(blk->mlp, nn_layernorm_forward(blk->ln_2, x)));
     bt_scope_pop();
     return x;
 }
 
-/* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
-static bt_tensor *gpt_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
-                              bt_tensor **logits) {
+/* idx (B, T) at positions pos0..pos0+T-1, checked by the caller -> logits (B, T, V); the
+ * attention goes through the cache when there is one (pos0 is then its length) */
+static bt_tensor *gpt_logits(struct model *m, bt_tensor *idx, int64_t pos0,
+                             struct model_cache *cache) {
     struct gpt *g = m->impl;
     int64_t T = idx->shape[1];
-    bt_tensor *pos = bt_empty(BT_SHAPE(T), BT_I64, bt_cpu()); /* (T): 0..T-1 */
+    bt_tensor *pos = bt_empty(BT_SHAPE(T), BT_I64, bt_cpu()); /* (T): pos0..pos0+T-1 */
     if (!pos) return NULL;
     for (int64_t t = 0; t < T; t++)
-        ((int64_t *)bt_data(pos))[t] = t;
+        ((int64_t *)bt_data(pos))[t] = pos0 + t;
     bt_tensor *tok_emb = nn_embedding_forward(g->wte, idx); /* (B, T, C) */
     bt_tensor *pos_emb = nn_embedding_forward(g->wpe, pos); /* (T, C), broadcast over B */
     bt_tensor *x = nn_dropout_forward(g->drop, bt_add(tok_emb, pos_emb));
     for (int64_t l = 0; l < g->n_layer; l++)
-        x = block_forward(g->h[l], x);
+        x = block_forward(g->h[l], x, cache, l);
     x = nn_layernorm_forward(g->ln_f, x);
-    bt_tensor *out = nn_linear_forward(g->lm_head, x); /* (B, T, V) */
-    return model_finish_forward(out, targets, logits);
+    return nn_linear_forward(g->lm_head, x); /* (B, T, V) */
+}
+
+/* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
+static bt_tensor *gpt_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
+                              bt_tensor **logits) {
+    return model_finish_forward(gpt_logits(m, idx, 0, NULL), targets, logits);
+}
+
+bt_tensor *gpt_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx) {
+    return gpt_logits(m, idx, model_cache_len(c), c);
 }
 
 /* ---- building ---- */

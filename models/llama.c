@@ -54,17 +54,20 @@ static bt_tensor *split_heads(bt_tensor *y, int64_t heads) {
 }
 
 /* x (B, T, C) -> (B, T, C): causal self-attention with RoPE on q and k, kv heads shared by
- * NH / NKV query heads each (HF's repeat_kv), dropout on the projected output */
-static bt_tensor *attention_forward(struct llama_attention *a, bt_tensor *x) {
+ * NH / NKV query heads each (HF's repeat_kv), dropout on the projected output. With a cache, x
+ * holds positions len..len+T-1 (RoPE offset len) and attends to the cached ones too. */
+static bt_tensor *attention_forward(struct llama_attention *a, bt_tensor *x,
+                                    struct model_cache *cache, int64_t layer) {
     if (!x) return NULL; /* an earlier op failed: keep its message */
     bt_scope_push(a->base.path);
-    int64_t B = x->shape[0], T = x->shape[1];
+    int64_t B = x->shape[0], T = x->shape[1], pos0 = model_cache_len(cache);
     bt_tensor *q = split_heads(nn_linear_forward(a->q_proj, x), a->n_head);    /* (B,NH,T,hs) */
     bt_tensor *k = split_heads(nn_linear_forward(a->k_proj, x), a->n_kv_head); /* (B,NKV,T,hs) */
     bt_tensor *v = split_heads(nn_linear_forward(a->v_proj, x), a->n_kv_head); /* (B,NKV,T,hs) */
-    q = bt_rope(q, a->rope_theta, 0);
-    k = bt_rope(k, a->rope_theta, 0);
-    bt_tensor *y = bt_attention(q, k, v, true, 0.0); /* (B, NH, T, hs), scale 1/sqrt(hs) */
+    q = bt_rope(q, a->rope_theta, pos0);
+    k = bt_rope(k, a->rope_theta, pos0);
+    bt_tensor *y = cache ? model_cache_attend(cache, layer, q, k, v)
+                         : bt_attention(q, k, v, true, 0.0); /* (B, NH, T, hs), scale 1/sqrt(hs) */
     y = bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, -1)); /* (B, T, NH*hs) */
     y = nn_linear_forward(a->o_proj, y);                       /* (B, T, C) */
     y = nn_dropout_forward(a->resid_dropout, y);
@@ -84,26 +87,36 @@ static bt_tensor *mlp_forward(struct llama_mlp *mlp, bt_tensor *x) {
 }
 
 /* x (B, T, C) -> (B, T, C): x + attn(norm(x)), then + mlp(norm(x)) */
-static bt_tensor *layer_forward(struct llama_layer *layer, bt_tensor *x) {
+static bt_tensor *layer_forward(struct llama_layer *layer, bt_tensor *x, struct model_cache *cache,
+                                int64_t index) {
     bt_scope_push(layer->base.path);
-    x = bt_add(x,
-               attention_forward(layer->self_attn, nn_rmsnorm_forward(layer->input_layernorm, x)));
+    x = bt_add(x, attention_forward(layer->self_attn, nn_rmsnorm_forward(layer->input_layernorm, x),
+                                    cache, index));
     x = bt_add(x, mlp_forward(layer->mlp, nn_rmsnorm_forward(layer->post_attention_layernorm, x)));
     bt_scope_pop();
     return x;
 }
 
-/* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
-static bt_tensor *llama_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
-                                bt_tensor **logits) {
+/* idx (B, T) checked by the caller -> logits (B, T, V); positions start at the cache's length
+ * and the attention goes through the cache when there is one, else at 0 */
+static bt_tensor *llama_logits(struct model *m, bt_tensor *idx, struct model_cache *cache) {
     struct llama *g = m->impl;
     bt_tensor *x = nn_embedding_forward(g->embed_tokens, idx); /* (B, T, C) */
     x = nn_dropout_forward(g->drop, x);
     for (int64_t l = 0; l < g->n_layer; l++)
-        x = layer_forward(g->layers[l], x);
+        x = layer_forward(g->layers[l], x, cache, l);
     x = nn_rmsnorm_forward(g->norm, x);
-    bt_tensor *out = nn_linear_forward(g->lm_head, x); /* (B, T, V) */
-    return model_finish_forward(out, targets, logits);
+    return nn_linear_forward(g->lm_head, x); /* (B, T, V) */
+}
+
+/* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
+static bt_tensor *llama_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
+                                bt_tensor **logits) {
+    return model_finish_forward(llama_logits(m, idx, NULL), targets, logits);
+}
+
+bt_tensor *llama_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx) {
+    return llama_logits(m, idx, c);
 }
 
 /* ---- building ---- */

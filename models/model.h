@@ -39,6 +39,22 @@ void model_free(struct model *m);
  * receives (B, T, V). Step tensors; records autograd when grad mode is on. */
 bt_tensor *model_forward(struct model *m, bt_tensor *idx, bt_tensor *targets, bt_tensor **logits);
 
+/* ---- generation with a key/value cache (braid sample) ---- */
+/* Per layer, the keys and values of the positions seen so far, for `batch` sequences and up to
+ * block_size positions (persistent tensors, allocated once). */
+struct model_cache;
+struct model_cache *model_cache_create(struct model *m, int64_t batch);
+void model_cache_free(struct model_cache *c);
+int64_t model_cache_len(const struct model_cache *c); /* positions held */
+void model_cache_reset(struct model_cache *c);        /* forget them all (len 0) */
+
+/* Forward of idx (batch, n) at positions len .. len+n-1 of the cache, attending to the cached
+ * positions and the new ones (causally), appending the new keys and values. No autograd, eval
+ * mode semantics (no dropout). Returns logits (batch, n, V) as a step tensor; NULL with a message
+ * when len + n > block_size or idx has the wrong shape. Equal (to float rounding) to the last n
+ * rows of model_forward over all len + n tokens. */
+bt_tensor *model_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx);
+
 /* Training-mode switch (dropout). */
 void model_train(struct model *m, bool training);
 

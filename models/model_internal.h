@@ -1,6 +1,7 @@
-/* What models/model.c shares with the families (models/gpt.c, models/llama.c): each family builds
- * its module tree into a struct model whose config model.c has already checked, and ends its
- * forward with model_finish_forward. Internal to models/. */
+/* What models/model.c and models/generate.c share with the families (models/gpt.c,
+ * models/llama.c): each family builds its module tree into a struct model whose config model.c has
+ * already checked, ends its forward with model_finish_forward, and runs its cached forward's
+ * attention through model_cache_attend. Internal to models/. */
 #ifndef BRAID_MODELS_MODEL_INTERNAL_H
 #define BRAID_MODELS_MODEL_INTERNAL_H
 
@@ -11,6 +12,18 @@
  * whatever they built in m for model_free. */
 bt_status gpt_build(struct model *m, struct bt_rng *rng);
 bt_status llama_build(struct model *m, struct bt_rng *rng);
+
+/* The families' halves of model_forward_cached, which has checked idx (batch, n) against the cache
+ * and turned dropout and autograd off: logits (batch, n, V) of positions len..len+n-1. */
+bt_tensor *gpt_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx);
+bt_tensor *llama_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx);
+
+/* q (B, NH, n, hs), k and v (B, NKV, n, hs) of positions len..len+n-1 (len =
+ * model_cache_len(c)): stores k and v in layer `layer` of the cache and returns the causal
+ * attention of q over the len + n positions, (B, NH, n, hs), scale 1/sqrt(hs). NULL inputs (an
+ * earlier op failed) give NULL. */
+bt_tensor *model_cache_attend(struct model_cache *c, int64_t layer, bt_tensor *q, bt_tensor *k,
+                              bt_tensor *v);
 
 /* logits (B, T, V), targets (B, T) or NULL: the mean cross-entropy over (B*T, V), or NULL without
  * error when there are no targets; *logits_out receives logits when not NULL. */

@@ -12,6 +12,7 @@ packages=(
   libhdf5-openmpi-dev                # checkpoints (parallel HDF5)
   libpcre2-dev                       # GPT-2 tokenizer's Unicode pre-split regex
   libjansson-dev                     # GPT-2 tokenizer's encoder.json
+  zlib1g-dev                         # CRC-32 of checkpoint tensors (zlib; HDF5 links it already)
 )
 # PyTorch and h5py are used only by reference tests and benchmarks, never by braid itself.
 if [ "${BRAID_REFERENCE_DEPS:-0}" = 1 ]; then

@@ -105,7 +105,7 @@ START_TEST(test_defaults) {
     ck_assert_str_eq(cfg.parallel.schedule, "1f1b");
     ck_assert(cfg.data.shuffle);
     ck_assert_str_eq(cfg.checkpoint.dir, "checkpoints");
-    ck_assert_str_eq(cfg.checkpoint.resume, "none");
+    ck_assert_str_eq(cfg.checkpoint.resume, "auto");
     ck_assert_int_eq(cfg.checkpoint.keep, 3);
     ck_assert_str_eq(cfg.log.dir, "runs");
     ck_assert(!cfg_is_set(&cfg, "model.n_layer"));
@@ -190,7 +190,7 @@ START_TEST(test_full_file) {
     ck_assert_str_eq(cfg.data.train, "data/shakespeare/train_*.bin");
     ck_assert_str_eq(cfg.data.val, "data/shakespeare/val_*.bin");
     ck_assert(!cfg.data.shuffle);
-    ck_assert_str_eq(cfg.checkpoint.resume, "auto");
+    ck_assert_str_eq(cfg.checkpoint.resume, "none");
     ck_assert_str_eq(cfg.log.dir, "runs/test");
     ck_assert_int_eq(cfg.log.every, 1);
     ck_assert_str_eq(cfg.source, fixture("full.yaml"));

@@ -1,7 +1,8 @@
 /* The GPT-2 and LLaMA families (models/): public parameter names, shapes and order; the parameter
  * count and FLOPs formulas; forward shapes and the loss at init; finite-difference gradients of a
- * tiny model's parameters; dropout in train and eval; config and batch errors. The comparison with
- * PyTorch on every gradient lives in tests/reference/. */
+ * tiny model's parameters; dropout in train and eval; the key/value cache against the plain
+ * forward; config and batch errors. The comparison with PyTorch on every gradient lives in
+ * tests/reference/. */
 #include <math.h>
 #include <stdio.h>
 
@@ -503,6 +504,188 @@ START_TEST(test_dropout_train_and_eval) {
 }
 END_TEST
 
+/* ---- generation with a key/value cache ---- */
+
+/* The GPT config and the LLaMA one with grouped-query heads (NH 4, NKV 2), weights N(0, 0.3) */
+static struct model *cache_model(int which, double dropout) {
+    struct model_config c = which == 0 ? tiny_gpt(true, true) : tiny_llama(false);
+    c.dropout = dropout;
+    struct model *m = create_ok(&c, 21);
+    randomize(m, 22);
+    return m;
+}
+
+/* cached (B, n, V) equals rows start..start+n-1 of full (B, T, V) */
+static void expect_rows(const bt_tensor *cached, const bt_tensor *full, int64_t start,
+                        const char *what) {
+    ck_assert_msg(cached != NULL, "%s: %s", what, bt_last_error());
+    int64_t B = full->shape[0], T = full->shape[1], V = full->shape[2], n = cached->shape[1];
+    ck_assert_int_eq(cached->ndim, 3);
+    ck_assert_int_eq(cached->shape[0], B);
+    ck_assert_int_eq(cached->shape[2], V);
+    ck_assert(!cached->requires_grad); /* nothing recorded */
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t v = 0; v < V; v++) {
+                double got = bt_get(cached, (b * n + t) * V + v);
+                double want = bt_get(full, (b * T + start + t) * V + v);
+                ck_assert_msg(fabs(got - want) <= 1e-5 + 1e-5 * fabs(want),
+                              "%s: logits[%lld, %lld, %lld] = %.8g with the cache, %.8g without",
+                              what, (long long)b, (long long)(start + t), (long long)v, got, want);
+            }
+}
+
+/* Feeds the 8 tokens of idx (2, 8) in chunks of the given sizes; each chunk's logits equal its
+ * rows of model_forward over all 8 */
+static void check_chunks(struct model *m, const int64_t *chunks, int n_chunks, const char *what) {
+    bt_tensor *idx = tokens(2, 8, 11, 1, BT_I64), *full = NULL;
+    model_forward(m, idx, NULL, &full);
+    ck_assert_msg(full != NULL, "%s", bt_last_error());
+    struct model_cache *c = model_cache_create(m, 2);
+    ck_assert_msg(c != NULL, "%s", bt_last_error());
+    int64_t at = 0;
+    for (int k = 0; k < n_chunks; k++) {
+        bt_tensor *logits = model_forward_cached(m, c, bt_narrow(idx, 1, at, chunks[k]));
+        expect_rows(logits, full, at, what);
+        at += chunks[k];
+        ck_assert_int_eq(model_cache_len(c), at);
+    }
+    model_cache_free(c);
+}
+
+/* A prefill of 5 then 3 single steps; a prefill of 2, a chunk of 4 (masked), 2 steps */
+START_TEST(test_cache_matches_forward) {
+    for (int which = 0; which < 2; which++) {
+        struct model *m = cache_model(which, 0.0);
+        const char *what = which == 0 ? "gpt" : "llama";
+        check_chunks(m, (int64_t[]){5, 1, 1, 1}, 4, what);
+        check_chunks(m, (int64_t[]){2, 4, 1, 1}, 4, what);
+        check_chunks(m, (int64_t[]){8}, 1, what);
+        model_free(m);
+    }
+}
+END_TEST
+
+/* A model in training mode with dropout: the cached forward is the eval forward, and both modes
+ * (training, grad) are as they were after it. */
+START_TEST(test_cache_is_eval_and_no_grad) {
+    for (int which = 0; which < 2; which++) {
+        struct model *m = cache_model(which, 0.3);
+        bt_tensor *idx = tokens(2, 6, 11, 2, BT_I64), *full = NULL;
+        model_train(m, false);
+        model_forward(m, idx, NULL, &full);
+        model_train(m, true);
+        struct model_cache *c = model_cache_create(m, 2);
+        expect_rows(model_forward_cached(m, c, bt_narrow(idx, 1, 0, 4)), full, 0, "prefill");
+        expect_rows(model_forward_cached(m, c, bt_narrow(idx, 1, 4, 1)), full, 4, "step");
+        ck_assert(m->root->training);
+        ck_assert(bt_is_grad_enabled());
+        model_cache_free(c);
+        model_free(m);
+    }
+}
+END_TEST
+
+/* Greedy decoding one token at a time through the cache picks the same tokens as the argmax of
+ * model_forward's last row over the whole sequence so far. */
+static int64_t argmax_row(const bt_tensor *logits, int64_t row) {
+    int64_t V = logits->shape[2], best = 0;
+    for (int64_t v = 1; v < V; v++)
+        if (bt_get(logits, row * V + v) > bt_get(logits, row * V + best)) best = v;
+    return best;
+}
+
+START_TEST(test_cache_greedy_equals_full_forward) {
+    for (int which = 0; which < 2; which++) {
+        struct model *m = cache_model(which, 0.0);
+        const int64_t T = m->config.block_size, prompt = 2;
+        int64_t with_cache[8] = {3, 7}, without[8] = {3, 7};
+        struct model_cache *c = model_cache_create(m, 1);
+        bt_tensor *logits =
+            model_forward_cached(m, c, bt_from_data(BT_SHAPE(1, prompt), BT_I64, with_cache));
+        for (int64_t t = prompt; t < T; t++) {
+            ck_assert_msg(logits != NULL, "%s", bt_last_error());
+            with_cache[t] = argmax_row(logits, logits->shape[1] - 1);
+            if (t + 1 < T)
+                logits = model_forward_cached(m, c,
+                                              bt_from_data(BT_SHAPE(1, 1), BT_I64, &with_cache[t]));
+        }
+        for (int64_t t = prompt; t < T; t++) {
+            bt_tensor *full = NULL;
+            model_forward(m, bt_from_data(BT_SHAPE(1, t), BT_I64, without), NULL, &full);
+            ck_assert_msg(full != NULL, "%s", bt_last_error());
+            without[t] = argmax_row(full, t - 1);
+        }
+        for (int64_t t = 0; t < T; t++)
+            ck_assert_msg(with_cache[t] == without[t],
+                          "arch %d: token %lld is %lld with the cache, %lld without", which,
+                          (long long)t, (long long)with_cache[t], (long long)without[t]);
+        model_cache_free(c);
+        model_free(m);
+    }
+}
+END_TEST
+
+/* After a reset the cache starts again at position 0: the same prefill gives the same logits */
+START_TEST(test_cache_reset) {
+    struct model *m = cache_model(1, 0.0);
+    struct model_cache *c = model_cache_create(m, 2);
+    bt_tensor *idx = tokens(2, 8, 11, 4, BT_I64), *full = NULL;
+    model_forward(m, bt_narrow(idx, 1, 0, 3), NULL, &full);
+    ck_assert_ptr_nonnull(model_forward_cached(m, c, idx)); /* full: len 8 */
+    ck_assert_int_eq(model_cache_len(c), 8);
+    model_cache_reset(c);
+    ck_assert_int_eq(model_cache_len(c), 0);
+    expect_rows(model_forward_cached(m, c, bt_narrow(idx, 1, 0, 3)), full, 0, "after reset");
+    ck_assert_int_eq(model_cache_len(c), 3);
+    model_cache_free(c);
+    model_free(m);
+}
+END_TEST
+
+START_TEST(test_cache_errors) {
+    struct model *gpt = cache_model(0, 0.0), *llama = cache_model(1, 0.0);
+    struct model_cache *c = model_cache_create(gpt, 2);
+    ck_assert_ptr_nonnull(model_forward_cached(gpt, c, tokens(2, 6, 11, 0, BT_I64)));
+    ck_assert_ptr_null(model_forward_cached(gpt, c, tokens(2, 3, 11, 0, BT_I64)));
+    ck_assert_error_contains("gpt: forward_cached: 6 cached + 3 new positions is more than "
+                             "model.block_size=8 (reset the cache)");
+    ck_assert_int_eq(model_cache_len(c), 6); /* a failed call leaves it as it was */
+    ck_assert_ptr_nonnull(model_forward_cached(gpt, c, tokens(2, 2, 11, 0, BT_I64)));
+    ck_assert_ptr_null(model_forward_cached(gpt, c, tokens(2, 1, 11, 0, BT_I64)));
+    ck_assert_error_contains("8 cached + 1 new positions is more than model.block_size=8");
+    model_cache_reset(c);
+    ck_assert_ptr_null(model_forward_cached(gpt, c, tokens(2, 9, 11, 0, BT_I64)));
+    ck_assert_error_contains("0 cached + 9 new positions is more than model.block_size=8");
+
+    ck_assert_ptr_null(model_forward_cached(gpt, c, tokens(3, 2, 11, 0, BT_I64)));
+    ck_assert_error_contains("gpt: forward_cached: idx (3,2) must be (2, n) with n >= 1");
+    ck_assert_ptr_null(model_forward_cached(gpt, c, bt_zeros(BT_SHAPE(2, 0), BT_I64, bt_cpu())));
+    ck_assert_error_contains("idx (2,0) must be (2, n) with n >= 1");
+    ck_assert_ptr_null(model_forward_cached(gpt, c, bt_zeros(BT_SHAPE(2, 2), BT_F32, bt_cpu())));
+    ck_assert_error_contains("forward_cached: idx must hold token ids (int32, int64 or uint16), "
+                             "got float32 (2,2)");
+    ck_assert_ptr_null(model_forward_cached(llama, c, tokens(2, 2, 11, 0, BT_I64)));
+    ck_assert_error_contains("llama: forward_cached: the cache belongs to another model");
+    ck_assert_ptr_null(model_forward_cached(gpt, NULL, tokens(2, 2, 11, 0, BT_I64)));
+    ck_assert_error_contains("model: forward_cached: cache is NULL");
+    ck_assert_ptr_null(model_cache_create(gpt, 0));
+    ck_assert_error_contains("model cache: batch must be at least 1, got 0");
+    /* a bad token id fails inside the embedding and leaves the cache as it was */
+    bt_tensor *bad = tokens(2, 2, 11, 0, BT_I64);
+    bt_set(bad, 1, 11);
+    ck_assert_ptr_null(model_forward_cached(gpt, c, bad));
+    ck_assert_error_contains("embedding: index 11 at position 1 is out of range");
+    ck_assert_int_eq(model_cache_len(c), 0);
+    ck_assert(bt_is_grad_enabled());
+
+    model_cache_free(c);
+    model_cache_free(NULL);
+    model_free(llama);
+    model_free(gpt);
+}
+END_TEST
+
 /* ---- errors ---- */
 
 START_TEST(test_bad_batches) {
@@ -616,6 +799,11 @@ static Suite *models_suite(void) {
     bt_suite_add(s, test_llama_gradients);
     bt_suite_add(s, test_every_parameter_gets_a_gradient);
     bt_suite_add(s, test_dropout_train_and_eval);
+    bt_suite_add(s, test_cache_matches_forward);
+    bt_suite_add(s, test_cache_is_eval_and_no_grad);
+    bt_suite_add(s, test_cache_greedy_equals_full_forward);
+    bt_suite_add(s, test_cache_reset);
+    bt_suite_add(s, test_cache_errors);
     bt_suite_add(s, test_bad_batches);
     bt_suite_add(s, test_bad_configs);
     return s;

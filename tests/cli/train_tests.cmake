@@ -26,3 +26,13 @@ add_test(NAME train_shakespeare_char
          COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/train_shakespeare.sh $<TARGET_FILE:braid>
                  ${PROJECT_SOURCE_DIR} ${TRAIN_OUT}/shakespeare_char)
 set_tests_properties(train_shakespeare_char PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2" TIMEOUT 900)
+
+# Resuming from checkpoints (tests/cli/resume.sh): bit-identical trajectories, refused and reported
+# config changes, damaged checkpoints, broken `latest`.
+foreach(case bitexact redo refuse_model report_changes damaged broken_latest nothing_left none_warns
+             sigterm)
+  add_test(NAME resume_${case}
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/resume.sh ${case} $<TARGET_FILE:braid>
+                   ${PROJECT_SOURCE_DIR} ${TRAIN_OUT}/resume)
+  set_tests_properties(resume_${case} PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2" TIMEOUT 300)
+endforeach()

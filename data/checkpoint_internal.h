@@ -1,0 +1,21 @@
+/* What the checkpoint writer (data/checkpoint_write.c) and reader (data/checkpoint_read.c) share:
+ * the names inside the file (docs/checkpoint.md) and the tensor checksum. Internal to data/. */
+#ifndef BRAID_DATA_CHECKPOINT_INTERNAL_H
+#define BRAID_DATA_CHECKPOINT_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <zlib.h>
+
+/* Every tensor dataset carries its CRC-32 (zlib's, the same as Python's zlib.crc32) of the bytes
+ * as stored: little-endian, row-major. */
+#define CKPT_CRC_ATTR "crc32"
+
+static inline uint32_t ckpt_crc32(const void *data, size_t nbytes) {
+    return (uint32_t)crc32_z(crc32_z(0L, Z_NULL, 0), (const Bytef *)data, (z_size_t)nbytes);
+}
+
+/* Longest label we put in front of messages: "checkpoint <path>" */
+#define CKPT_LABEL_MAX 4200
+
+#endif
