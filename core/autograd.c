@@ -116,6 +116,46 @@ bt_status ag_accumulate(bt_tensor *t, bt_tensor *g) {
     return BT_OK;
 }
 
+void ag_set_leaf_hook(void (*fn)(bt_tensor *leaf, void *ctx), void *ctx) {
+    struct bt_runtime *rt = bt_runtime();
+    rt->leaf_hook = fn;
+    rt->leaf_hook_ctx = ctx;
+}
+
+static bool is_hooked_leaf(const bt_tensor *t) {
+    return t && t->requires_grad && !t->grad_fn;
+}
+
+/* Counts, for every leaf input of the tape's live nodes, the uses the backward will run, and lists
+ * each leaf once in *leaves (step memory). */
+static bt_status count_leaf_uses(struct ag_node *tape, bt_tensor ***leaves, int64_t *n_leaves) {
+    int64_t uses = 0, n = 0;
+    for (struct ag_node *node = tape; node; node = node->prev)
+        if (!node->released) uses += node->n_inputs;
+    bt_tensor **list = bt_step_alloc((size_t)(uses ? uses : 1) * sizeof *list, "backward hooks");
+    if (!list) return BT_ERR;
+    for (struct ag_node *node = tape; node; node = node->prev) {
+        if (node->released) continue;
+        for (int i = 0; i < node->n_inputs; i++) {
+            bt_tensor *x = node->inputs[i];
+            if (!is_hooked_leaf(x)) continue;
+            if (x->ag_pending++ == 0) list[n++] = x;
+        }
+    }
+    *leaves = list;
+    *n_leaves = n;
+    return BT_OK;
+}
+
+/* After node ran: leaves whose last use it was are final. */
+static void leaves_done(struct bt_runtime *rt, struct ag_node *node) {
+    for (int i = 0; i < node->n_inputs; i++) {
+        bt_tensor *x = node->inputs[i];
+        if (is_hooked_leaf(x) && x->ag_pending > 0 && --x->ag_pending == 0)
+            rt->leaf_hook(x, rt->leaf_hook_ctx);
+    }
+}
+
 bt_status bt_backward(bt_tensor *loss) {
     return bt_backward_ex(loss, NULL, false);
 }
@@ -152,6 +192,9 @@ bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
      * nodes it ran are unlinked (released) unless retain_graph, others stay for a later backward.
      */
     struct bt_runtime *rt = bt_runtime();
+    bt_tensor **leaves = NULL;
+    int64_t n_leaves = 0;
+    if (rt->leaf_hook && count_leaf_uses(rt->tape, &leaves, &n_leaves) != BT_OK) return BT_ERR;
     struct ag_node **link = &rt->tape;
     bt_status status = BT_OK;
     while (*link) {
@@ -167,6 +210,7 @@ bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
             break;
         }
         if (!y->retains_grad && y != out) y->grad = NULL;
+        if (leaves) leaves_done(rt, node);
         if (retain_graph) {
             link = &node->prev;
         } else {
@@ -175,5 +219,10 @@ bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
         }
     }
     if (!out->retains_grad && out->grad_fn) out->grad = NULL;
+    for (int64_t i = 0; i < n_leaves; i++) { /* leaves of nodes that did not run */
+        if (leaves[i]->ag_pending == 0) continue;
+        leaves[i]->ag_pending = 0;
+        if (status == BT_OK) rt->leaf_hook(leaves[i], rt->leaf_hook_ctx);
+    }
     return status;
 }

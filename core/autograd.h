@@ -39,6 +39,13 @@ bt_tensor *bt_requires_grad_(bt_tensor *t, bool requires_grad); /* leaves only; 
 void bt_retain_grad(bt_tensor *t);
 void bt_zero_grad(bt_tensor *t); /* sets .grad to zeros if it exists */
 
+/* Installs fn (NULL: none) to be called during every backward, once for each leaf that requires
+ * grad and takes part in the graph, as soon as its gradient is final: after the last node that
+ * uses it has run (in tape order), or at the end of the backward for a leaf whose nodes did not
+ * run. Data parallelism starts reducing a gradient bucket there, overlapping the rest of the
+ * backward. The hook must not record ops on the tape. */
+void ag_set_leaf_hook(void (*fn)(bt_tensor *leaf, void *ctx), void *ctx);
+
 /* ---- for op front ends ---- */
 /* Records a node when grad mode is on and any input requires grad: marks out as requiring grad and
  * returns the node for the caller to fill saved/f/i; otherwise NULL (nothing recorded). */

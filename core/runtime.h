@@ -21,6 +21,9 @@ struct bt_runtime {
     const char *scopes[BT_SCOPE_MAX];
     int n_scopes;
     struct bt_rng dropout_rng; /* dropout masks: counter-based, one offset range per call */
+    /* called once per leaf per backward when its gradient is final (ag_set_leaf_hook) */
+    void (*leaf_hook)(bt_tensor *leaf, void *ctx);
+    void *leaf_hook_ctx;
 };
 
 struct bt_runtime *bt_runtime(void);

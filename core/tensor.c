@@ -138,6 +138,32 @@ void bt_tensor_free(bt_tensor *t) {
     free(t);
 }
 
+bt_tensor *bt_tensor_alias(bt_tensor *base, int64_t offset, int ndim, const int64_t *shape) {
+    if (!base || !base->persistent || !bt_is_contiguous(base)) {
+        bt_error("bt_tensor_alias: the base must be a contiguous persistent tensor");
+        return NULL;
+    }
+    if (check_shape("bt_tensor_alias", ndim, shape, base->dtype) != BT_OK) return NULL;
+    int64_t n = shape_numel(ndim, shape);
+    if (offset < 0 || offset + n > bt_numel(base)) {
+        bt_error("bt_tensor_alias: elements [%lld, %lld) are outside the base's %lld",
+                 (long long)offset, (long long)(offset + n), (long long)bt_numel(base));
+        return NULL;
+    }
+    bt_tensor *t = malloc(sizeof(*t));
+    if (!t) {
+        bt_error("bt_tensor_alias: out of memory");
+        return NULL;
+    }
+    init_header(t, ndim, shape, base->dtype);
+    t->storage = base->storage;
+    t->storage->refcount++;
+    t->offset = base->offset + offset;
+    t->persistent = true;
+    t->refcount = 1;
+    return t;
+}
+
 bt_tensor *bt_tensor_clone_persistent(const bt_tensor *t) {
     if (!t) return NULL;
     bt_tensor *c = bt_tensor_new(t->ndim, t->shape, t->dtype, t->storage->device);

@@ -56,6 +56,7 @@ typedef struct bt_tensor {
     bool grad_owned;         /* .grad may be accumulated into in place (see autograd.c) */
     struct bt_tensor *grad;  /* contiguous, float32, same logical shape */
     struct ag_node *grad_fn; /* the op that produced this tensor; NULL for leaves */
+    int32_t ag_pending;      /* during a backward with a leaf hook: uses of this leaf still to run */
     int refcount;            /* persistent tensors only */
 } bt_tensor;
 
@@ -78,6 +79,10 @@ const char *bt_device_name(bt_device device, char *buf, size_t size); /* "cpu", 
 bt_tensor *bt_tensor_new(int ndim, const int64_t *shape, bt_dtype dtype, bt_device device);
 void bt_tensor_free(bt_tensor *t);         /* drops one reference; frees at zero */
 bt_tensor *bt_tensor_retain(bt_tensor *t); /* adds one reference to a persistent tensor */
+/* A persistent contiguous tensor of `shape` over base's storage, starting `offset` elements into
+ * base (contiguous and persistent); keeps the storage alive. Shards of parameters and gradient
+ * buckets are such aliases. */
+bt_tensor *bt_tensor_alias(bt_tensor *base, int64_t offset, int ndim, const int64_t *shape);
 /* Persistent deep copy (contiguous); the copy is a leaf with requires_grad=false. */
 bt_tensor *bt_tensor_clone_persistent(const bt_tensor *t);
 

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "core/nn.h"
 #include "core/optim.h"
 
@@ -37,6 +38,24 @@ struct ckpt_meta {
  * the previous files and `latest` as they were. */
 bt_status ckpt_save(const char *dir, const struct nn_param_list *params, const struct optim *opt,
                     const struct ckpt_meta *meta, int64_t keep);
+
+/* How the ranks that write one file together hold the state (DESIGN.md: every rank writes its own
+ * slices, the file has the full logical tensors whatever the layout). */
+struct ckpt_layout {
+    struct comm *group; /* every rank of it calls ckpt_save_layout; NULL: this process alone */
+    /* ZeRO-1: optimizer parameter i holds rows [opt_row0[i], opt_row0[i] + its rows) of the state
+     * of the parameter of the same name in params (comm/shard.h splits them); a parameter this
+     * rank holds no rows of is absent from its optimizer. NULL: each rank's optimizer holds the
+     * full state, like its params. */
+    const int64_t *opt_row0;
+};
+
+/* ckpt_save for a group of ranks (collective): replicated tensors are written in row shares,
+ * sharded optimizer state as the slices each rank holds; rank 0 commits the file and `latest`;
+ * every rank returns the same status (a rank that did not fail says another did). */
+bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
+                           const struct optim *opt, const struct ckpt_meta *meta, int64_t keep,
+                           const struct ckpt_layout *layout);
 
 /* The checkpoint `path` names: a file as it is, a directory through its `latest` pointer, into
  * buf. Errors: `checkpoint dir 'ckpt': no latest checkpoint`, a bad `latest`, a missing path. */
@@ -82,8 +101,12 @@ bt_tensor *ckpt_read_tensor(struct ckpt_file *f, int64_t i);
  * parameters read so far keep their new values (callers stop the run). */
 bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *params);
 /* Reads the optimizer state of every parameter of opt (same checks) and its step count; the file's
- * optimizer must be the same kind. */
+ * optimizer must be the same kind. With opt_row0 (ZeRO-1, see struct ckpt_layout), parameter i of
+ * opt holds rows [opt_row0[i], +its rows) of the file's full tensor, which must have the shape of
+ * the parameter of the same name in params; NULL: full tensors (params may be NULL then). */
 bt_status ckpt_read_optim(struct ckpt_file *f, struct optim *opt);
+bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
+                               const struct nn_param_list *params, const int64_t *opt_row0);
 
 /* Opens path, reads /model into params and closes it (model.init_from). Besides braid's
  * checkpoints, any HDF5 file whose /model/<name> datasets hold float32 weights is accepted (a

@@ -104,6 +104,30 @@ static char *read_string(struct ckpt_file *f, hid_t obj, const char *where, cons
     H5_CHECK(f->label, H5Tset_cset(type, H5T_CSET_UTF8));
     if (as_dataset) {
         H5_CHECK(f->label, item = H5Dopen2(obj, name, H5P_DEFAULT));
+        htri_t variable;
+        hid_t stored = -1;
+        H5_CHECK(f->label, stored = H5Dget_type(item));
+        variable = H5Tget_class(stored) == H5T_STRING ? H5Tis_variable_str(stored) : -1;
+        size_t size = H5Tget_size(stored);
+        if (variable < 0) {
+            H5Tclose(stored);
+            bt_error("%s: dataset %s%s is not a string", f->label, where, name);
+            goto fail;
+        }
+        if (!variable) { /* braid writes fixed-length strings (parallel HDF5 needs them) */
+            if (!(copy = calloc(1, size + 1))) {
+                H5Tclose(stored);
+                bt_error("%s: out of memory reading %s%s", f->label, where, name);
+                goto fail;
+            }
+            herr_t read = H5Dread(item, stored, H5S_ALL, H5S_ALL, H5P_DEFAULT, copy);
+            H5Tclose(stored);
+            H5_CHECK(f->label, read);
+            h5_close_quietly(item);
+            h5_close_quietly(type);
+            return copy;
+        }
+        H5Tclose(stored);
         H5_CHECK(f->label, H5Dread(item, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text));
     } else {
         H5_CHECK(f->label, item = H5Aopen(obj, name, H5P_DEFAULT));
@@ -584,38 +608,120 @@ static bool is_optim_state(const char *rest, const void *ctx) {
     return false;
 }
 
-bt_status ckpt_read_optim(struct ckpt_file *f, struct optim *opt) {
+/* "<param>/<state>" names a state of a parameter in params (ZeRO-1: this rank's optimizer may
+ * hold no rows of some parameters, whose state the file still has) */
+struct state_of_params {
+    const struct nn_param_list *params;
+    const struct optim *opt;
+};
+
+static bool is_params_state(const char *rest, const void *ctx) {
+    const struct state_of_params *sp = ctx;
+    const char *slash = strrchr(rest, '/');
+    if (!slash) return false;
+    const char *const *states;
+    int n = optim_state_names(sp->opt, &states);
+    bool known_state = false;
+    for (int s = 0; s < n && !known_state; s++)
+        known_state = strcmp(states[s], slash + 1) == 0;
+    for (int64_t p = 0; known_state && p < sp->params->count; p++) {
+        const char *name = sp->params->names[p];
+        if (strlen(name) == (size_t)(slash - rest) && strncmp(name, rest, (size_t)(slash - rest)) == 0)
+            return true;
+    }
+    return false;
+}
+
+static const bt_tensor *param_named(const struct nn_param_list *params, const char *name) {
+    for (int64_t p = 0; params && p < params->count; p++)
+        if (strcmp(params->names[p], name) == 0) return params->tensors[p];
+    return NULL;
+}
+
+/* Index of the full tensor `full` whose rows [row0, +rows of dest) dest receives: the file's shape
+ * must be whole's (the full parameter). */
+static int64_t expect_rows(struct ckpt_file *f, const char *full, const bt_tensor *dest,
+                           const bt_tensor *whole, int64_t row0) {
+    char got[160], want[160];
+    if (!whole) {
+        bt_error("%s: %s: no parameter of that name to shard", f->label, full);
+        return -1;
+    }
+    int64_t i = expect_tensor(f, full, whole); /* dtype float32, the full shape */
+    if (i < 0) return -1;
+    if (dest->ndim != whole->ndim || row0 < 0 || row0 + dest->shape[0] > whole->shape[0]) {
+        bt_error("%s: %s: rows [%lld, +%s) do not fit its shape %s", f->label, full,
+                 (long long)row0, bt_shape_str(dest, got, sizeof got),
+                 bt_shape_str(whole, want, sizeof want));
+        return -1;
+    }
+    return i;
+}
+
+/* Reads tensor i whole (its checksum verified) and copies rows [row0, +rows of dest) into dest. */
+static bt_status read_rows_into(struct ckpt_file *f, int64_t i, bt_tensor *dest, int64_t row0) {
+    bt_tensor *whole = ckpt_read_tensor(f, i);
+    if (!whole) return BT_ERR;
+    size_t row_bytes = bt_nbytes(whole) / (size_t)(whole->shape[0] ? whole->shape[0] : 1);
+    memcpy(bt_data(dest), (const char *)bt_data(whole) + (size_t)row0 * row_bytes,
+           bt_nbytes(dest));
+    bt_tensor_free(whole);
+    return BT_OK;
+}
+
+bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
+                               const struct nn_param_list *params, const int64_t *opt_row0) {
     const char *kind = optim_get_config(opt)->kind == OPTIM_ADAMW ? "adamw" : "sgd";
     if (strcmp(f->optimizer, kind) != 0)
         return bt_error("%s: holds %s optimizer state, the run uses %s", f->label,
                         f->optimizer[0] ? f->optimizer : "no", kind);
+    if (opt_row0 && !params)
+        return bt_error("%s: reading sharded optimizer state needs the parameters", f->label);
     const char *const *states;
     int n_states = optim_state_names(opt, &states);
     int64_t n = optim_num_params(opt) * n_states, k = 0;
     int64_t *index = malloc((size_t)(n ? n : 1) * sizeof *index);
+    int64_t *row0 = malloc((size_t)(n ? n : 1) * sizeof *row0);
     bt_tensor **dest = malloc((size_t)(n ? n : 1) * sizeof *dest);
     char full[CKPT_LABEL_MAX];
     bt_status st = BT_ERR;
-    if (!index || !dest) {
+    if (!index || !dest || !row0) {
         bt_error("%s: out of memory", f->label);
         goto done;
     }
     for (int64_t i = 0; i < optim_num_params(opt); i++)
         for (int s = 0; s < n_states; s++, k++) {
-            snprintf(full, sizeof full, "/optimizer/%s/%s", optim_param_name(opt, i), states[s]);
+            const char *pname = optim_param_name(opt, i);
+            snprintf(full, sizeof full, "/optimizer/%s/%s", pname, states[s]);
             if (!(dest[k] = optim_state(opt, i, states[s]))) goto done;
-            if ((index[k] = expect_tensor(f, full, dest[k])) < 0) goto done;
+            /* a scalar state (AdamW's step) and unsharded state are read whole */
+            row0[k] = opt_row0 && dest[k]->ndim > 0 ? opt_row0[i] : -1;
+            index[k] = row0[k] < 0 ? expect_tensor(f, full, dest[k])
+                                   : expect_rows(f, full, dest[k], param_named(params, pname),
+                                                 row0[k]);
+            if (index[k] < 0) goto done;
         }
-    if (check_no_extra(f, "/optimizer/", "state of this optimizer", is_optim_state, opt) != BT_OK)
+    struct state_of_params sp = {params, opt};
+    if (opt_row0 ? check_no_extra(f, "/optimizer/", "state of a parameter of this model",
+                                  is_params_state, &sp)
+                 : check_no_extra(f, "/optimizer/", "state of this optimizer", is_optim_state,
+                                  opt))
         goto done;
     for (k = 0; k < n; k++)
-        if (read_into(f, index[k], dest[k]) != BT_OK) goto done;
+        if ((row0[k] < 0 ? read_into(f, index[k], dest[k])
+                         : read_rows_into(f, index[k], dest[k], row0[k])) != BT_OK)
+            goto done;
     optim_set_step_count(opt, f->optimizer_steps);
     st = BT_OK;
 done:
     free(dest);
+    free(row0);
     free(index);
     return st;
+}
+
+bt_status ckpt_read_optim(struct ckpt_file *f, struct optim *opt) {
+    return ckpt_read_optim_rows(f, opt, NULL, NULL);
 }
 
 bt_status ckpt_load_model(const char *path, const struct nn_param_list *params) {

@@ -14,6 +14,8 @@
 #include "data/checkpoint.h"
 #include "data/checkpoint_internal.h"
 #include "data/h5util.h"
+#include "comm/mpi.h"
+#include "comm/shard.h"
 
 #define PATH_MAX_LEN 4096
 
@@ -62,42 +64,145 @@ static bt_status commit_rename(const char *dir, const char *tmp, const char *fin
 
 /* ---- datasets and attributes ---- */
 
-/* The tensor as dataset `name` of obj, contiguous, with its crc32 attribute. float32 and int64
- * only: what parameters and optimizer state are. */
-static bt_status write_tensor(const char *label, hid_t obj, const char *name, const bt_tensor *t) {
-    hid_t space = -1, dset = -1, aspace = -1, attr = -1;
-    hsize_t dims[BT_MAX_DIMS];
-    bool f32 = t->dtype == BT_F32;
-    if ((!f32 && t->dtype != BT_I64) || t->storage->device.type != BT_DEVICE_CPU ||
-        !bt_is_contiguous(t))
-        return bt_error("%s: %s must be a contiguous float32 or int64 CPU tensor (got %s)", label,
-                        name, bt_dtype_name(t->dtype));
-    for (int d = 0; d < t->ndim; d++)
-        dims[d] = (hsize_t)t->shape[d];
-    uint32_t crc = ckpt_crc32(bt_data(t), (size_t)bt_numel(t) * bt_dtype_size(t->dtype));
-    if (t->ndim == 0)
-        H5_CHECK(label, space = H5Screate(H5S_SCALAR));
-    else
-        H5_CHECK(label, space = H5Screate_simple(t->ndim, dims, NULL));
-    H5_CHECK(label, dset = H5Dcreate2(obj, name, f32 ? H5T_IEEE_F32LE : H5T_STD_I64LE, space,
-                                      H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    H5_CHECK(label, H5Dwrite(dset, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT64, H5S_ALL, H5S_ALL,
-                             H5P_DEFAULT, bt_data(t)));
-    H5_CHECK(label, aspace = H5Screate(H5S_SCALAR));
-    H5_CHECK(label, attr = H5Acreate2(dset, CKPT_CRC_ATTR, H5T_STD_U32LE, aspace, H5P_DEFAULT,
-                                      H5P_DEFAULT));
-    H5_CHECK(label, H5Awrite(attr, H5T_NATIVE_UINT32, &crc));
-    H5_CHECK(label, H5Aclose(attr));
-    H5_CHECK(label, H5Sclose(aspace));
-    H5_CHECK(label, H5Dclose(dset));
-    H5_CHECK(label, H5Sclose(space));
+/* One save in progress: the file, the ranks writing it together, and the tensors written so far
+ * with the CRC-32 and byte count of this rank's part of each, for their crc32 attributes. */
+struct writer {
+    char label[CKPT_LABEL_MAX]; /* "checkpoint <tmp path>" */
+    hid_t file;
+    struct comm *group; /* NULL: this process alone */
+    int rank, size;
+    int64_t n, cap;
+    char **paths;
+    uint32_t *crc;
+    int64_t *nbytes;
+};
+
+static bt_status remember(struct writer *w, const char *path, uint32_t crc, int64_t nbytes) {
+    if (w->n == w->cap) {
+        int64_t cap = w->cap ? 2 * w->cap : 256;
+        char **paths = realloc(w->paths, (size_t)cap * sizeof *paths);
+        if (paths) w->paths = paths;
+        uint32_t *crcs = paths ? realloc(w->crc, (size_t)cap * sizeof *crcs) : NULL;
+        if (crcs) w->crc = crcs;
+        int64_t *sizes = crcs ? realloc(w->nbytes, (size_t)cap * sizeof *sizes) : NULL;
+        if (!sizes) return bt_error("%s: out of memory", w->label);
+        w->nbytes = sizes;
+        w->cap = cap;
+    }
+    if (!(w->paths[w->n] = strdup(path))) return bt_error("%s: out of memory", w->label);
+    w->crc[w->n] = crc;
+    w->nbytes[w->n] = nbytes;
+    w->n++;
     return BT_OK;
+}
+
+/* Dataset `name` of obj (full logical shape ndim/shape, float32 or int64), created by every rank;
+ * this rank writes rows [row0, row0 + rows) from `data` (contiguous). */
+static bt_status write_rows(struct writer *w, hid_t obj, const char *path, const char *name,
+                            bt_dtype dtype, int ndim, const int64_t *shape, const void *data,
+                            int64_t row0, int64_t rows) {
+    hid_t fspace = -1, mspace = -1, dset = -1;
+    hsize_t dims[BT_MAX_DIMS], start[BT_MAX_DIMS] = {0}, count[BT_MAX_DIMS];
+    bool f32 = dtype == BT_F32;
+    if (!f32 && dtype != BT_I64)
+        return bt_error("%s: %s must be float32 or int64 (got %s)", w->label, path,
+                        bt_dtype_name(dtype));
+    int64_t row_elems = 1;
+    for (int d = 0; d < ndim; d++) {
+        dims[d] = count[d] = (hsize_t)shape[d];
+        if (d > 0) row_elems *= shape[d];
+    }
+    if (ndim == 0)
+        H5_CHECK(w->label, fspace = H5Screate(H5S_SCALAR));
+    else
+        H5_CHECK(w->label, fspace = H5Screate_simple(ndim, dims, NULL));
+    H5_CHECK(w->label, dset = H5Dcreate2(obj, name, f32 ? H5T_IEEE_F32LE : H5T_STD_I64LE, fspace,
+                                         H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    int64_t nbytes = rows * row_elems * (int64_t)bt_dtype_size(dtype);
+    if (rows > 0) {
+        if (ndim > 0) {
+            start[0] = (hsize_t)row0;
+            count[0] = (hsize_t)rows;
+            H5_CHECK(w->label, H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count,
+                                                   NULL));
+            H5_CHECK(w->label, mspace = H5Screate_simple(ndim, count, NULL));
+        } else {
+            H5_CHECK(w->label, mspace = H5Screate(H5S_SCALAR));
+        }
+        H5_CHECK(w->label, H5Dwrite(dset, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT64, mspace,
+                                    fspace, H5P_DEFAULT, data));
+        H5_CHECK(w->label, H5Sclose(mspace));
+        mspace = -1;
+    }
+    H5_CHECK(w->label, H5Dclose(dset));
+    H5_CHECK(w->label, H5Sclose(fspace));
+    return remember(w, path, rows > 0 ? ckpt_crc32(data, (size_t)nbytes) : 0, nbytes);
+fail:
+    h5_close_quietly(mspace);
+    h5_close_quietly(dset);
+    h5_close_quietly(fspace);
+    return BT_ERR;
+}
+
+static bt_status check_tensor(struct writer *w, const char *path, const bt_tensor *t) {
+    if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t))
+        return bt_error("%s: %s must be a contiguous CPU tensor", w->label, path);
+    return BT_OK;
+}
+
+/* A tensor every rank holds whole: each rank writes its share of the rows. */
+static bt_status write_replicated(struct writer *w, hid_t obj, const char *path, const char *name,
+                                  const bt_tensor *t) {
+    if (check_tensor(w, path, t) != BT_OK) return BT_ERR;
+    int64_t n = t->ndim ? t->shape[0] : 1, lo, hi;
+    comm_rows_of(n, w->rank, w->size, &lo, &hi);
+    int64_t row_bytes = t->ndim ? (int64_t)bt_nbytes(t) / (n ? n : 1) : (int64_t)bt_nbytes(t);
+    return write_rows(w, obj, path, name, t->dtype, t->ndim, t->shape,
+                      (const char *)bt_data(t) + lo * row_bytes, lo, hi - lo);
+}
+
+/* One crc32 attribute per tensor: every rank's part's CRC-32, combined in rank order (zlib's
+ * crc32_combine), is the CRC-32 of the whole tensor. */
+static bt_status write_checksums(struct writer *w) {
+    int64_t n = w->n;
+    bt_status st = BT_ERR;
+    bt_tensor *mine = bt_empty(BT_SHAPE(2 * (n ? n : 1)), BT_I64, bt_cpu());
+    bt_tensor *all = bt_empty(BT_SHAPE(2 * (n ? n : 1) * w->size), BT_I64, bt_cpu());
+    hid_t dset = -1, space = -1, attr = -1;
+    if (!mine || !all) return BT_ERR;
+    int64_t *m = bt_data(mine), *a = bt_data(all);
+    for (int64_t i = 0; i < n; i++) {
+        m[2 * i] = w->crc[i];
+        m[2 * i + 1] = w->nbytes[i];
+    }
+    if (w->size > 1) {
+        if (comm_allgather(w->group, mine, all) != BT_OK) return bt_error_prefix(w->label);
+    } else {
+        memcpy(a, m, (size_t)(2 * n) * sizeof *a);
+    }
+    for (int64_t i = 0; i < n; i++) {
+        uLong crc = (uLong)a[2 * i];
+        for (int r = 1; r < w->size; r++) {
+            const int64_t *part = a + (int64_t)r * 2 * (n ? n : 1) + 2 * i;
+            crc = crc32_combine(crc, (uLong)part[0], (z_off_t)part[1]);
+        }
+        uint32_t value = (uint32_t)crc;
+        H5_CHECK(w->label, dset = H5Dopen2(w->file, w->paths[i], H5P_DEFAULT));
+        H5_CHECK(w->label, space = H5Screate(H5S_SCALAR));
+        H5_CHECK(w->label, attr = H5Acreate2(dset, CKPT_CRC_ATTR, H5T_STD_U32LE, space,
+                                             H5P_DEFAULT, H5P_DEFAULT));
+        H5_CHECK(w->label, H5Awrite(attr, H5T_NATIVE_UINT32, &value));
+        H5_CHECK(w->label, H5Aclose(attr));
+        H5_CHECK(w->label, H5Sclose(space));
+        H5_CHECK(w->label, H5Dclose(dset));
+        attr = space = dset = -1;
+    }
+    st = BT_OK;
 fail:
     h5_close_quietly(attr);
-    h5_close_quietly(aspace);
-    h5_close_quietly(dset);
     h5_close_quietly(space);
-    return BT_ERR;
+    h5_close_quietly(dset);
+    return st;
 }
 
 /* A scalar attribute of a fixed-size type. */
@@ -136,19 +241,25 @@ fail:
     return -1;
 }
 
-/* A scalar string as attribute `name` of obj (as_dataset false) or as dataset `name` in obj. */
+/* A scalar string as attribute `name` of obj (as_dataset false: variable-length) or as dataset
+ * `name` in obj (fixed-length, NUL-terminated: parallel HDF5 cannot write variable-length
+ * datasets). In a parallel save rank 0 writes the dataset's bytes. */
 static bt_status write_string(const char *label, hid_t obj, const char *name, const char *text,
-                              bool as_dataset) {
+                              bool as_dataset, int rank) {
     hid_t type = -1, space = -1, item = -1;
     if (!text) text = "";
-    if ((type = vlen_string_type(label)) < 0) return BT_ERR;
     H5_CHECK(label, space = H5Screate(H5S_SCALAR));
     if (as_dataset) {
+        H5_CHECK(label, type = H5Tcopy(H5T_C_S1));
+        H5_CHECK(label, H5Tset_size(type, strlen(text) + 1));
+        H5_CHECK(label, H5Tset_strpad(type, H5T_STR_NULLTERM));
+        H5_CHECK(label, H5Tset_cset(type, H5T_CSET_UTF8));
         H5_CHECK(label,
                  item = H5Dcreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-        H5_CHECK(label, H5Dwrite(item, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text));
+        if (rank == 0) H5_CHECK(label, H5Dwrite(item, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, text));
         H5_CHECK(label, H5Dclose(item));
     } else {
+        if ((type = vlen_string_type(label)) < 0) goto fail;
         H5_CHECK(label, item = H5Acreate2(obj, name, type, space, H5P_DEFAULT, H5P_DEFAULT));
         H5_CHECK(label, H5Awrite(item, type, &text));
         H5_CHECK(label, H5Aclose(item));
@@ -165,39 +276,83 @@ fail:
 
 /* ---- the file's parts ---- */
 
-static bt_status write_model(const char *label, hid_t file, const struct nn_param_list *params) {
+static bt_status write_model(struct writer *w, const struct nn_param_list *params) {
     hid_t model = -1;
-    H5_CHECK(label, model = H5Gcreate2(file, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    for (int64_t i = 0; i < params->count; i++)
-        if (write_tensor(label, model, params->names[i], params->tensors[i]) != BT_OK) goto fail;
-    H5_CHECK(label, H5Gclose(model));
+    char path[CKPT_LABEL_MAX];
+    H5_CHECK(w->label, model = H5Gcreate2(w->file, "model", H5P_DEFAULT, H5P_DEFAULT,
+                                          H5P_DEFAULT));
+    for (int64_t i = 0; i < params->count; i++) {
+        snprintf(path, sizeof path, "/model/%s", params->names[i]);
+        if (write_replicated(w, model, path, params->names[i], params->tensors[i]) != BT_OK)
+            goto fail;
+    }
+    H5_CHECK(w->label, H5Gclose(model));
     return BT_OK;
 fail:
     h5_close_quietly(model);
     return BT_ERR;
 }
 
-/* /optimizer: attributes name and step_count, then a group per parameter holding its state. */
-static bt_status write_optimizer(const char *label, hid_t file, const struct optim *opt) {
+static int64_t optim_index(const struct optim *opt, const char *name) {
+    for (int64_t i = 0; opt && i < optim_num_params(opt); i++)
+        if (strcmp(optim_param_name(opt, i), name) == 0) return i;
+    return -1;
+}
+
+/* State `state` of parameter p (full tensor `full`): every rank creates the dataset; with
+ * opt_row0, this rank's optimizer holds rows [opt_row0[i], +rows) of it (or none, i < 0),
+ * otherwise the whole of it, of which it writes its share. */
+static bt_status write_state(struct writer *w, hid_t group, const char *path, const char *state,
+                             const bt_tensor *full, const struct optim *opt, int64_t i,
+                             const int64_t *opt_row0) {
+    bt_tensor *t = i >= 0 ? optim_state(opt, i, state) : NULL;
+    if (i >= 0 && !t) return BT_ERR;
+    if (t && check_tensor(w, path, t) != BT_OK) return BT_ERR;
+    if (!opt_row0) {
+        if (!t) return bt_error("%s: the optimizer has no state for %s", w->label, path);
+        return write_replicated(w, group, path, state, t);
+    }
+    if (t && t->ndim == 0) /* a per-parameter scalar (AdamW's step): row 0's owner writes it */
+        return write_rows(w, group, path, state, t->dtype, 0, NULL, bt_data(t), 0,
+                          opt_row0[i] == 0 ? 1 : 0);
+    if (!t) { /* a shard of no rows on this rank; the dataset is still created collectively */
+        bool scalar = strcmp(state, "step") == 0;
+        return write_rows(w, group, path, state, scalar ? BT_I64 : BT_F32, scalar ? 0 : full->ndim,
+                          full->shape, NULL, 0, 0);
+    }
+    return write_rows(w, group, path, state, t->dtype, full->ndim, full->shape, bt_data(t),
+                      opt_row0[i], t->ndim ? t->shape[0] : 1);
+}
+
+/* /optimizer: attributes name and step_count, then a group per parameter holding its state.
+ * Every rank walks the full parameter list, so the collective creates match. */
+static bt_status write_optimizer(struct writer *w, const struct nn_param_list *params,
+                                 const struct optim *opt, const int64_t *opt_row0) {
     hid_t group = -1, param = -1;
     const char *const *states = NULL;
+    char path[CKPT_LABEL_MAX];
     int n_states = opt ? optim_state_names(opt, &states) : 0;
     const char *name = !opt ? "" : optim_get_config(opt)->kind == OPTIM_ADAMW ? "adamw" : "sgd";
-    H5_CHECK(label, group = H5Gcreate2(file, "optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    if (write_string(label, group, "name", name, false) != BT_OK ||
-        write_i64(label, group, "step_count", opt ? optim_step_count(opt) : 0) != BT_OK)
+    H5_CHECK(w->label, group = H5Gcreate2(w->file, "optimizer", H5P_DEFAULT, H5P_DEFAULT,
+                                          H5P_DEFAULT));
+    if (write_string(w->label, group, "name", name, false, w->rank) != BT_OK ||
+        write_i64(w->label, group, "step_count", opt ? optim_step_count(opt) : 0) != BT_OK)
         goto fail;
-    for (int64_t i = 0; opt && n_states > 0 && i < optim_num_params(opt); i++) {
-        H5_CHECK(label, param = H5Gcreate2(group, optim_param_name(opt, i), H5P_DEFAULT,
-                                           H5P_DEFAULT, H5P_DEFAULT));
+    for (int64_t p = 0; opt && n_states > 0 && p < params->count; p++) {
+        int64_t i = optim_index(opt, params->names[p]);
+        if (i < 0 && !opt_row0) continue; /* not optimized at all: no state */
+        H5_CHECK(w->label, param = H5Gcreate2(group, params->names[p], H5P_DEFAULT, H5P_DEFAULT,
+                                              H5P_DEFAULT));
         for (int s = 0; s < n_states; s++) {
-            bt_tensor *t = optim_state(opt, i, states[s]);
-            if (!t || write_tensor(label, param, states[s], t) != BT_OK) goto fail;
+            snprintf(path, sizeof path, "/optimizer/%s/%s", params->names[p], states[s]);
+            if (write_state(w, param, path, states[s], params->tensors[p], opt, i, opt_row0) !=
+                BT_OK)
+                goto fail;
         }
-        H5_CHECK(label, H5Gclose(param));
+        H5_CHECK(w->label, H5Gclose(param));
         param = -1;
     }
-    H5_CHECK(label, H5Gclose(group));
+    H5_CHECK(w->label, H5Gclose(group));
     return BT_OK;
 fail:
     h5_close_quietly(param);
@@ -214,18 +369,19 @@ fail:
     return -1;
 }
 
-static bt_status write_run_state(const char *label, hid_t file, const struct ckpt_meta *m) {
+static bt_status write_run_state(const char *label, hid_t file, const struct ckpt_meta *m,
+                                 int rank) {
     int32_t format_version = CKPT_FORMAT_VERSION;
     hid_t rng = -1, data = -1, sched = -1;
     bt_status st = BT_ERR;
     uint8_t shuffle = m->data_shuffle ? 1 : 0;
     if (write_attr(label, file, "format_version", H5T_STD_I32LE, H5T_NATIVE_INT32,
                    &format_version) ||
-        write_string(label, file, "braid_version", BRAID_VERSION, false) ||
+        write_string(label, file, "braid_version", BRAID_VERSION, false, rank) ||
         write_i64(label, file, "step", m->step) ||
         write_i64(label, file, "tokens_seen", m->tokens_seen) ||
-        write_string(label, file, "config", m->config_yaml, true) ||
-        write_string(label, file, "tokenizer", m->tokenizer_yaml, true))
+        write_string(label, file, "config", m->config_yaml, true, rank) ||
+        write_string(label, file, "tokenizer", m->tokenizer_yaml, true, rank))
         goto done;
     if ((rng = create_group(label, file, "rng")) < 0 ||
         write_u64(label, rng, "dropout_seed", m->dropout_seed) ||
@@ -249,22 +405,62 @@ done:
     return st;
 }
 
-/* Writes the whole checkpoint to `path` (a temporary name) and closes it. */
-static bt_status write_file(const char *path, const struct nn_param_list *params,
-                            const struct optim *opt, const struct ckpt_meta *meta) {
-    char label[CKPT_LABEL_MAX];
-    hid_t file = -1;
-    snprintf(label, sizeof label, "checkpoint %s", path);
-    H5_CHECK(label, file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
-    if (write_run_state(label, file, meta) != BT_OK || write_model(label, file, params) != BT_OK ||
-        write_optimizer(label, file, opt) != BT_OK)
-        goto fail;
-    H5_CHECK(label, H5Fflush(file, H5F_SCOPE_GLOBAL));
-    H5_CHECK(label, H5Fclose(file));
-    return BT_OK;
+static void writer_free(struct writer *w) {
+    for (int64_t i = 0; i < w->n; i++)
+        free(w->paths[i]);
+    free(w->paths);
+    free(w->crc);
+    free(w->nbytes);
+}
+
+/* Opens `path` for writing: by this process alone, or by every rank of the group together through
+ * parallel HDF5 (MPI-IO). */
+static hid_t create_file(struct writer *w, const char *path) {
+    hid_t fapl = -1, file = -1;
+    MPI_Comm mpi;
+    H5_CHECK(w->label, fapl = H5Pcreate(H5P_FILE_ACCESS));
+    if (w->size > 1) {
+        if (!comm_mpi_handle(w->group, &mpi)) {
+            bt_error("%s: group %s has no MPI communicator", w->label, comm_name(w->group));
+            goto fail;
+        }
+        H5_CHECK(w->label, H5Pset_fapl_mpio(fapl, mpi, MPI_INFO_NULL));
+    }
+    H5_CHECK(w->label, file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl));
+    H5Pclose(fapl);
+    return file;
 fail:
-    h5_close_quietly(file);
-    return BT_ERR;
+    h5_close_quietly(fapl);
+    return -1;
+}
+
+/* Writes the whole checkpoint to `path` (a temporary name) and closes it. Collective over the
+ * layout's group: a rank that fails still takes part in the collective calls that follow. */
+static bt_status write_file(const char *path, const struct nn_param_list *params,
+                            const struct optim *opt, const struct ckpt_meta *meta,
+                            const struct ckpt_layout *layout) {
+    struct writer w = {.file = -1, .group = layout ? layout->group : NULL, .size = 1};
+    if (w.group) {
+        w.rank = comm_rank(w.group);
+        w.size = comm_size(w.group);
+    }
+    snprintf(w.label, sizeof w.label, "checkpoint %s", path);
+    bt_status st = BT_ERR;
+    if ((w.file = create_file(&w, path)) < 0) goto done;
+    if (write_run_state(w.label, w.file, meta, w.rank) != BT_OK ||
+        write_model(&w, params) != BT_OK ||
+        write_optimizer(&w, params, opt, layout ? layout->opt_row0 : NULL) != BT_OK ||
+        write_checksums(&w) != BT_OK)
+        goto done;
+    H5_CHECK(w.label, H5Fflush(w.file, H5F_SCOPE_GLOBAL));
+    H5_CHECK(w.label, H5Fclose(w.file));
+    w.file = -1;
+    st = BT_OK;
+fail:
+done:
+    h5_close_quietly(w.file);
+    writer_free(&w);
+    return st;
 }
 
 /* Replaces <dir>/latest with one line naming `file_name`, atomically. */
@@ -346,24 +542,52 @@ fail:
 
 /* ---- public ---- */
 
-bt_status ckpt_save(const char *dir, const struct nn_param_list *params, const struct optim *opt,
-                    const struct ckpt_meta *meta, int64_t keep) {
+/* Every rank of the group learns whether all succeeded. */
+static bt_status agree(struct comm *group, bt_status mine, const char *path) {
+    if (!group || comm_size(group) == 1) return mine;
+    double ok = mine == BT_OK ? 1.0 : 0.0;
+    if (comm_allreduce_doubles(group, &ok, 1, COMM_MIN) != BT_OK) return BT_ERR;
+    if (ok == 1.0) return BT_OK;
+    if (mine == BT_OK) bt_error("checkpoint %s: another rank failed to write its part", path);
+    return BT_ERR;
+}
+
+bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
+                           const struct optim *opt, const struct ckpt_meta *meta, int64_t keep,
+                           const struct ckpt_layout *layout) {
     char name[64], tmp[PATH_MAX_LEN], final[PATH_MAX_LEN];
+    struct comm *group = layout && layout->group && comm_size(layout->group) > 1 ? layout->group
+                                                                                 : NULL;
+    bool leader = !group || comm_rank(group) == 0;
     if (meta->step < 0) return bt_error("checkpoint: step %lld is negative", (long long)meta->step);
     snprintf(name, sizeof name, "step_%08lld.h5", (long long)meta->step);
     if (snprintf(tmp, sizeof tmp, "%s/.%s.tmp", dir, name) >= (int)sizeof tmp)
         return bt_error("checkpoint dir '%s': path too long", dir);
     snprintf(final, sizeof final, "%s/%s", dir, name);
     h5_silence();
-    if (make_dirs(dir) != BT_OK) return BT_ERR;
-    if (write_file(tmp, params, opt, meta) != BT_OK || fsync_path(tmp, false) != BT_OK) {
-        unlink(tmp);
+    bt_status st = leader ? make_dirs(dir) : BT_OK;
+    if (agree(group, st, tmp) != BT_OK) return BT_ERR;
+    st = write_file(tmp, params, opt, meta, layout);
+    if (agree(group, st, tmp) != BT_OK) {
+        if (leader) unlink(tmp);
         return BT_ERR;
     }
-    if (commit_rename(dir, tmp, final) != BT_OK) {
-        unlink(tmp);
-        return BT_ERR;
+    /* the leader makes it durable and visible; the others wait for the outcome */
+    st = BT_OK;
+    if (leader) {
+        if (fsync_path(tmp, false) != BT_OK || commit_rename(dir, tmp, final) != BT_OK) {
+            unlink(tmp);
+            st = BT_ERR;
+        } else if (write_latest(dir, name) != BT_OK) {
+            st = BT_ERR;
+        } else if (keep > 0) {
+            st = prune(dir, keep, meta->step);
+        }
     }
-    if (write_latest(dir, name) != BT_OK) return BT_ERR;
-    return keep > 0 ? prune(dir, keep, meta->step) : BT_OK;
+    return agree(group, st, final);
+}
+
+bt_status ckpt_save(const char *dir, const struct nn_param_list *params, const struct optim *opt,
+                    const struct ckpt_meta *meta, int64_t keep) {
+    return ckpt_save_layout(dir, params, opt, meta, keep, NULL);
 }

@@ -77,6 +77,7 @@ static const struct cfg_key keys[] = {
     KEY(parallel, zero, CFG_INT),
     DERIVED(parallel, microbatches, CFG_INT, "train.grad_accum"),
     ENUM(parallel, schedule, "1f1b, gpipe"),
+    KEY(parallel, bucket_mb, CFG_FLOAT),
     KEY(data, train, CFG_STRING),
     KEY(data, val, CFG_STRING),
     KEY(data, shuffle, CFG_BOOL),
@@ -144,6 +145,7 @@ void cfg_defaults(struct braid_config *cfg) {
     struct cfg_parallel *p = &cfg->parallel;
     p->dp = p->tp = p->pp = 1;
     p->zero = 0;
+    p->bucket_mb = 25.0;
     p->microbatches = 0;
     SET_STRING(p->schedule, "1f1b");
     cfg->data.shuffle = true;
@@ -809,6 +811,8 @@ static bt_status check_sizes(const struct braid_config *cfg) {
                          "set train.eval_every=0 to turn evaluation off");
     if (cfg->parallel.zero != 0 && cfg->parallel.zero != 1)
         return key_error(cfg, &cfg->parallel.zero, "must be 0 or 1", NULL, NULL);
+    if (!(cfg->parallel.bucket_mb > 0.0 && cfg->parallel.bucket_mb <= 1e6))
+        return key_error(cfg, &cfg->parallel.bucket_mb, "must be in (0, 1e6]", NULL, NULL);
     return BT_OK;
 }
 

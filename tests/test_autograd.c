@@ -294,6 +294,50 @@ START_TEST(test_gradcheck_catches_wrong_gradient) {
 }
 END_TEST
 
+/* ag_set_leaf_hook: each leaf reported once, when its gradient is final — in reverse order of
+ * last use, a leaf used twice (tied) after its second use's backward, one whose node did not
+ * run at the end — and never again in a backward without the hook. */
+struct hook_log {
+    bt_tensor *seen[8];
+    double grad_at_hook[8];
+    int n;
+};
+
+static void log_leaf(bt_tensor *leaf, void *ctx) {
+    struct hook_log *log = ctx;
+    ck_assert_int_lt(log->n, 8);
+    log->seen[log->n] = leaf;
+    log->grad_at_hook[log->n] = leaf->grad ? bt_get(leaf->grad, 0) : NAN;
+    log->n++;
+}
+
+START_TEST(test_leaf_hook_reports_final_gradients) {
+    bt_tensor *a = test_param(BT_SHAPE(3), 1, -1, 1); /* used first and last: tied */
+    bt_tensor *b = test_param(BT_SHAPE(3), 2, -1, 1); /* used in the middle */
+    bt_tensor *c = test_param(BT_SHAPE(3), 3, -1, 1); /* in a branch that gets no gradient */
+    struct hook_log log = {0};
+    ag_set_leaf_hook(log_leaf, &log);
+    bt_tensor *h = bt_mul(a, a);                     /* first use of a */
+    bt_tensor *g = bt_add(h, b);                     /* b */
+    bt_tensor *loss = bt_sum_all(bt_mul(g, a));      /* last use of a */
+    bt_tensor *unused = bt_mul_scalar(c, 2.0);       /* on the tape, not in the loss */
+    ck_assert_ptr_nonnull(unused);
+    ck_assert_int_eq(bt_backward(loss), BT_OK);
+    ck_assert_int_eq(log.n, 3);
+    ck_assert_ptr_eq(log.seen[0], b); /* b's only use runs before a's first use */
+    ck_assert_ptr_eq(log.seen[1], a); /* after both uses */
+    ck_assert_ptr_eq(log.seen[2], c); /* its node never ran: reported at the end */
+    ck_assert_double_eq(log.grad_at_hook[1], bt_get(a->grad, 0)); /* final when reported */
+    ck_assert_double_eq(log.grad_at_hook[0], bt_get(b->grad, 0));
+    ck_assert_int_eq(a->ag_pending + b->ag_pending + c->ag_pending, 0);
+    ag_set_leaf_hook(NULL, NULL);
+    bt_step_end();
+    log.n = 0;
+    ck_assert_int_eq(bt_backward(bt_sum_all(bt_mul(a, b))), BT_OK);
+    ck_assert_int_eq(log.n, 0);
+}
+END_TEST
+
 static Suite *autograd_suite(void) {
     Suite *s = suite_create("autograd");
     bt_suite_add(s, test_shared_input);
@@ -313,6 +357,7 @@ static Suite *autograd_suite(void) {
     bt_suite_add(s, test_view_gradients);
     bt_suite_add(s, test_cat_split_gradients);
     bt_suite_add(s, test_cat_split_values_and_errors);
+    bt_suite_add(s, test_leaf_hook_reports_final_gradients);
     return s;
 }
 

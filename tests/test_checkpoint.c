@@ -131,15 +131,25 @@ static int64_t read_i64_attr(hid_t obj, const char *name) {
     return value;
 }
 
-/* Reads a scalar variable-length string attribute (as_dataset false) or dataset into buf. */
+/* Reads a scalar string attribute (variable-length) or dataset (fixed-length, which parallel HDF5
+ * can write; variable-length accepted too) into buf. */
 static void read_string(hid_t file, const char *name, bool as_dataset, char *buf, size_t size) {
     char *text = NULL;
     hid_t type = H5Tcopy(H5T_C_S1);
     H5Tset_size(type, H5T_VARIABLE);
     H5Tset_cset(type, H5T_CSET_UTF8);
     if (as_dataset) {
-        hid_t dset = H5Dopen2(file, name, H5P_DEFAULT);
-        H5_OK(H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text));
+        hid_t dset = H5Dopen2(file, name, H5P_DEFAULT), stored = H5Dget_type(dset);
+        ck_assert_int_eq(H5Tget_class(stored), H5T_STRING);
+        if (H5Tis_variable_str(stored) > 0) {
+            H5_OK(H5Dread(dset, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text));
+        } else {
+            size_t n = H5Tget_size(stored);
+            ck_assert_uint_lt(n, size);
+            memset(buf, 0, size);
+            H5_OK(H5Dread(dset, stored, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf));
+        }
+        H5Tclose(stored);
         H5Dclose(dset);
     } else {
         hid_t attr = H5Aopen(file, name, H5P_DEFAULT);
@@ -147,9 +157,11 @@ static void read_string(hid_t file, const char *name, bool as_dataset, char *buf
         H5Aclose(attr);
     }
     H5Tclose(type);
-    ck_assert_ptr_nonnull(text);
-    snprintf(buf, size, "%s", text);
-    H5free_memory(text);
+    if (!as_dataset || text) {
+        ck_assert_ptr_nonnull(text);
+        snprintf(buf, size, "%s", text);
+        H5free_memory(text);
+    }
 }
 
 /* ---- file surgery on copies, through the HDF5 C API ---- */
@@ -367,6 +379,7 @@ START_TEST(test_meta_round_trip) {
     ck_assert_str_eq(ckpt_optimizer_name(f), ""); /* saved without an optimizer */
     ck_assert_int_eq(ckpt_optimizer_steps(f), 0);
     ck_assert_str_eq(ckpt_path(f), path);
+    ck_assert_str_eq(ckpt_braid_version(f), BRAID_VERSION);
     ckpt_close(f);
 
     struct ckpt_meta plain = {.step = 0, .data_shuffle = false}; /* zeros, false, NULL strings */
@@ -879,6 +892,99 @@ START_TEST(test_save_errors_are_named) {
 }
 END_TEST
 
+/* A weights-only file as a conversion script writes it with h5py: /model/<name> float32 datasets
+ * of net's parameters and nothing else (no format_version, no crc32). */
+static void write_weights_file(const char *path, const struct nn_param_list *list) {
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), model, space, dset;
+    ck_assert_int_ge(file, 0);
+    H5_OK(model = H5Gcreate2(file, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    for (int64_t p = 0; p < list->count; p++) {
+        const bt_tensor *t = list->tensors[p];
+        hsize_t dims[BT_MAX_DIMS];
+        for (int d = 0; d < t->ndim; d++)
+            dims[d] = (hsize_t)t->shape[d];
+        H5_OK(space = H5Screate_simple(t->ndim, dims, NULL));
+        H5_OK(dset = H5Dcreate2(model, list->names[p], H5T_IEEE_F32LE, space, H5P_DEFAULT,
+                                H5P_DEFAULT, H5P_DEFAULT));
+        H5_OK(H5Dwrite(dset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, bt_data(t)));
+        H5Dclose(dset);
+        H5Sclose(space);
+    }
+    H5Gclose(model);
+    H5_OK(H5Fclose(file));
+}
+
+static void set_crc_attr(const char *path, const char *name, uint32_t crc) {
+    hid_t file = edit(path), dset, space, attr;
+    H5_OK(dset = H5Dopen2(file, name, H5P_DEFAULT));
+    H5_OK(space = H5Screate(H5S_SCALAR));
+    H5_OK(attr = H5Acreate2(dset, "crc32", H5T_STD_U32LE, space, H5P_DEFAULT, H5P_DEFAULT));
+    H5_OK(H5Awrite(attr, H5T_NATIVE_UINT32, &crc));
+    H5Aclose(attr);
+    H5Sclose(space);
+    H5Dclose(dset);
+    H5_OK(H5Fclose(file));
+}
+
+/* model.init_from: ckpt_load_model takes a weights-only HDF5 file (crc32 checked where present);
+ * ckpt_open does not, since it is no checkpoint. */
+START_TEST(test_weights_only_file_loads) {
+    make_dir();
+    struct bt_rng rng = bt_rng_make(8);
+    struct nn_module *src = make_net((struct net_options){0}, &rng);
+    struct nn_module *dst = make_net((struct net_options){0}, NULL);
+    struct nn_param_list ps, pd;
+    char path[128], want[256];
+    params_of(src, &ps);
+    params_of(dst, &pd);
+    snprintf(path, sizeof path, "%s/weights.h5", dir);
+    write_weights_file(path, &ps);
+    ck_assert_msg(ckpt_load_model(path, &pd) == BT_OK, "%s", bt_last_error());
+    assert_same_params(&ps, &pd);
+    assert_open_fails(path, "no format_version attribute: not a braid checkpoint");
+
+    /* a right crc32 is accepted, a wrong one named */
+    set_crc_attr(path, "/model/fc1.weight",
+                 (uint32_t)crc32(0L, bt_data(ps.tensors[0]), (uInt)bt_nbytes(ps.tensors[0])));
+    set_crc_attr(path, "/model/fc1.bias", 0x12345678u);
+    ck_assert_int_eq(ckpt_load_model(path, &pd), BT_ERR);
+    snprintf(want, sizeof want,
+             "checkpoint %s: /model/fc1.bias: checksum mismatch (crc32 of the data 0x%08x, "
+             "stored 0x12345678)",
+             path,
+             (unsigned)crc32(0L, bt_data(ps.tensors[1]), (uInt)bt_nbytes(ps.tensors[1])));
+    ck_assert_error_contains(want);
+
+    /* the same checks of names, shapes and dtypes as for a checkpoint */
+    struct nn_module *extra = make_net((struct net_options){.extra = true}, NULL);
+    write_weights_file(path, &ps);
+    ck_assert_int_eq(load(extra, path), BT_ERR);
+    snprintf(want, sizeof want, "checkpoint %s: dataset /model/head.weight not found", path);
+    ck_assert_error_contains(want);
+    double f64[12] = {0};
+    hsize_t dims[] = {3, 4};
+    replace_dataset(path, "/model/fc1.weight", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 2, dims, f64,
+                    sizeof f64);
+    ck_assert_int_eq(ckpt_load_model(path, &pd), BT_ERR);
+    snprintf(want, sizeof want,
+             "checkpoint %s: /model/fc1.weight has dtype float64 (checkpoints hold float32 and "
+             "int64 tensors)",
+             path);
+    ck_assert_error_contains(want);
+    snprintf(path, sizeof path, "%s/no_model.h5", dir); /* HDF5, but no /model */
+    H5Fclose(H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+    ck_assert_int_eq(ckpt_load_model(path, &pd), BT_ERR);
+    snprintf(want, sizeof want, "checkpoint %s: group /model not found", path);
+    ck_assert_error_contains(want);
+    nn_param_list_free(&ps);
+    nn_param_list_free(&pd);
+    nn_module_free(src);
+    nn_module_free(dst);
+    nn_module_free(extra);
+    remove_dir();
+}
+END_TEST
+
 /* ---- damaged files: each gives its one-line message from open or read ---- */
 
 /* The checkpoint every damage case starts from: net with AdamW state, step 1. */
@@ -1227,6 +1333,7 @@ static Suite *checkpoint_suite(void) {
     bt_suite_add(s, test_wrong_dtype_is_named);
     bt_suite_add(s, test_unreadable_files_are_named);
     bt_suite_add(s, test_save_errors_are_named);
+    bt_suite_add(s, test_weights_only_file_loads);
     bt_suite_add(s, test_damaged_truncated_file);
     bt_suite_add(s, test_damaged_random_bytes);
     bt_suite_add(s, test_damaged_dataset_removed);

@@ -217,6 +217,24 @@ START_TEST(test_copy_converts_and_checks) {
 }
 END_TEST
 
+START_TEST(test_alias_shares_storage) {
+    bt_tensor *base = bt_tensor_new(BT_SHAPE(4, 3), BT_F32, bt_cpu());
+    for (int i = 0; i < 12; i++)
+        bt_set(base, i, i);
+    bt_tensor *rows = bt_tensor_alias(base, 3, BT_SHAPE(2, 3)); /* rows 1..2 */
+    ck_assert_ptr_nonnull(rows);
+    ck_assert(rows->persistent && bt_is_contiguous(rows));
+    ck_assert_double_eq(bt_get(rows, 0), 3.0);
+    bt_set(rows, 5, -1.0);
+    ck_assert_double_eq(bt_get(base, 8), -1.0);
+    bt_tensor_free(base); /* the alias keeps the storage alive */
+    ck_assert_double_eq(bt_get(rows, 5), -1.0);
+    ck_assert_ptr_null(bt_tensor_alias(rows, 4, BT_SHAPE(3)));
+    ck_assert_error_contains("bt_tensor_alias: elements [4, 7) are outside the base's 6");
+    bt_tensor_free(rows);
+}
+END_TEST
+
 static Suite *tensor_suite(void) {
     Suite *s = suite_create("tensor");
     bt_suite_add(s, test_factories_and_properties);
@@ -229,6 +247,7 @@ static Suite *tensor_suite(void) {
     bt_suite_add(s, test_step_tensors_no_malloc_after_warmup);
     bt_suite_add(s, test_rng_reproducible);
     bt_suite_add(s, test_copy_converts_and_checks);
+    bt_suite_add(s, test_alias_shares_storage);
     return s;
 }
 

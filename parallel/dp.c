@@ -1,0 +1,386 @@
+/* Data parallelism with bucketed, overlapped gradient averaging and ZeRO-1 (parallel/dp.h). */
+#include "parallel/dp.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm/shard.h"
+#include "core/autograd.h"
+#include "core/optim.h"
+
+#define DEFAULT_BUCKET_BYTES (25 << 20)
+
+/* One parameter: its rows and the rows each rank owns under ZeRO-1. */
+struct dp_param {
+    bt_tensor *t;
+    int64_t numel, rows, row_elems;
+    int bucket;
+    bool ready;
+};
+
+/* Consecutive parameters (in reverse order) reduced together. */
+struct bucket {
+    int first, count;     /* indices into dp->order */
+    int n_ready;
+    bool started;
+    bt_tensor *buffer;    /* packed gradients (persistent float32) */
+    bt_tensor *received;  /* ZeRO-1: this rank's rows of each member, averaged */
+    int64_t *counts;      /* ZeRO-1: elements each rank receives */
+    struct comm_request *request;
+};
+
+struct dp {
+    struct comm *group;
+    int rank, size;
+    bool zero1;
+    int n;
+    struct dp_param *params;
+    int *order; /* parameter indices, last first: the order their gradients become final */
+    int n_buckets;
+    struct bucket *buckets;
+    struct nn_param_list optim_params; /* params, or the ZeRO-1 shards */
+    int64_t *optim_row0;
+    int64_t **gather_counts; /* ZeRO-1: per parameter, elements each rank contributes */
+    bool armed;
+    struct dp_stats stats;
+};
+
+static double seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* rows [lo, hi) of parameter p held by rank r, in elements */
+static void owned(const struct dp *d, const struct dp_param *p, int r, int64_t *lo, int64_t *hi) {
+    comm_rows_of(p->rows, r, d->size, lo, hi);
+    *lo *= p->row_elems;
+    *hi *= p->row_elems;
+}
+
+/* ---- building ---- */
+
+static bt_status make_buckets(struct dp *d, int64_t bucket_bytes) {
+    d->buckets = calloc((size_t)d->n, sizeof *d->buckets);
+    if (!d->buckets) return bt_error("data parallel: out of memory");
+    for (int k = 0; k < d->n;) {
+        struct bucket *b = &d->buckets[d->n_buckets];
+        int64_t bytes = 0, numel = 0;
+        b->first = k;
+        while (k < d->n && (b->count == 0 || bytes < bucket_bytes)) {
+            struct dp_param *p = &d->params[d->order[k]];
+            p->bucket = d->n_buckets;
+            bytes += p->numel * 4;
+            numel += p->numel;
+            b->count++;
+            k++;
+        }
+        if (!(b->buffer = bt_tensor_new(BT_SHAPE(numel), BT_F32, bt_cpu()))) return BT_ERR;
+        if (d->zero1) {
+            if (!(b->counts = calloc((size_t)d->size, sizeof *b->counts)))
+                return bt_error("data parallel: out of memory");
+            for (int j = 0; j < b->count; j++)
+                for (int r = 0; r < d->size; r++) {
+                    int64_t lo, hi;
+                    owned(d, &d->params[d->order[b->first + j]], r, &lo, &hi);
+                    b->counts[r] += hi - lo;
+                }
+            int64_t mine = b->counts[d->rank];
+            if (!(b->received = bt_tensor_new(BT_SHAPE(mine ? mine : 1), BT_F32, bt_cpu())))
+                return BT_ERR;
+        }
+        d->n_buckets++;
+    }
+    d->stats.buckets = d->n_buckets;
+    return BT_OK;
+}
+
+/* ZeRO-1: the optimizer's parameters are aliases of this rank's rows of each parameter, their
+ * gradients aliases of the bucket's received buffer. */
+static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
+    struct nn_param_list *list = &d->optim_params;
+    list->names = calloc((size_t)d->n, sizeof *list->names);
+    list->tensors = calloc((size_t)d->n, sizeof *list->tensors);
+    d->optim_row0 = calloc((size_t)d->n, sizeof *d->optim_row0);
+    d->gather_counts = calloc((size_t)d->n, sizeof *d->gather_counts);
+    if (!list->names || !list->tensors || !d->optim_row0 || !d->gather_counts)
+        return bt_error("data parallel: out of memory");
+    /* where each member's rows sit in its bucket's received buffer */
+    int64_t *offset = calloc((size_t)d->n_buckets, sizeof *offset);
+    if (!offset) return bt_error("data parallel: out of memory");
+    for (int k = 0; k < d->n; k++) {
+        int i = d->order[k];
+        struct dp_param *p = &d->params[i];
+        struct bucket *b = &d->buckets[p->bucket];
+        int64_t lo, hi;
+        if (!(d->gather_counts[i] = calloc((size_t)d->size, sizeof **d->gather_counts))) {
+            free(offset);
+            return bt_error("data parallel: out of memory");
+        }
+        for (int r = 0; r < d->size; r++) {
+            owned(d, p, r, &lo, &hi);
+            d->gather_counts[i][r] = hi - lo;
+        }
+        owned(d, p, d->rank, &lo, &hi);
+        if (hi == lo) continue; /* no rows here: not in this rank's optimizer */
+        int64_t shape[BT_MAX_DIMS];
+        for (int dim = 0; dim < p->t->ndim; dim++)
+            shape[dim] = p->t->shape[dim];
+        if (p->t->ndim > 0) shape[0] = (hi - lo) / p->row_elems;
+        bt_tensor *shard = bt_tensor_alias(p->t, lo, p->t->ndim, shape);
+        bt_tensor *grad = shard ? bt_tensor_alias(b->received, offset[p->bucket], p->t->ndim,
+                                                  shape)
+                                : NULL;
+        if (!grad) {
+            bt_tensor_free(shard);
+            free(offset);
+            return BT_ERR;
+        }
+        offset[p->bucket] += hi - lo;
+        shard->requires_grad = true;
+        shard->grad = grad;
+        shard->grad_owned = true;
+        list->names[list->count] = strdup(params->names[i]);
+        list->tensors[list->count] = shard;
+        d->optim_row0[list->count] = lo / p->row_elems;
+        if (!list->names[list->count]) {
+            free(offset);
+            return bt_error("data parallel: out of memory");
+        }
+        list->count++;
+    }
+    free(offset);
+    return BT_OK;
+}
+
+static bt_status copy_list(struct nn_param_list *dst, const struct nn_param_list *src) {
+    dst->names = calloc((size_t)(src->count ? src->count : 1), sizeof *dst->names);
+    dst->tensors = calloc((size_t)(src->count ? src->count : 1), sizeof *dst->tensors);
+    if (!dst->names || !dst->tensors) return bt_error("data parallel: out of memory");
+    for (int64_t i = 0; i < src->count; i++) {
+        dst->names[i] = strdup(src->names[i]);
+        dst->tensors[i] = bt_tensor_retain(src->tensors[i]);
+        dst->count++;
+        if (!dst->names[i]) return bt_error("data parallel: out of memory");
+    }
+    return BT_OK;
+}
+
+struct dp *dp_create(struct comm *group, const struct nn_param_list *params,
+                     const struct dp_options *options) {
+    struct dp *d = calloc(1, sizeof *d);
+    if (!d) {
+        bt_error("data parallel: out of memory");
+        return NULL;
+    }
+    d->group = group;
+    d->rank = comm_rank(group);
+    d->size = comm_size(group);
+    d->zero1 = options && options->zero1;
+    d->n = (int)params->count;
+    d->params = calloc((size_t)(d->n ? d->n : 1), sizeof *d->params);
+    d->order = calloc((size_t)(d->n ? d->n : 1), sizeof *d->order);
+    if (!d->params || !d->order) {
+        bt_error("data parallel: out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < d->n; i++) {
+        bt_tensor *t = params->tensors[i];
+        if (t->dtype != BT_F32 || !t->persistent || !bt_is_contiguous(t)) {
+            bt_error("data parallel: parameter %s must be a contiguous persistent float32 tensor",
+                     params->names[i]);
+            goto fail;
+        }
+        struct dp_param *p = &d->params[i];
+        p->t = t;
+        p->numel = bt_numel(t);
+        p->rows = t->ndim ? t->shape[0] : 1;
+        p->row_elems = p->rows ? p->numel / p->rows : 0;
+        d->order[i] = d->n - 1 - i;
+    }
+    int64_t bucket_bytes = options && options->bucket_bytes > 0 ? options->bucket_bytes
+                                                                : DEFAULT_BUCKET_BYTES;
+    if (make_buckets(d, bucket_bytes) != BT_OK) goto fail;
+    if ((d->zero1 ? make_shards(d, params) : copy_list(&d->optim_params, params)) != BT_OK)
+        goto fail;
+    return d;
+fail:
+    dp_free(d);
+    return NULL;
+}
+
+void dp_free(struct dp *d) {
+    if (!d) return;
+    if (d->armed) ag_set_leaf_hook(NULL, NULL);
+    for (int b = 0; b < d->n_buckets; b++) {
+        if (d->buckets[b].request) comm_wait(d->buckets[b].request);
+        bt_tensor_free(d->buckets[b].buffer);
+        bt_tensor_free(d->buckets[b].received);
+        free(d->buckets[b].counts);
+    }
+    for (int i = 0; d->gather_counts && i < d->n; i++)
+        free(d->gather_counts[i]);
+    free(d->gather_counts);
+    free(d->optim_row0);
+    nn_param_list_free(&d->optim_params);
+    free(d->buckets);
+    free(d->order);
+    free(d->params);
+    free(d);
+}
+
+const struct nn_param_list *dp_optim_params(const struct dp *d) {
+    return &d->optim_params;
+}
+
+const int64_t *dp_optim_row0(const struct dp *d) {
+    return d->zero1 ? d->optim_row0 : NULL;
+}
+
+const struct dp_stats *dp_stats(const struct dp *d) {
+    return &d->stats;
+}
+
+void dp_zero_grad(struct dp *d) {
+    for (int i = 0; i < d->n; i++)
+        if (d->params[i].t->grad) bt_fill(d->params[i].t->grad, 0.0);
+    if (d->zero1)
+        for (int64_t i = 0; i < d->optim_params.count; i++)
+            bt_fill(d->optim_params.tensors[i]->grad, 0.0);
+}
+
+/* ---- reducing ---- */
+
+/* Copies member gradients into the bucket buffer: whole (allreduce), or rank by rank, each rank's
+ * rows of every member (reduce-scatter). A parameter the backward did not reach counts as zeros. */
+static void pack(struct dp *d, struct bucket *b) {
+    float *out = bt_f32(b->buffer);
+    int ranks = d->zero1 ? d->size : 1;
+    for (int r = 0; r < ranks; r++)
+        for (int j = 0; j < b->count; j++) {
+            struct dp_param *p = &d->params[d->order[b->first + j]];
+            int64_t lo = 0, hi = p->numel;
+            if (d->zero1) owned(d, p, r, &lo, &hi);
+            if (p->t->grad)
+                memcpy(out, bt_f32(p->t->grad) + lo, (size_t)(hi - lo) * sizeof *out);
+            else
+                memset(out, 0, (size_t)(hi - lo) * sizeof *out);
+            out += hi - lo;
+        }
+}
+
+static bt_status start(struct dp *d, struct bucket *b) {
+    pack(d, b);
+    b->started = true;
+    b->request = d->zero1 ? comm_ireduce_scatter_v(d->group, b->buffer, b->received, b->counts,
+                                                   COMM_AVG)
+                          : comm_iallreduce(d->group, b->buffer, COMM_AVG);
+    d->stats.bytes_reduced += (int64_t)bt_nbytes(b->buffer);
+    return b->request ? BT_OK : BT_ERR;
+}
+
+/* The leaf hook: a parameter's gradient is final; its bucket starts when it is complete. A failed
+ * start is reported by dp_finish. */
+static void on_grad_ready(bt_tensor *leaf, void *ctx) {
+    struct dp *d = ctx;
+    for (int i = 0; i < d->n; i++) {
+        struct dp_param *p = &d->params[i];
+        if (p->t != leaf || p->ready) continue;
+        p->ready = true;
+        struct bucket *b = &d->buckets[p->bucket];
+        if (++b->n_ready == b->count && !b->started) start(d, b);
+        break;
+    }
+    comm_progress();
+}
+
+void dp_arm(struct dp *d) {
+    for (int i = 0; i < d->n; i++)
+        d->params[i].ready = false;
+    for (int b = 0; b < d->n_buckets; b++) {
+        d->buckets[b].n_ready = 0;
+        d->buckets[b].started = false;
+    }
+    d->stats.bytes_reduced = 0;
+    d->armed = true;
+    ag_set_leaf_hook(on_grad_ready, d);
+}
+
+/* Copies the averaged bucket back into the members' gradients (allreduce only: with ZeRO-1 the
+ * shards' gradients alias the received buffer). */
+static bt_status unpack(struct dp *d, struct bucket *b) {
+    const float *in = bt_f32(b->buffer);
+    for (int j = 0; j < b->count; j++) {
+        struct dp_param *p = &d->params[d->order[b->first + j]];
+        if (!p->t->grad) {
+            float beta;
+            if (!ag_grad_target(p->t, &beta)) return BT_ERR;
+        }
+        memcpy(bt_f32(p->t->grad), in, (size_t)p->numel * sizeof *in);
+        in += p->numel;
+    }
+    return BT_OK;
+}
+
+bt_status dp_finish(struct dp *d) {
+    ag_set_leaf_hook(NULL, NULL);
+    d->armed = false;
+    bt_status st = BT_OK;
+    for (int k = 0; k < d->n_buckets; k++) /* parameters the backward never reached */
+        if (!d->buckets[k].started && start(d, &d->buckets[k]) != BT_OK) st = BT_ERR;
+    double t0 = seconds();
+    for (int k = 0; k < d->n_buckets; k++) {
+        struct bucket *b = &d->buckets[k];
+        if (!b->request) {
+            if (st == BT_OK) st = bt_error("data parallel: bucket %d did not start", k);
+            continue;
+        }
+        if (comm_wait(b->request) != BT_OK) st = BT_ERR;
+        b->request = NULL;
+        if (st == BT_OK && !d->zero1 && unpack(d, b) != BT_OK) st = BT_ERR;
+    }
+    d->stats.wait_seconds = seconds() - t0;
+    return st;
+}
+
+double dp_clip_grad_norm(struct dp *d, double max_norm) {
+    const struct nn_param_list *list = &d->optim_params;
+    /* every rank holds the same full gradients: the single-rank computation, unchanged */
+    if (!d->zero1) return optim_clip_grad_norm(list->tensors, list->count, max_norm);
+    /* ZeRO-1: each rank has its rows only; the squares are summed over the group */
+    double sumsq = 0.0;
+    for (int64_t i = 0; i < list->count; i++) {
+        const bt_tensor *g = list->tensors[i]->grad;
+        const float *x = bt_f32(g);
+        double s = 0.0;
+        for (int64_t k = 0, n = bt_numel(g); k < n; k++)
+            s += (double)x[k] * (double)x[k];
+        sumsq += s;
+    }
+    if (comm_allreduce_doubles(d->group, &sumsq, 1, COMM_SUM) != BT_OK) return -1.0;
+    double norm = sqrt(sumsq), scale = max_norm / (norm + 1e-6);
+    if (!isfinite(norm) || scale >= 1.0) return norm;
+    const float fscale = (float)scale; /* as optim_clip_grad_norm */
+    for (int64_t i = 0; i < list->count; i++) {
+        float *x = bt_f32(list->tensors[i]->grad);
+        for (int64_t k = 0, n = bt_numel(list->tensors[i]->grad); k < n; k++)
+            x[k] *= fscale;
+    }
+    return norm;
+}
+
+bt_status dp_gather_params(struct dp *d) {
+    if (!d->zero1) return BT_OK;
+    struct comm_request **requests = calloc((size_t)(d->n ? d->n : 1), sizeof *requests);
+    if (!requests) return bt_error("data parallel: out of memory");
+    bt_status st = BT_OK;
+    for (int i = 0; i < d->n && st == BT_OK; i++)
+        if (!(requests[i] = comm_iallgather_v(d->group, d->params[i].t, d->gather_counts[i])))
+            st = BT_ERR;
+    for (int i = 0; i < d->n; i++)
+        if (requests[i] && comm_wait(requests[i]) != BT_OK) st = BT_ERR;
+    free(requests);
+    return st;
+}
