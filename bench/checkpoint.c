@@ -193,7 +193,9 @@ int main(int argc, char **argv) {
     print_times("all_seconds", total, repeat);
     printf("seconds=%.3f\nmb_per_s=%.1f\n", seconds, (double)st.st_size / 1e6 / seconds);
     if (!save) {
-        printf("page_cache=%s\n", !drop ? "kept" : dropped ? "dropped" : "NOT dropped (no permission)");
+        printf("page_cache=%s\n", !drop     ? "kept"
+                                  : dropped ? "dropped"
+                                            : "NOT dropped (no permission)");
         printf("open_seconds=%.3f\nmodel_seconds=%.3f\noptim_seconds=%.3f\n",
                median(open_s, repeat), median(model_s, repeat), median(optim_s, repeat));
     }

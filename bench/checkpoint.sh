@@ -107,8 +107,8 @@ printf "%-36s %10s %8s %8s  %s\n" "dd bs=4M conv=fsync (write)" "$dd_bytes" "$dd
   "$dd_write_mbps" "[$(tr ' ' ',' <<< "${dd_write[*]}")]"
 printf "%-36s %10s %8s %8s  %s\n" "ckpt load (open+model+optim, crc32)" "$bytes" "$load_s" \
   "$load_mbps" "$(pct "$load_mbps" "$dd_read_mbps") of dd read, page cache $(field page_cache "$load") [$(tr ' ' ',' <<< "${loads[*]}")]"
-printf "%-36s %10s %8s %8s  %s\n" "  of which open / model / optim" "" \
-  "" "" "open/model/optim s: $(tr ' ' ',' <<< "${parts[*]}")"
+printf "%-36s %10s %8s %8s  %s\n" "  load: open / model / optim" "" "" "" \
+  "seconds per run [$(tr ' ' ',' <<< "${parts[*]}")]"
 printf "%-36s %10s %8s %8s  %s\n" "dd bs=4M (read the checkpoint)" "$bytes" "$dd_read_s" \
   "$dd_read_mbps" "page cache $cache_dd [$(tr ' ' ',' <<< "${dd_read[*]}")]"
 echo

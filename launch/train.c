@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "comm/comm.h"
 #include "core/optim.h"
 #include "core/runtime.h"
 #include "core/schedule.h"
@@ -21,6 +22,8 @@
 #include "launch/metrics.h"
 #include "launch/resume.h"
 #include "models/model.h"
+#include "parallel/dp.h"
+#include "parallel/grid.h"
 
 static const char train_usage[] =
     "usage: braid train CONFIG.yaml [--section.key=value ...]\n"
@@ -35,6 +38,8 @@ static const char train_usage[] =
 /* Everything a run holds, released by run_free in reverse order. */
 struct run {
     struct braid_config cfg;
+    struct grid grid;
+    struct dp *dp; /* data parallelism: NULL when dp = 1 */
     char *config_yaml;
     struct model *model;
     struct nn_param_list params;
@@ -47,6 +52,7 @@ struct run {
     /* where the run starts: 0 and the stream's start, or a checkpoint's step and position */
     int64_t start_step, start_position, start_tokens;
     double last_lr;
+    int64_t micro_per_step; /* dp * grad_accum: global micro-batches per step */
 };
 
 static void run_free(struct run *r) {
@@ -54,10 +60,12 @@ static void run_free(struct run *r) {
     data_loader_close(r->val_data);
     data_loader_close(r->train_data);
     optim_free(r->opt);
+    dp_free(r->dp);
     nn_param_list_free(&r->params);
     model_free(r->model);
     free(r->tokenizer_yaml);
     free(r->config_yaml);
+    grid_free(&r->grid);
 }
 
 /* ---- setting up ---- */
@@ -114,13 +122,17 @@ static bt_status read_tokenizer_yaml(struct run *r) {
     return BT_OK;
 }
 
-static bt_status load_config(struct braid_config *cfg, int argc, char **argv) {
+static bt_status load_config(struct braid_config *cfg, int argc, char **argv, int world) {
     cfg_defaults(cfg);
     if (cfg_load_file(cfg, argv[1]) != BT_OK) return BT_ERR;
     for (int i = 2; i < argc; i++)
         if (cfg_apply_override(cfg, argv[i]) != BT_OK) return BT_ERR;
     if (resolve_vocab_size(cfg) != BT_OK) return BT_ERR;
-    if (cfg_finalize(cfg, 1) != BT_OK) return BT_ERR;
+    if (cfg_finalize(cfg, world) != BT_OK) return BT_ERR;
+    if (cfg->parallel.tp > 1 || cfg->parallel.pp > 1)
+        return bt_error("parallel.tp=%lld, parallel.pp=%lld: tensor and pipeline parallelism are not "
+                        "built yet (data parallelism is: use parallel.dp)",
+                        (long long)cfg->parallel.tp, (long long)cfg->parallel.pp);
     if (strcmp(cfg->train.device, "cpu") != 0)
         return bt_error("train.device=%s: braid was built without the CUDA backend (use cpu)",
                         cfg->train.device);
@@ -139,7 +151,7 @@ static bt_status build_optimizer(struct run *r) {
     oc.eps = o->eps;
     oc.weight_decay = o->weight_decay;
     oc.momentum = o->momentum;
-    r->opt = optim_create(&oc, &r->params);
+    r->opt = optim_create(&oc, r->dp ? dp_optim_params(r->dp) : &r->params);
     if (!r->opt) return BT_ERR;
     const struct cfg_schedule *s = &r->cfg.schedule;
     sched_kind sk;
@@ -177,10 +189,9 @@ static bt_status restore(struct run *r, const char *path) {
                  (int)m->data_shuffle);
         goto done;
     }
-    if (ckpt_read_model(f, &r->params) != BT_OK || ckpt_read_optim(f, r->opt) != BT_OK) goto done;
-    struct bt_runtime *rt = bt_runtime();
-    rt->dropout_rng.seed = m->dropout_seed;
-    rt->dropout_rng.offset = m->dropout_offset;
+    if (ckpt_read_model(f, &r->params) != BT_OK ||
+        ckpt_read_optim_rows(f, r->opt, &r->params, r->dp ? dp_optim_row0(r->dp) : NULL) != BT_OK)
+        goto done;
     r->start_step = m->step;
     r->start_position = m->data_position;
     r->start_tokens = m->tokens_seen;
@@ -228,9 +239,16 @@ static bt_status setup(struct run *r) {
                                        cfg->model.vocab_size);
         if (!r->val_data) return bt_error_prefix("data.val");
     }
+    r->micro_per_step = cfg->train.grad_accum * cfg->parallel.dp;
+    if (cfg->parallel.dp > 1) {
+        struct dp_options o = {.bucket_bytes = (int64_t)(cfg->parallel.bucket_mb * (1 << 20)),
+                               .zero1 = cfg->parallel.zero == 1};
+        if (!(r->dp = dp_create(r->grid.dp_group, &r->params, &o))) return BT_ERR;
+    }
     if (build_optimizer(r) != BT_OK) return BT_ERR;
     if (resuming && restore(r, resume_path) != BT_OK) return BT_ERR;
-    if (metrics_open(&r->log, cfg->log.dir, r->start_step) != BT_OK) return BT_ERR;
+    if (r->grid.rank == 0 && metrics_open(&r->log, cfg->log.dir, r->start_step) != BT_OK)
+        return BT_ERR;
 
     /* MFU is relative to sgemm at the model's largest GEMM: the MLP or the lm_head */
     int64_t rows = cfg->train.batch_size * T, C = cfg->model.n_embd;
@@ -241,6 +259,11 @@ static bt_status setup(struct run *r) {
            cfg->model.arch, (long long)model_num_parameters(r->model),
            (long long)data_loader_tokens(r->train_data),
            (long long)data_loader_windows(r->train_data), (long long)T, r->peak_flops / 1e9);
+    if (r->dp)
+        printf("data parallel: dp=%lld, %lld gradient buckets of about %g MB%s\n",
+               (long long)cfg->parallel.dp, (long long)dp_stats(r->dp)->buckets,
+               cfg->parallel.bucket_mb,
+               cfg->parallel.zero ? ", ZeRO-1: optimizer state sharded across dp ranks" : "");
     return BT_OK;
 }
 
@@ -249,6 +272,11 @@ static bt_status setup(struct run *r) {
 /* SIGTERM (what Slurm and Kubernetes send before they preempt) and SIGINT (Ctrl-C) end the run
  * after the current step with a checkpoint; a second signal kills at once (SA_RESETHAND). */
 static volatile sig_atomic_t stop_signal;
+
+/* The error that ended the loop is the same on every rank (a diverged loss, an agreed checkpoint
+ * failure, a stop): rank 0 alone reports it and every rank exits normally. Otherwise the failing
+ * rank reports it and aborts the job, since the others may be waiting for it in a collective. */
+static bool error_everywhere;
 
 static void on_stop_signal(int sig) {
     stop_signal = sig;
@@ -271,7 +299,8 @@ static bt_status evaluate(struct run *r, double *val_loss) {
     model_train(r->model, false);
     double sum = 0.0;
     bt_status status = BT_OK;
-    for (int64_t k = 0; k < t->eval_steps && status == BT_OK; k++) {
+    /* dp ranks share the batches: rank r takes r, r + dp, ... */
+    for (int64_t k = r->grid.dp_rank; k < t->eval_steps && status == BT_OK; k += r->grid.dp) {
         bt_tensor *x, *y;
         status = data_loader_batch(r->val_data, k * t->batch_size, t->batch_size, &x, &y);
         bt_tensor *loss = status == BT_OK ? model_forward(r->model, x, y, NULL) : NULL;
@@ -281,39 +310,68 @@ static bt_status evaluate(struct run *r, double *val_loss) {
     }
     model_train(r->model, true);
     bt_set_grad_enabled(grad_mode);
+    if (status == BT_OK && r->grid.dp > 1 &&
+        comm_allreduce_doubles(r->grid.dp_group, &sum, 1, COMM_SUM) != BT_OK)
+        status = BT_ERR;
     *val_loss = sum / (double)t->eval_steps;
     return status;
 }
 
-/* One optimizer step over grad_accum micro-batches: returns the mean loss and the grad norm. */
+/* Dropout masks of global micro-batch g (of a step's dp * grad_accum, in data order) come from a
+ * stream of their own, a function of the seed and g alone: the masks do not depend on the layout,
+ * and a resumed run draws the same ones. */
+static void seed_dropout(uint64_t seed, int64_t g) {
+    uint64_t z = seed + 0x9E3779B97F4A7C15ull * (uint64_t)(g + 1); /* splitmix64 */
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    bt_runtime()->dropout_rng = bt_rng_make(z ^ (z >> 31));
+}
+
+/* One optimizer step over this rank's grad_accum micro-batches: micro-batch m of dp rank r is
+ * global micro-batch m * dp + r (DESIGN.md "Data order"). Returns the step's mean loss over all
+ * ranks, the gradient norm, and whether any rank was asked to stop (a signal). */
 static bt_status train_step(struct run *r, int64_t step, double lr, double *loss_out,
-                            double *norm_out) {
+                            double *norm_out, bool *stop) {
     const struct cfg_train *t = &r->cfg.train;
-    int64_t B = t->batch_size, global_batch = B * t->grad_accum; /* dp = 1 */
+    int64_t B = t->batch_size, dp = r->grid.dp, global_batch = B * r->micro_per_step;
     /* the stream continues from where the checkpoint left it, whatever its batch layout was */
     int64_t first = r->start_position + (step - r->start_step) * global_batch;
-    optim_zero_grad(r->opt);
-    double loss_sum = 0.0;
+    if (r->dp)
+        dp_zero_grad(r->dp);
+    else
+        optim_zero_grad(r->opt);
+    double sums[2] = {0.0, stop_signal ? 1.0 : 0.0}; /* loss, stop requests */
     for (int64_t m = 0; m < t->grad_accum; m++) {
+        int64_t g = m * dp + r->grid.dp_rank;
         bt_tensor *x, *y;
-        if (data_loader_batch(r->train_data, first + m * B, B, &x, &y) != BT_OK)
-            return BT_ERR;
+        if (data_loader_batch(r->train_data, first + g * B, B, &x, &y) != BT_OK) return BT_ERR;
+        seed_dropout((uint64_t)t->seed, step * r->micro_per_step + g);
         bt_tensor *loss = model_forward(r->model, x, y, NULL);
-        /* the step's loss is the mean over micro-batches: scale each one's gradient */
+        /* the step's loss is the mean over micro-batches: scale each one's gradient (and dp
+         * averages over ranks) */
         bt_tensor *scaled = bt_mul_scalar(loss, 1.0 / (double)t->grad_accum);
+        if (r->dp && m == t->grad_accum - 1) dp_arm(r->dp); /* only the last one reduces */
         if (!scaled || bt_backward(scaled) != BT_OK) return BT_ERR;
-        loss_sum += bt_item(loss);
+        sums[0] += bt_item(loss);
         bt_step_end();
     }
-    *loss_out = loss_sum / (double)t->grad_accum;
+    if (r->dp && dp_finish(r->dp) != BT_OK) return BT_ERR;
+    if (dp > 1 && comm_allreduce_doubles(r->grid.dp_group, sums, 2, COMM_SUM) != BT_OK)
+        return BT_ERR;
+    *loss_out = sums[0] / (double)r->micro_per_step;
+    *stop = sums[1] > 0.0;
     double max_norm = t->grad_clip > 0.0 ? t->grad_clip : INFINITY;
-    *norm_out = optim_clip_grad_norm(r->params.tensors, r->params.count, max_norm);
+    *norm_out = r->dp ? dp_clip_grad_norm(r->dp, max_norm)
+                      : optim_clip_grad_norm(r->params.tensors, r->params.count, max_norm);
     if (*norm_out < 0.0) return BT_ERR;
-    if (!isfinite(*loss_out))
+    if (!isfinite(*loss_out)) {
+        error_everywhere = true; /* the loss was averaged: every rank sees it */
         return bt_error("step %lld: loss is %g (diverged); lower optimizer.lr or set "
                         "train.grad_clip",
                         (long long)step + 1, *loss_out);
-    return optim_step(r->opt, lr);
+    }
+    if (optim_step(r->opt, lr) != BT_OK) return BT_ERR;
+    return r->dp ? dp_gather_params(r->dp) : BT_OK;
 }
 
 static void format_duration(double s, char *buf, size_t size) {
@@ -326,15 +384,14 @@ static void format_duration(double s, char *buf, size_t size) {
 
 static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
     const struct braid_config *cfg = &r->cfg;
-    const struct bt_rng *dropout = &bt_runtime()->dropout_rng;
-    int64_t samples_per_step = cfg->train.batch_size * cfg->train.grad_accum; /* dp = 1 */
+    int64_t samples_per_step = cfg->train.batch_size * r->micro_per_step;
     int64_t steps = steps_done - r->start_step;
     struct ckpt_meta meta = {
         .step = steps_done,
         .tokens_seen = r->start_tokens + steps * samples_per_step * cfg->train.seq_len,
         .lr = r->last_lr,
-        .dropout_seed = dropout->seed,
-        .dropout_offset = dropout->offset,
+        .dropout_seed = (uint64_t)cfg->train.seed,
+        .dropout_offset = (uint64_t)(steps_done * r->micro_per_step),
         .data_seed = (uint64_t)cfg->train.seed,
         .data_shuffle = cfg->data.shuffle,
         .data_seq_len = cfg->train.seq_len,
@@ -342,8 +399,13 @@ static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
         .config_yaml = r->config_yaml,
         .tokenizer_yaml = r->tokenizer_yaml,
     };
-    if (ckpt_save(cfg->checkpoint.dir, &r->params, r->opt, &meta, cfg->checkpoint.keep) != BT_OK)
+    struct ckpt_layout layout = {.group = r->grid.world_group,
+                                 .opt_row0 = r->dp ? dp_optim_row0(r->dp) : NULL};
+    if (ckpt_save_layout(cfg->checkpoint.dir, &r->params, r->opt, &meta, cfg->checkpoint.keep,
+                         &layout) != BT_OK) {
+        error_everywhere = true; /* every rank agreed on the failure; the one that failed says why */
         return BT_ERR;
+    }
     printf("saved %s/step_%08lld.h5\n", cfg->checkpoint.dir, (long long)steps_done);
     return BT_OK;
 }
@@ -351,7 +413,8 @@ static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
 static bt_status train_loop(struct run *r) {
     const struct braid_config *cfg = &r->cfg;
     const struct cfg_train *t = &cfg->train;
-    int64_t tokens_per_step = t->batch_size * t->grad_accum * t->seq_len;
+    int64_t tokens_per_step = t->batch_size * r->micro_per_step * t->seq_len;
+    double peak = r->peak_flops * r->grid.world; /* every rank's cores */
     double flops_per_token = model_flops_per_token(r->model, t->seq_len);
     double start = now_seconds(), window_start = start, eval_time = 0.0;
     int64_t window_steps = 0;
@@ -363,7 +426,8 @@ static bt_status train_loop(struct run *r) {
     for (int64_t step = r->start_step; step < t->max_steps; step++) {
         int64_t done = step + 1;
         double lr = sched_lr(&r->sched, step), loss, norm;
-        if (train_step(r, step, lr, &loss, &norm) != BT_OK) return BT_ERR;
+        bool stop;
+        if (train_step(r, step, lr, &loss, &norm, &stop) != BT_OK) return BT_ERR;
         r->last_lr = lr;
         window_steps++;
         bool last = done == t->max_steps;
@@ -378,12 +442,13 @@ static bt_status train_loop(struct run *r) {
             double now = now_seconds();
             double train_time = now - window_start - eval_time;
             row.tokens_per_s = (double)(window_steps * tokens_per_step) / train_time;
-            row.mfu = r->peak_flops > 0 ? row.tokens_per_s * flops_per_token / r->peak_flops : 0;
+            row.mfu = peak > 0 ? row.tokens_per_s * flops_per_token / peak : 0;
             row.elapsed_s = now - start;
-            if (metrics_write(&r->log, &row) != BT_OK) return BT_ERR;
+            if (r->grid.rank == 0 && metrics_write(&r->log, &row) != BT_OK) return BT_ERR;
             char eta[32];
-            format_duration((now - start) / (double)(done - r->start_step) * (double)(t->max_steps - done), eta,
-                            sizeof eta);
+            format_duration((now - start) / (double)(done - r->start_step) *
+                                (double)(t->max_steps - done),
+                            eta, sizeof eta);
             printf("step %lld/%lld | loss %.4f", (long long)done, (long long)t->max_steps, loss);
             if (row.has_val) printf(" | val %.4f", row.val_loss);
             printf(" | lr %.2e | norm %.3f | %.0f tok/s | mfu %.1f%% | %.1f s | eta %s\n", lr,
@@ -394,13 +459,54 @@ static bt_status train_loop(struct run *r) {
             eval_time = 0.0;
         }
         bool periodic = cfg->checkpoint.every > 0 && done % cfg->checkpoint.every == 0;
-        if ((periodic || last || stop_signal) && save_checkpoint(r, done) != BT_OK) return BT_ERR;
-        if (stop_signal && !last)
+        /* every rank stops at the same step: train_step summed the requests over the ranks */
+        if ((periodic || last || stop) && save_checkpoint(r, done) != BT_OK) return BT_ERR;
+        if (stop && !last) {
+            error_everywhere = true;
+            if (!stop_signal) stop_signal = SIGTERM; /* another rank got it: end the same way */
             return bt_error("stopped by %s after step %lld, with a checkpoint: run again with "
                             "checkpoint.resume=auto to continue",
                             stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)done);
+        }
     }
     return BT_OK;
+}
+
+/* ---- reporting errors once ---- */
+
+/* Prints this rank's error when it is the one to say it: in a world of one always; otherwise the
+ * lowest rank that failed says it (prefixed with its rank unless every rank failed). Collective:
+ * every rank calls it with whether it failed. */
+static void report_agreed(struct comm *world, bool failed) {
+    int rank = comm_rank(world), size = comm_size(world);
+    if (size == 1) {
+        if (failed) cli_error("%s", bt_last_error());
+        return;
+    }
+    double v[2] = {failed ? (double)rank : (double)size, failed ? 1.0 : 0.0};
+    double lowest = v[0];
+    if (comm_allreduce_doubles(world, &lowest, 1, COMM_MIN) != BT_OK ||
+        comm_allreduce_doubles(world, &v[1], 1, COMM_SUM) != BT_OK) {
+        if (failed) cli_error("rank %d: %s", rank, bt_last_error());
+        return;
+    }
+    if (!failed || (int)lowest != rank) return;
+    if ((int)v[1] == size)
+        cli_error("%s", bt_last_error());
+    else
+        cli_error("rank %d: %s", rank, bt_last_error());
+}
+
+/* Setup: build everything on every rank, then agree: a failure anywhere ends every rank cleanly,
+ * with the error said once. */
+static bt_status setup_all(struct run *r) {
+    bt_status st = setup(r);
+    report_agreed(r->grid.world_group, st != BT_OK);
+    double ok = st == BT_OK ? 1.0 : 0.0;
+    if (r->grid.world > 1 &&
+        comm_allreduce_doubles(r->grid.world_group, &ok, 1, COMM_MIN) != BT_OK)
+        ok = 0.0;
+    return ok == 1.0 ? BT_OK : BT_ERR;
 }
 
 int cmd_train(int argc, char **argv) {
@@ -413,17 +519,43 @@ int cmd_train(int argc, char **argv) {
                   "[--section.key=value ...])");
         return 2;
     }
+    if (comm_init(&argc, &argv) != BT_OK) {
+        cli_error("%s", bt_last_error());
+        return 1;
+    }
+    struct comm *world = comm_world();
+    int rank = comm_rank(world), size = comm_size(world);
+    if (rank != 0 && !freopen("/dev/null", "w", stdout)) /* progress and reports: rank 0's */
+        fprintf(stderr, "braid: rank %d: cannot silence stdout\n", rank);
     struct run r;
     memset(&r, 0, sizeof r);
     int status = 0;
-    if (load_config(&r.cfg, argc, argv) != BT_OK) {
-        cli_error("%s", bt_last_error());
+    if (load_config(&r.cfg, argc, argv, size) != BT_OK) {
+        if (rank == 0) cli_error("%s", bt_last_error()); /* the same on every rank */
         status = 2;
-    } else if (setup(&r) != BT_OK || (catch_stop_signals(), train_loop(&r)) != BT_OK) {
-        cli_error("%s", bt_last_error());
-        status = stop_signal ? 128 + stop_signal : 1;
+    } else if (grid_init(&r.grid, world, (int)r.cfg.parallel.dp, (int)r.cfg.parallel.tp,
+                         (int)r.cfg.parallel.pp) != BT_OK) {
+        if (rank == 0) cli_error("%s", bt_last_error());
+        status = 2;
+    } else if (setup_all(&r) != BT_OK) {
+        status = 1;
+    } else {
+        catch_stop_signals();
+        if (train_loop(&r) != BT_OK) {
+            status = stop_signal ? 128 + stop_signal : 1;
+            if (size == 1 || error_everywhere) {
+                /* a rank that only learnt that another failed leaves the telling to that one */
+                report_agreed(world, !strstr(bt_last_error(), "another rank failed"));
+            } else {
+                /* this rank alone failed while the others may wait in a collective: end them */
+                cli_error("rank %d: %s", rank, bt_last_error());
+                fflush(NULL);
+                comm_abort(status);
+            }
+        }
     }
     run_free(&r);
     bt_runtime_shutdown();
+    comm_finalize();
     return status;
 }

@@ -281,9 +281,9 @@ static void assert_same_params(const struct nn_param_list *a, const struct nn_pa
     ck_assert_int_eq(a->count, b->count);
     for (int64_t i = 0; i < a->count; i++) {
         ck_assert_str_eq(a->names[i], b->names[i]);
-        ck_assert_msg(!memcmp(bt_data(a->tensors[i]), bt_data(b->tensors[i]),
-                              bt_nbytes(a->tensors[i])),
-                      "%s differs", a->names[i]);
+        ck_assert_msg(
+            !memcmp(bt_data(a->tensors[i]), bt_data(b->tensors[i]), bt_nbytes(a->tensors[i])),
+            "%s differs", a->names[i]);
     }
 }
 
@@ -406,7 +406,8 @@ END_TEST
 START_TEST(test_optim_adamw_round_trip) {
     make_dir();
     struct bt_rng rng = bt_rng_make(3);
-    struct nn_module *a = make_net((struct net_options){0}, &rng), *b = make_net((struct net_options){0}, NULL);
+    struct nn_module *a = make_net((struct net_options){0}, &rng),
+                     *b = make_net((struct net_options){0}, NULL);
     struct nn_param_list pa, pb;
     char path[128];
     params_of(a, &pa);
@@ -951,8 +952,7 @@ START_TEST(test_weights_only_file_loads) {
     snprintf(want, sizeof want,
              "checkpoint %s: /model/fc1.bias: checksum mismatch (crc32 of the data 0x%08x, "
              "stored 0x12345678)",
-             path,
-             (unsigned)crc32(0L, bt_data(ps.tensors[1]), (uInt)bt_nbytes(ps.tensors[1])));
+             path, (unsigned)crc32(0L, bt_data(ps.tensors[1]), (uInt)bt_nbytes(ps.tensors[1])));
     ck_assert_error_contains(want);
 
     /* the same checks of names, shapes and dtypes as for a checkpoint */
@@ -1154,8 +1154,9 @@ START_TEST(test_damaged_flipped_byte) {
     flip_data_byte(path, "/model/emb.weight", 37);
     struct ckpt_file *f = open_ok(path);
     ck_assert_int_eq(ckpt_read_model(f, &list), BT_ERR);
-    snprintf(want, sizeof want, "checkpoint %s: /model/emb.weight: checksum mismatch (crc32 of the "
-                                "data 0x",
+    snprintf(want, sizeof want,
+             "checkpoint %s: /model/emb.weight: checksum mismatch (crc32 of the "
+             "data 0x",
              path);
     ck_assert_error_contains(want);
     ck_assert_ptr_null(ckpt_read_tensor(f, 0)); /* /model/emb.weight is first by name */

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# usage: dp.sh CASE BRAID REPO_DIR OUT_DIR
+# Data-parallel `braid train` under mpirun (docs/parallel.md), one CASE per CTest test, on a tiny
+# shakespeare_char model with dropout 0.1 and shuffling on. Losses (train and val) are compared
+# with a relative tolerance of 1e-5:
+#   dp2              dp=2 (several gradient buckets) == dp=1 with grad_accum=2
+#   zero1            dp=2 with ZeRO-1 == dp=1 with grad_accum=2
+#   dp4              dp=4 with ZeRO-1 on 4 ranks == dp=1 with grad_accum=4
+#   resume_dp2_dp1   a dp=2 ZeRO-1 checkpoint resumed at dp=1 (grad_accum=2) continues the losses
+#   resume_dp1_dp2   a dp=1 checkpoint resumed at dp=2 with ZeRO-1 continues the losses
+#   bad_layout       parallel.dp=3 on 2 ranks: one error line naming the numbers, before any work
+#   error_once       data missing on every rank: the error is said once, not once per rank
+#   rank_killed      a rank killed with SIGKILL mid-run ends the job non-zero within 30 s
+set -euo pipefail
+case_name=$1 braid=$2 repo=$3 out=$4/$1
+rm -rf "$out" && mkdir -p "$out"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+"$braid" prep --tokenizer char --input "$repo/data/assets/tinyshakespeare.txt" --out "$out/data" \
+  > /dev/null
+
+job=("$repo/configs/shakespeare_char.yaml" --model.n_layer=2 --model.n_embd=32 --model.n_head=2
+  --model.block_size=32 --train.seq_len=32 --train.batch_size=4 --model.dropout=0.1
+  --data.shuffle=true --train.eval_every=5 --train.eval_steps=4 --log.every=1
+  --schedule.warmup_steps=5 --schedule.decay_steps=20 --parallel.bucket_mb=0.01
+  --data.train="$out/data/train_*.bin" --data.val="$out/data/val_*.bin")
+
+fail() {
+  echo "FAIL: $*"
+  exit 1
+}
+
+# run NAME NP [overrides...]: the job on NP ranks (1 = no mpirun), metrics and checkpoints in NAME
+run() {
+  local name=$1 np=$2
+  shift 2
+  local cmd=("$braid" train "${job[@]}" --log.dir="$out/$name" --checkpoint.dir="$out/$name/ck" "$@")
+  if [ "$np" -gt 1 ]; then
+    cmd=(mpirun -np "$np" --oversubscribe "${cmd[@]}")
+  fi
+  timeout 300 "${cmd[@]}" > "$out/$name.log" 2>&1 || fail "$name failed: $(tail -5 "$out/$name.log")"
+}
+
+# same_losses A B [FROM_STEP]: every loss and val_loss of rows >= FROM_STEP agree to 1e-5
+same_losses() {
+  local from=${3:-1}
+  paste -d' ' <(awk -v f="$from" -F'[:,]' '$2 >= f' "$out/$1/metrics.jsonl") \
+    <(awk -v f="$from" -F'[:,]' '$2 >= f' "$out/$2/metrics.jsonl") | awk '
+    { n = split($0, w, " ")
+      a_loss = ""; b_loss = ""; a_val = ""; b_val = ""; half = 0
+      for (i = 1; i <= n; i++) {
+        if (w[i] == "{\"step\":") half++
+        if (w[i] == "\"loss\":") { v = w[i + 1]; sub(",", "", v); if (half == 1) a_loss = v; else b_loss = v }
+        if (w[i] == "\"val_loss\":") { v = w[i + 1]; sub("}", "", v); if (half == 1) a_val = v; else b_val = v }
+      }
+      if (a_loss == "" || b_loss == "") { print "row without loss: " $0; bad = 1; exit }
+      d = (a_loss - b_loss) / b_loss; if (d < 0) d = -d; if (d > worst) worst = d
+      if ((a_val == "") != (b_val == "")) { print "val_loss in one run only: " $0; bad = 1; exit }
+      if (a_val != "") { d = (a_val - b_val) / b_val; if (d < 0) d = -d; if (d > worst) worst = d }
+      rows++ }
+    END { if (bad) exit 1
+          printf "%d rows, largest relative difference %.3g\n", rows, worst
+          if (rows == 0 || worst > 1e-5) exit 1 }' || fail "losses of $1 and $2 differ (above)"
+}
+
+case $case_name in
+dp2)
+  run single 1 --train.max_steps=10 --train.grad_accum=2
+  run dp2 2 --train.max_steps=10 --parallel.dp=2
+  grep -q "data parallel: dp=2, [0-9]* gradient buckets" "$out/dp2.log" || fail "no dp banner"
+  same_losses single dp2
+  ;;
+zero1)
+  run single 1 --train.max_steps=10 --train.grad_accum=2
+  run zero1 2 --train.max_steps=10 --parallel.dp=2 --parallel.zero=1
+  grep -q "ZeRO-1" "$out/zero1.log" || fail "no ZeRO-1 banner"
+  same_losses single zero1
+  ;;
+dp4)
+  run single 1 --train.max_steps=6 --train.grad_accum=4
+  run dp4 4 --train.max_steps=6 --parallel.dp=4 --parallel.zero=1
+  same_losses single dp4
+  ;;
+resume_dp2_dp1)
+  run straight 1 --train.max_steps=20 --train.grad_accum=2
+  run resumed 2 --train.max_steps=10 --parallel.dp=2 --parallel.zero=1
+  run resumed 1 --train.max_steps=20 --train.grad_accum=2
+  grep -q "^resume: parallel.dp: 2 -> 1" "$out/resumed.log" || fail "the layout change was not reported"
+  same_losses straight resumed 11
+  ;;
+resume_dp1_dp2)
+  run straight 1 --train.max_steps=20 --train.grad_accum=2
+  run resumed 1 --train.max_steps=10 --train.grad_accum=2
+  run resumed 2 --train.max_steps=20 --parallel.dp=2 --parallel.zero=1
+  same_losses straight resumed 11
+  ;;
+bad_layout)
+  if mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --parallel.dp=3 \
+      --log.dir="$out/bad" > "$out/bad.log" 2> "$out/bad.err"; then
+    fail "a layout of 3 ranks ran on 2"
+  fi
+  test "$(grep -c 'braid: error' "$out/bad.err")" -eq 1 ||
+    fail "expected one error line: $(cat "$out/bad.err")"
+  grep -q "parallel.dp=3 × tp=1 × pp=1 = 3 but 2 ranks are running" "$out/bad.err" ||
+    fail "unexpected message: $(cat "$out/bad.err")"
+  ! grep -q '^step ' "$out/bad.log" || fail "it trained"
+  echo "ok: $(grep 'braid: error' "$out/bad.err")"
+  ;;
+error_once)
+  if mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --parallel.dp=2 \
+      --data.train="$out/none/train_*.bin" --model.vocab_size=65 --log.dir="$out/e" \
+      > "$out/e.log" 2> "$out/e.err"; then
+    fail "ran without data"
+  fi
+  test "$(grep -c 'braid: error' "$out/e.err")" -eq 1 ||
+    fail "expected the error once: $(cat "$out/e.err")"
+  grep -q "^braid: error: data.train: no files match" "$out/e.err" ||
+    fail "unexpected message: $(cat "$out/e.err")"
+  echo "ok: $(grep 'braid: error' "$out/e.err")"
+  ;;
+rank_killed)
+  mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --parallel.dp=2 \
+    --train.max_steps=1000000 --train.eval_every=0 --log.every=50 --log.dir="$out/k" \
+    --checkpoint.dir="$out/k/ck" > "$out/k.log" 2> "$out/k.err" &
+  launcher=$!
+  for _ in $(seq 200); do
+    grep -q '^step ' "$out/k.log" 2> /dev/null && break
+    sleep 0.1
+  done
+  victim=$(pgrep -f -n "braid train .*--log.dir=$out/k") || fail "no rank to kill"
+  start=$(date +%s)
+  kill -9 "$victim"
+  status=0
+  wait "$launcher" || status=$?
+  elapsed=$(($(date +%s) - start))
+  test "$status" -ne 0 || fail "the job exited 0 after a rank was killed"
+  test "$elapsed" -le 30 || fail "the job took ${elapsed} s to end after a rank was killed"
+  ! pgrep -f "braid train .*--log.dir=$out/k" > /dev/null || fail "ranks are left running"
+  echo "ok: the job ended with status $status ${elapsed} s after a rank was killed"
+  ;;
+*)
+  fail "unknown case $case_name"
+  ;;
+esac
