@@ -122,6 +122,12 @@ void ag_set_leaf_hook(void (*fn)(bt_tensor *leaf, void *ctx), void *ctx) {
     rt->leaf_hook_ctx = ctx;
 }
 
+void ag_set_tick_hook(void (*fn)(void *ctx), void *ctx) {
+    struct bt_runtime *rt = bt_runtime();
+    rt->tick_hook = fn;
+    rt->tick_hook_ctx = ctx;
+}
+
 static bool is_hooked_leaf(const bt_tensor *t) {
     return t && t->requires_grad && !t->grad_fn;
 }
@@ -211,6 +217,7 @@ bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
         }
         if (!y->retains_grad && y != out) y->grad = NULL;
         if (leaves) leaves_done(rt, node);
+        if (rt->tick_hook) rt->tick_hook(rt->tick_hook_ctx);
         if (retain_graph) {
             link = &node->prev;
         } else {

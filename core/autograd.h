@@ -45,6 +45,10 @@ void bt_zero_grad(bt_tensor *t); /* sets .grad to zeros if it exists */
  * run. Data parallelism starts reducing a gradient bucket there, overlapping the rest of the
  * backward. The hook must not record ops on the tape. */
 void ag_set_leaf_hook(void (*fn)(bt_tensor *leaf, void *ctx), void *ctx);
+/* Installs fn (NULL: none) to be called after every node a backward runs: data parallelism lets
+ * the transfers it started progress there (MPI moves non-blocking collectives only inside MPI
+ * calls). Must be cheap and must not record ops. */
+void ag_set_tick_hook(void (*fn)(void *ctx), void *ctx);
 
 /* ---- for op front ends ---- */
 /* Records a node when grad mode is on and any input requires grad: marks out as requiring grad and

@@ -24,6 +24,8 @@ struct bt_runtime {
     /* called once per leaf per backward when its gradient is final (ag_set_leaf_hook) */
     void (*leaf_hook)(bt_tensor *leaf, void *ctx);
     void *leaf_hook_ctx;
+    void (*tick_hook)(void *ctx); /* after every node a backward runs (ag_set_tick_hook) */
+    void *tick_hook_ctx;
 };
 
 struct bt_runtime *bt_runtime(void);

@@ -42,6 +42,8 @@ void h5_reason(char *buf, size_t size) {
     char reason[256] = "";
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, reason);
     H5Eclear2(H5E_DEFAULT);
+    for (char *p = reason; *p; p++) /* HDF5's write errors carry ctime()'s newline: one line */
+        if (*p == '\n' || *p == '\r') *p = ' ';
     snprintf(buf, size, "%s", reason);
 }
 

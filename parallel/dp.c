@@ -62,6 +62,23 @@ static void owned(const struct dp *d, const struct dp_param *p, int r, int64_t *
 
 /* ---- building ---- */
 
+/* Without ZeRO-1 the members' gradients live in the bucket (aliases of its buffer, as PyTorch's
+ * gradient_as_bucket_view): the backward accumulates straight into what is averaged, with no
+ * copy in or out. */
+static bt_status grads_in_bucket(struct dp *d, struct bucket *b) {
+    int64_t offset = 0;
+    for (int j = 0; j < b->count; j++) {
+        bt_tensor *t = d->params[d->order[b->first + j]].t;
+        bt_tensor *grad = bt_tensor_alias(b->buffer, offset, t->ndim, t->shape);
+        if (!grad) return BT_ERR;
+        bt_tensor_free(t->grad);
+        t->grad = grad;
+        t->grad_owned = true;
+        offset += bt_numel(t);
+    }
+    return BT_OK;
+}
+
 static bt_status make_buckets(struct dp *d, int64_t bucket_bytes) {
     d->buckets = calloc((size_t)d->n, sizeof *d->buckets);
     if (!d->buckets) return bt_error("data parallel: out of memory");
@@ -78,6 +95,7 @@ static bt_status make_buckets(struct dp *d, int64_t bucket_bytes) {
             k++;
         }
         if (!(b->buffer = bt_tensor_new(BT_SHAPE(numel), BT_F32, bt_cpu()))) return BT_ERR;
+        if (!d->zero1 && grads_in_bucket(d, b) != BT_OK) return BT_ERR;
         if (d->zero1) {
             if (!(b->counts = calloc((size_t)d->size, sizeof *b->counts)))
                 return bt_error("data parallel: out of memory");
@@ -213,7 +231,10 @@ fail:
 
 void dp_free(struct dp *d) {
     if (!d) return;
-    if (d->armed) ag_set_leaf_hook(NULL, NULL);
+    if (d->armed) {
+        ag_set_leaf_hook(NULL, NULL);
+        ag_set_tick_hook(NULL, NULL);
+    }
     for (int b = 0; b < d->n_buckets; b++) {
         if (d->buckets[b].request) comm_wait(d->buckets[b].request);
         bt_tensor_free(d->buckets[b].buffer);
@@ -253,16 +274,16 @@ void dp_zero_grad(struct dp *d) {
 
 /* ---- reducing ---- */
 
-/* Copies member gradients into the bucket buffer: whole (allreduce), or rank by rank, each rank's
- * rows of every member (reduce-scatter). A parameter the backward did not reach counts as zeros. */
+/* ZeRO-1: copies member gradients into the bucket buffer rank by rank, each rank's rows of every
+ * member, for the reduce-scatter. A parameter the backward did not reach counts as zeros. */
 static void pack(struct dp *d, struct bucket *b) {
+    if (!d->zero1) return; /* the gradients are the buffer already */
     float *out = bt_f32(b->buffer);
-    int ranks = d->zero1 ? d->size : 1;
-    for (int r = 0; r < ranks; r++)
+    for (int r = 0; r < d->size; r++)
         for (int j = 0; j < b->count; j++) {
             struct dp_param *p = &d->params[d->order[b->first + j]];
-            int64_t lo = 0, hi = p->numel;
-            if (d->zero1) owned(d, p, r, &lo, &hi);
+            int64_t lo, hi;
+            owned(d, p, r, &lo, &hi);
             if (p->t->grad)
                 memcpy(out, bt_f32(p->t->grad) + lo, (size_t)(hi - lo) * sizeof *out);
             else
@@ -296,6 +317,12 @@ static void on_grad_ready(bt_tensor *leaf, void *ctx) {
     comm_progress();
 }
 
+/* After every backward node: keep the started buckets moving. */
+static void on_tick(void *ctx) {
+    (void)ctx;
+    comm_progress();
+}
+
 void dp_arm(struct dp *d) {
     for (int i = 0; i < d->n; i++)
         d->params[i].ready = false;
@@ -306,26 +333,12 @@ void dp_arm(struct dp *d) {
     d->stats.bytes_reduced = 0;
     d->armed = true;
     ag_set_leaf_hook(on_grad_ready, d);
-}
-
-/* Copies the averaged bucket back into the members' gradients (allreduce only: with ZeRO-1 the
- * shards' gradients alias the received buffer). */
-static bt_status unpack(struct dp *d, struct bucket *b) {
-    const float *in = bt_f32(b->buffer);
-    for (int j = 0; j < b->count; j++) {
-        struct dp_param *p = &d->params[d->order[b->first + j]];
-        if (!p->t->grad) {
-            float beta;
-            if (!ag_grad_target(p->t, &beta)) return BT_ERR;
-        }
-        memcpy(bt_f32(p->t->grad), in, (size_t)p->numel * sizeof *in);
-        in += p->numel;
-    }
-    return BT_OK;
+    ag_set_tick_hook(on_tick, d);
 }
 
 bt_status dp_finish(struct dp *d) {
     ag_set_leaf_hook(NULL, NULL);
+    ag_set_tick_hook(NULL, NULL);
     d->armed = false;
     bt_status st = BT_OK;
     for (int k = 0; k < d->n_buckets; k++) /* parameters the backward never reached */
@@ -339,7 +352,6 @@ bt_status dp_finish(struct dp *d) {
         }
         if (comm_wait(b->request) != BT_OK) st = BT_ERR;
         b->request = NULL;
-        if (st == BT_OK && !d->zero1 && unpack(d, b) != BT_OK) st = BT_ERR;
     }
     d->stats.wait_seconds = seconds() - t0;
     return st;
