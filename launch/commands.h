@@ -5,6 +5,7 @@
 #define BRAID_LAUNCH_COMMANDS_H
 
 int cmd_train(int argc, char **argv);  /* braid train CONFIG.yaml [--section.key=value ...] */
+int cmd_launch(int argc, char **argv); /* braid launch [-n N] [--hostfile F] CONFIG.yaml ... */
 int cmd_prep(int argc, char **argv);   /* braid prep --tokenizer K --input TEXT --out DIR */
 int cmd_sample(int argc, char **argv); /* braid sample --checkpoint PATH|DIR [--prompt TEXT] ... */
 int cmd_inspect(int argc, char **argv); /* braid inspect PATH (a checkpoint or a token shard) */

@@ -12,9 +12,10 @@ struct command {
     int (*run)(int argc, char **argv);
 };
 
-/* Subcommands land here as they are built (launch comes next). */
+/* The subcommands, in the order braid --help lists them. */
 static const struct command commands[] = {
     {"train", "train a model from a YAML job file (the worker)", cmd_train},
+    {"launch", "start N local ranks of braid train (wrapping mpirun)", cmd_launch},
     {"prep", "tokenize a text file into token shards", cmd_prep},
     {"sample", "generate text from a checkpoint", cmd_sample},
     {"inspect", "summarize a checkpoint or a token shard", cmd_inspect},
