@@ -1,7 +1,45 @@
-/* The model config of a job's model section (launch/job.h). */
+/* What braid train and braid launch share about a job (launch/job.h): the vocabulary size from
+ * the data's tokenizer, the checks of what this build can run, the model config. */
 #include "launch/job.h"
 
+#include <libgen.h>
+#include <stdio.h>
 #include <string.h>
+
+#include "core/runtime.h"
+#include "data/tokenizer.h"
+
+bt_status job_resolve_vocab_size(struct braid_config *cfg) {
+    if (cfg->model.vocab_size > 0 || !cfg->data.train[0]) return BT_OK;
+    char pattern[CFG_STR];
+    snprintf(pattern, sizeof pattern, "%s", cfg->data.train);
+    const char *dir = dirname(pattern);
+    struct tokenizer *tok = tokenizer_load(dir, NULL);
+    if (!tok) {
+        char why[BT_ERROR_MAX / 2];
+        snprintf(why, sizeof why, "%s", bt_last_error());
+        return bt_error("model.vocab_size is not set and %s/tokenizer.yaml cannot be read (%s): "
+                        "set model.vocab_size or prepare the data with braid prep",
+                        dir, why);
+    }
+    cfg->model.vocab_size = tokenizer_vocab_size(tok);
+    tokenizer_free(tok);
+    return BT_OK;
+}
+
+bt_status job_check_supported(const struct braid_config *cfg) {
+    if (cfg->parallel.tp > 1 || cfg->parallel.pp > 1)
+        return bt_error("parallel.tp=%lld, parallel.pp=%lld: tensor and pipeline parallelism are not "
+                        "built yet (data parallelism is: use parallel.dp)",
+                        (long long)cfg->parallel.tp, (long long)cfg->parallel.pp);
+    if (strcmp(cfg->train.device, "cpu") != 0)
+        return bt_error("train.device=%s: braid was built without the CUDA backend (use cpu)",
+                        cfg->train.device);
+    if (strcmp(cfg->train.dtype, "float32") != 0)
+        return bt_error("train.dtype=%s: CPU training runs in float32", cfg->train.dtype);
+    return BT_OK;
+}
+
 
 struct model_config job_model_config(const struct cfg_model *m) {
     struct model_config mc = {

@@ -6,7 +6,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <libgen.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -21,15 +20,15 @@
 #endif
 
 #include "core/runtime.h"
-#include "data/tokenizer.h"
 #include "launch/commands.h"
 #include "launch/config.h"
+#include "launch/job.h"
 #include "parallel/grid.h"
 
-#define MAX_RANKS (1 << 20)       /* -n and dp × tp × pp */
-#define MAX_RESTARTS 1000000      /* --max-restarts */
-#define MAX_LOCAL_RANKS 4096      /* ranks signalled directly (the rest hear it from mpirun) */
-#define STATUS_BAD_CONFIG 2       /* braid train's exit status for a bad command line or config */
+#define MAX_RANKS (1 << 20)  /* -n and dp × tp × pp */
+#define MAX_RESTARTS 1000000 /* --max-restarts */
+#define MAX_LOCAL_RANKS 4096 /* ranks signalled directly (the rest hear it from mpirun) */
+#define STATUS_BAD_CONFIG 2  /* braid train's exit status for a bad command line or config */
 #define RESUME_OVERRIDE "--checkpoint.resume=auto"
 
 static const char launch_usage[] =
@@ -171,25 +170,6 @@ static int parse_args(int argc, char **argv, struct launch_options *o) {
 
 /* ---- checking the job ---- */
 
-/* model.vocab_size 0 is filled by braid train from the tokenizer.yaml beside data.train's shards:
- * check that it can be, so that data not prepared with braid prep fails before any rank starts. */
-static bt_status check_vocab_source(const struct braid_config *cfg) {
-    if (cfg->model.vocab_size > 0 || !cfg->data.train[0]) return BT_OK;
-    char pattern[CFG_STR];
-    snprintf(pattern, sizeof pattern, "%s", cfg->data.train);
-    const char *dir = dirname(pattern);
-    struct tokenizer *tok = tokenizer_load(dir, NULL);
-    if (tok) {
-        tokenizer_free(tok);
-        return BT_OK;
-    }
-    char why[BT_ERROR_MAX / 2];
-    snprintf(why, sizeof why, "%s", bt_last_error());
-    return bt_error("model.vocab_size is not set and %s/tokenizer.yaml cannot be read (%s): set "
-                    "model.vocab_size or prepare the data with braid prep",
-                    dir, why);
-}
-
 /* The layout's rank count against -n, in launch's words (cfg_finalize would say "N ranks are
  * running"). Sizes below 1 are left to cfg_finalize, which names them. */
 static bt_status check_layout(const struct braid_config *cfg, long long n_ranks) {
@@ -232,9 +212,10 @@ static bt_status check_job(struct launch_options *o, struct braid_config *cfg) {
         else
             o->n_ranks = 1; /* cfg_finalize names the size below 1 */
     }
-    if (check_layout(cfg, o->n_ranks) != BT_OK || cfg_finalize(cfg, (int)o->n_ranks) != BT_OK)
+    if (check_layout(cfg, o->n_ranks) != BT_OK || job_resolve_vocab_size(cfg) != BT_OK ||
+        cfg_finalize(cfg, (int)o->n_ranks) != BT_OK)
         return BT_ERR;
-    return check_vocab_source(cfg);
+    return job_check_supported(cfg); /* what braid train would refuse, before any rank starts */
 }
 
 /* ---- the command ---- */
@@ -243,15 +224,18 @@ static bt_status check_job(struct launch_options *o, struct braid_config *cfg) {
 static bool find_on_path(const char *name, char *path, size_t size) {
     const char *dirs = getenv("PATH");
     if (!dirs || !*dirs) dirs = "/usr/local/bin:/usr/bin:/bin";
-    for (const char *at = dirs; at; at = strchr(at, ':') ? strchr(at, ':') + 1 : NULL) {
-        size_t len = strchr(at, ':') ? (size_t)(strchr(at, ':') - at) : strlen(at);
-        int n = snprintf(path, size, "%.*s/%s", (int)len, len ? at : ".", name);
+    for (const char *dir = dirs;;) {
+        const char *colon = strchr(dir, ':');
+        size_t len = colon ? (size_t)(colon - dir) : strlen(dir);
+        int n = len ? snprintf(path, size, "%.*s/%s", (int)len, dir, name)
+                    : snprintf(path, size, "./%s", name); /* an empty entry is . */
         struct stat st;
         if (n > 0 && (size_t)n < size && stat(path, &st) == 0 && S_ISREG(st.st_mode) &&
             access(path, X_OK) == 0)
             return true;
+        if (!colon) return false;
+        dir = colon + 1;
     }
-    return false;
 }
 
 /* The variables braid launch set for the ranks, as the shell prefix of the printed command. */
@@ -327,7 +311,8 @@ static bt_status build_command(struct job *job, const struct launch_options *o, 
     a[n++] = job->braid;
     a[n++] = "train";
     a[n++] = (char *)o->config;
-    for (int i = 0; i < o->n_overrides; i++) a[n++] = o->overrides[i];
+    for (int i = 0; i < o->n_overrides; i++)
+        a[n++] = o->overrides[i];
     job->argc = n;
     return BT_OK;
 }
@@ -387,8 +372,8 @@ static void on_signal(int sig) {
     if (getpid() != launcher_pid) return; /* a forked child before its exec */
     int saved = errno;
     unsigned char byte = (unsigned char)sig;
-    if (write(signal_pipe[1], &byte, 1) < 0) { /* full: signals are already waiting */
-    }
+    ssize_t written = write(signal_pipe[1], &byte, 1); /* fails only when full of signals */
+    (void)written;
     errno = saved;
 }
 
@@ -407,7 +392,6 @@ static bt_status catch_signals(struct sigaction old[N_CAUGHT]) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
-    sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     for (int k = 0; k < N_CAUGHT; k++) {
         sigaction(caught_signals[k], NULL, &old[k]);
@@ -419,7 +403,8 @@ static bt_status catch_signals(struct sigaction old[N_CAUGHT]) {
 }
 
 static void release_signals(const struct sigaction old[N_CAUGHT]) {
-    for (int k = 0; k < N_CAUGHT; k++) sigaction(caught_signals[k], &old[k], NULL);
+    for (int k = 0; k < N_CAUGHT; k++)
+        sigaction(caught_signals[k], &old[k], NULL);
     for (int k = 0; k < 2; k++)
         if (signal_pipe[k] >= 0) close(signal_pipe[k]);
     signal_pipe[0] = signal_pipe[1] = -1;
@@ -479,7 +464,10 @@ static int find_local_ranks(const struct job *job, pid_t *pids, int max) {
 }
 
 static const char *signal_name(int sig) {
-    return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : sig == SIGHUP ? "SIGHUP" : "a signal";
+    return sig == SIGINT    ? "SIGINT"
+           : sig == SIGTERM ? "SIGTERM"
+           : sig == SIGHUP  ? "SIGHUP"
+                            : "a signal";
 }
 
 /* A signal for braid launch. mpirun itself would give the ranks SIGTERM only after its
@@ -512,7 +500,8 @@ static void forward_signal(struct job *job, int sig) {
         kill(job->mpirun_pid, to_ranks);
     }
     fflush(stdout);
-    for (int i = 0; i < n; i++) kill(ranks[i], to_ranks);
+    for (int i = 0; i < n; i++)
+        kill(ranks[i], to_ranks);
 }
 
 /* Starts mpirun in a process group of its own, so that a Ctrl-C at the terminal reaches braid
@@ -535,7 +524,8 @@ static bt_status start_mpirun(struct job *job) {
 #endif
         execv(job->mpirun, job->argv);
         static const char msg[] = "braid: error: launch: cannot run mpirun\n";
-        if (write(STDERR_FILENO, msg, sizeof msg - 1) < 0) _exit(127);
+        ssize_t written = write(STDERR_FILENO, msg, sizeof msg - 1);
+        (void)written;
         _exit(127);
     }
     setpgid(pid, pid); /* also here: no signal may find the child still in ours */
@@ -563,8 +553,7 @@ static int run_once(struct job *job) {
 }
 
 /* Runs the job, restarting it after a failure up to max_restarts times. */
-static int run_job(struct job *job, const struct launch_options *o,
-                   const struct env_prefix *env) {
+static int run_job(struct job *job, const struct launch_options *o, const struct env_prefix *env) {
     for (long long restart = 0;; restart++) {
         int status = run_once(job);
         if (job->user_signal) return status == 0 ? 0 : 128 + job->user_signal;

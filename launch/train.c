@@ -15,7 +15,6 @@
 #include "core/schedule.h"
 #include "data/checkpoint.h"
 #include "data/loader.h"
-#include "data/tokenizer.h"
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "launch/job.h"
@@ -70,25 +69,6 @@ static void run_free(struct run *r) {
 
 /* ---- setting up ---- */
 
-/* model.vocab_size 0: take the tokenizer.yaml that braid prep wrote beside the training shards */
-static bt_status resolve_vocab_size(struct braid_config *cfg) {
-    if (cfg->model.vocab_size > 0 || !cfg->data.train[0]) return BT_OK;
-    char pattern[CFG_STR];
-    snprintf(pattern, sizeof pattern, "%s", cfg->data.train);
-    const char *dir = dirname(pattern);
-    struct tokenizer *tok = tokenizer_load(dir, NULL);
-    if (!tok) {
-        char why[BT_ERROR_MAX / 2];
-        snprintf(why, sizeof why, "%s", bt_last_error());
-        return bt_error("model.vocab_size is not set and %s/tokenizer.yaml cannot be read (%s): "
-                        "set model.vocab_size or prepare the data with braid prep",
-                        dir, why);
-    }
-    cfg->model.vocab_size = tokenizer_vocab_size(tok);
-    tokenizer_free(tok);
-    return BT_OK;
-}
-
 /* The text of the tokenizer.yaml beside data.train's shards, stored in checkpoints so that
  * braid sample decodes with it; "" when there is none (shards not made by braid prep). */
 static bt_status read_tokenizer_yaml(struct run *r) {
@@ -127,18 +107,9 @@ static bt_status load_config(struct braid_config *cfg, int argc, char **argv, in
     if (cfg_load_file(cfg, argv[1]) != BT_OK) return BT_ERR;
     for (int i = 2; i < argc; i++)
         if (cfg_apply_override(cfg, argv[i]) != BT_OK) return BT_ERR;
-    if (resolve_vocab_size(cfg) != BT_OK) return BT_ERR;
+    if (job_resolve_vocab_size(cfg) != BT_OK) return BT_ERR;
     if (cfg_finalize(cfg, world) != BT_OK) return BT_ERR;
-    if (cfg->parallel.tp > 1 || cfg->parallel.pp > 1)
-        return bt_error("parallel.tp=%lld, parallel.pp=%lld: tensor and pipeline parallelism are not "
-                        "built yet (data parallelism is: use parallel.dp)",
-                        (long long)cfg->parallel.tp, (long long)cfg->parallel.pp);
-    if (strcmp(cfg->train.device, "cpu") != 0)
-        return bt_error("train.device=%s: braid was built without the CUDA backend (use cpu)",
-                        cfg->train.device);
-    if (strcmp(cfg->train.dtype, "float32") != 0)
-        return bt_error("train.dtype=%s: CPU training runs in float32", cfg->train.dtype);
-    return BT_OK;
+    return job_check_supported(cfg);
 }
 
 static bt_status build_optimizer(struct run *r) {
