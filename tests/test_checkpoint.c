@@ -14,6 +14,7 @@
 #include "core/nn.h"
 #include "core/optim.h"
 #include "data/checkpoint.h"
+#include "data/checkpoint_internal.h"
 #include "tests/gradcheck.h"
 
 static char dir[64];
@@ -1320,9 +1321,25 @@ START_TEST(test_h5py_fixture) {
 }
 END_TEST
 
+/* The CRC-32 of a large tensor, computed in pieces on all threads and joined, is zlib's. */
+START_TEST(test_crc32_in_pieces_is_zlibs) {
+    size_t n = (40u << 20) + 12345; /* above the threshold for pieces, not a multiple of them */
+    unsigned char *bytes = malloc(n);
+    ck_assert_ptr_nonnull(bytes);
+    for (size_t i = 0; i < n; i++)
+        bytes[i] = (unsigned char)(i * 2654435761u >> 13);
+    uint32_t whole = (uint32_t)crc32_z(0L, bytes, n);
+    ck_assert_uint_eq(ckpt_crc32(bytes, n), whole);
+    ck_assert_uint_eq(ckpt_crc32(bytes, 100), (uint32_t)crc32_z(0L, bytes, 100));
+    ck_assert_uint_eq(ckpt_crc32(bytes, 0), 0);
+    free(bytes);
+}
+END_TEST
+
 static Suite *checkpoint_suite(void) {
     Suite *s = suite_create("checkpoint");
     bt_suite_add(s, test_round_trip_is_bit_exact);
+    bt_suite_add(s, test_crc32_in_pieces_is_zlibs);
     bt_suite_add(s, test_meta_round_trip);
     bt_suite_add(s, test_optim_adamw_round_trip);
     bt_suite_add(s, test_optim_sgd_round_trip);

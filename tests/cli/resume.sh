@@ -8,8 +8,9 @@
 #   refuse_model    a resumed run with another model.n_layer / optimizer.name is refused, naming
 #                   the key; the checkpoints are byte-identical afterwards
 #   report_changes  allowed changes (max_steps, lr, log.every) are printed as `resume: key: a -> b`
-#   damaged         a damaged newest checkpoint fails the run with one line; the last good one and
-#                   `latest` are byte-identical after the failed run
+#   damaged         a damaged newest checkpoint (truncated, random bytes, a flipped byte inside a
+#                   tensor) fails the run with one line; every checkpoint and `latest` are
+#                   byte-identical after each failed run, and the last good one still resumes
 #   broken_latest   `latest` naming a missing file is an error, never a silent fresh start
 #   nothing_left    resuming a run already at train.max_steps trains nothing and saves nothing
 #   none_warns      checkpoint.resume=none over an existing run starts fresh and says so
@@ -104,21 +105,43 @@ report_changes)
 damaged)
   train "$out/run" --train.max_steps=4 --checkpoint.every=2 > /dev/null
   newest=$out/run/ck/step_00000004.h5
-  # damage the newest file: cut it in half, then resume through `latest`
   cp "$newest" "$out/newest.bak"
-  truncate -s $(($(stat -c %s "$newest") / 2)) "$newest"
-  before=$(checksums "$out/run/ck")
-  if train "$out/run" --train.max_steps=8 > "$out/log" 2> "$out/err"; then
-    fail "resuming from a truncated checkpoint was accepted"
-  fi
-  test "$(wc -l < "$out/err")" -eq 1 || fail "expected one error line: $(cat "$out/err")"
-  grep -q "^braid: error: checkpoint $newest: not a readable HDF5 file" "$out/err" ||
-    fail "unexpected message: $(cat "$out/err")"
-  test "$before" = "$(checksums "$out/run/ck")" || fail "the failed run changed the checkpoints"
+  # damage the newest file in several ways, each time resume through `latest`: one line, and
+  # nothing in the checkpoint directory changes
+  kinds="truncated garbage"
+  if /usr/bin/python3 -c 'import h5py' 2> /dev/null; then kinds="$kinds flipped"; fi
+  for kind in $kinds; do
+    cp "$out/newest.bak" "$newest"
+    case $kind in
+    truncated)
+      truncate -s $(($(stat -c %s "$newest") / 2)) "$newest"
+      want="not a readable HDF5 file"
+      ;;
+    garbage)
+      head -c "$(stat -c %s "$newest")" /dev/urandom > "$newest"
+      want="not a readable HDF5 file"
+      ;;
+    flipped) # one byte inside a tensor's data: only the checksum can tell
+      offset=$(/usr/bin/python3 -c "import h5py,sys; f=h5py.File(sys.argv[1],'r'); print(f['model/transformer.wte.weight'].id.get_offset() + 100)" "$newest")
+      byte=$(od -An -tu1 -j "$offset" -N1 "$newest" | tr -d ' ')
+      printf "$(printf '\\%03o' $(((byte + 1) % 256)))" |
+        dd of="$newest" bs=1 seek="$offset" conv=notrunc status=none
+      want="/model/transformer.wte.weight: checksum mismatch"
+      ;;
+    esac
+    before=$(checksums "$out/run/ck")
+    if train "$out/run" --train.max_steps=8 > "$out/log" 2> "$out/err"; then
+      fail "resuming from a $kind checkpoint was accepted"
+    fi
+    test "$(wc -l < "$out/err")" -eq 1 || fail "$kind: expected one error line: $(cat "$out/err")"
+    grep -q "^braid: error: checkpoint $newest: .*$want" "$out/err" ||
+      fail "$kind: unexpected message: $(cat "$out/err")"
+    test "$before" = "$(checksums "$out/run/ck")" || fail "$kind: the failed run changed the checkpoints"
+    echo "ok ($kind): $(cat "$out/err")"
+  done
   # the step-2 checkpoint still resumes
   train "$out/run" --train.max_steps=3 --checkpoint.resume="$out/run/ck/step_00000002.h5" \
     > "$out/log2" || fail "the last good checkpoint does not resume: $(tail -2 "$out/log2")"
-  echo "ok: $(cat "$out/err")"
   ;;
 broken_latest)
   train "$out/run" --train.max_steps=2 > /dev/null
