@@ -69,6 +69,19 @@ bt_status ckpt_resolve(const char *path, char *buf, size_t size) {
 
 /* ---- attributes and strings ---- */
 
+/* Whether a dataspace (closed here) holds exactly one element: what an attribute or string
+ * dataset of braid's must, so a damaged file cannot make a read overflow its buffer. */
+static bool is_scalar(hid_t space) {
+    if (space < 0) {
+        H5Eclear2(H5E_DEFAULT);
+        return false;
+    }
+    hssize_t n = H5Sget_simple_extent_npoints(space);
+    H5Sclose(space);
+    H5Eclear2(H5E_DEFAULT);
+    return n == 1;
+}
+
 /* Reads scalar attribute `name` of obj (called `where` in messages) as mem_type. */
 static bt_status read_attr(struct ckpt_file *f, hid_t obj, const char *where, const char *name,
                            hid_t mem_type, void *out) {
@@ -77,6 +90,10 @@ static bt_status read_attr(struct ckpt_file *f, hid_t obj, const char *where, co
     H5_CHECK(f->label, exists = H5Aexists(obj, name));
     if (!exists) return bt_error("%s: attribute %s%s not found", f->label, where, name);
     H5_CHECK(f->label, attr = H5Aopen(obj, name, H5P_DEFAULT));
+    if (!is_scalar(H5Aget_space(attr))) {
+        bt_error("%s: attribute %s%s is not a single value", f->label, where, name);
+        goto fail;
+    }
     H5_CHECK(f->label, H5Aread(attr, mem_type, out));
     H5_CHECK(f->label, H5Aclose(attr));
     return BT_OK;
@@ -104,6 +121,10 @@ static char *read_string(struct ckpt_file *f, hid_t obj, const char *where, cons
     H5_CHECK(f->label, H5Tset_cset(type, H5T_CSET_UTF8));
     if (as_dataset) {
         H5_CHECK(f->label, item = H5Dopen2(obj, name, H5P_DEFAULT));
+        if (!is_scalar(H5Dget_space(item))) {
+            bt_error("%s: dataset %s%s is not a single string", f->label, where, name);
+            goto fail;
+        }
         htri_t variable;
         hid_t stored = -1;
         H5_CHECK(f->label, stored = H5Dget_type(item));
@@ -131,6 +152,20 @@ static char *read_string(struct ckpt_file *f, hid_t obj, const char *where, cons
         H5_CHECK(f->label, H5Dread(item, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, &text));
     } else {
         H5_CHECK(f->label, item = H5Aopen(obj, name, H5P_DEFAULT));
+        if (!is_scalar(H5Aget_space(item))) {
+            bt_error("%s: attribute %s%s is not a single string", f->label, where, name);
+            goto fail;
+        }
+        hid_t stored = H5Aget_type(item);
+        htri_t variable = stored >= 0 && H5Tget_class(stored) == H5T_STRING
+                              ? H5Tis_variable_str(stored)
+                              : -1;
+        if (stored >= 0) H5Tclose(stored);
+        H5Eclear2(H5E_DEFAULT);
+        if (variable <= 0) {
+            bt_error("%s: attribute %s%s is not a variable-length string", f->label, where, name);
+            goto fail;
+        }
         H5_CHECK(f->label, H5Aread(item, type, &text));
     }
     copy = strdup(text ? text : "");

@@ -71,11 +71,25 @@ struct writer {
     hid_t file;
     struct comm *group; /* NULL: this process alone */
     int rank, size;
+    /* a failed data write (disk full): the collective calls go on, the outcome is agreed after */
+    bool data_failed;
+    char data_error[2 * CKPT_LABEL_MAX + 300];
     int64_t n, cap;
     char **paths;
     uint32_t *crc;
     int64_t *nbytes;
 };
+
+/* Records the first failed data write (independent I/O: the other ranks do not wait for it) and
+ * carries on, so that every rank still makes the same collective calls. */
+static void data_write_failed(struct writer *w, const char *path) {
+    char reason[256];
+    h5_reason(reason, sizeof reason);
+    if (!w->data_failed)
+        snprintf(w->data_error, sizeof w->data_error, "%s: writing %s failed: %s", w->label, path,
+                 reason);
+    w->data_failed = true;
+}
 
 static bt_status remember(struct writer *w, const char *path, uint32_t crc, int64_t nbytes) {
     if (w->n == w->cap) {
@@ -129,8 +143,9 @@ static bt_status write_rows(struct writer *w, hid_t obj, const char *path, const
         } else {
             H5_CHECK(w->label, mspace = H5Screate(H5S_SCALAR));
         }
-        H5_CHECK(w->label, H5Dwrite(dset, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT64, mspace,
-                                    fspace, H5P_DEFAULT, data));
+        if (H5Dwrite(dset, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT64, mspace, fspace,
+                     H5P_DEFAULT, data) < 0)
+            data_write_failed(w, path);
         H5_CHECK(w->label, H5Sclose(mspace));
         mspace = -1;
     }
@@ -438,7 +453,7 @@ fail:
  * layout's group: a rank that fails still takes part in the collective calls that follow. */
 static bt_status write_file(const char *path, const struct nn_param_list *params,
                             const struct optim *opt, const struct ckpt_meta *meta,
-                            const struct ckpt_layout *layout) {
+                            const struct ckpt_layout *layout, bool *collective_failed) {
     struct writer w = {.file = -1, .group = layout ? layout->group : NULL, .size = 1};
     if (w.group) {
         w.rank = comm_rank(w.group);
@@ -458,9 +473,37 @@ static bt_status write_file(const char *path, const struct nn_param_list *params
     st = BT_OK;
 fail:
 done:
+    /* anything but a data write failing breaks the sequence of collective calls */
+    *collective_failed = st != BT_OK;
     h5_close_quietly(w.file);
+    if (st == BT_OK && w.data_failed) st = bt_error("%s", w.data_error);
     writer_free(&w);
     return st;
+}
+
+/* The tensors a rank writes must be contiguous CPU tensors of float32 or int64, and every state
+ * the optimizer names must exist: checked before the file is created, so that no rank fails
+ * half-way through the collective calls for a reason it could have seen before. */
+static bt_status precheck(const struct nn_param_list *params, const struct optim *opt,
+                          const char *label) {
+    for (int64_t i = 0; i < params->count; i++) {
+        const bt_tensor *t = params->tensors[i];
+        if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t) ||
+            (t->dtype != BT_F32 && t->dtype != BT_I64))
+            return bt_error("%s: /model/%s must be a contiguous float32 or int64 CPU tensor",
+                            label, params->names[i]);
+    }
+    const char *const *states = NULL;
+    int n_states = opt ? optim_state_names(opt, &states) : 0;
+    for (int64_t i = 0; opt && i < optim_num_params(opt); i++)
+        for (int s = 0; s < n_states; s++) {
+            const bt_tensor *t = optim_state(opt, i, states[s]);
+            if (!t) return bt_error_prefix(label);
+            if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t))
+                return bt_error("%s: /optimizer/%s/%s must be a contiguous CPU tensor", label,
+                                optim_param_name(opt, i), states[s]);
+        }
+    return BT_OK;
 }
 
 /* Replaces <dir>/latest with one line naming `file_name`, atomically. */
@@ -506,11 +549,25 @@ static int compare_desc(const void *a, const void *b) {
     return (x < y) - (x > y);
 }
 
+/* ".step_<digits>.h5.tmp": a save's temporary file. prune runs after this process's save was
+ * committed, when no other save of this run is in flight. */
+static bool is_stale_temporary(const char *name) {
+    size_t len = strlen(name);
+    return name[0] == '.' && step_of_name(name + 1) < 0 && len > 5 &&
+           strcmp(name + len - 4, ".tmp") == 0 && strncmp(name, ".step_", 6) == 0;
+}
+
 static bt_status prune(const char *dir, int64_t keep, int64_t just_written) {
     int64_t *steps = NULL, n = 0, cap = 0;
     DIR *d = opendir(dir);
     if (!d) return bt_error("checkpoint dir '%s': cannot list: %s", dir, strerror(errno));
     for (struct dirent *e; (e = readdir(d));) {
+        if (is_stale_temporary(e->d_name)) { /* left by a save that crashed: never read */
+            char path[PATH_MAX_LEN];
+            snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+            unlink(path);
+            continue;
+        }
         int64_t step = step_of_name(e->d_name);
         if (step < 0 || step == just_written) continue;
         if (n == cap) {
@@ -565,9 +622,19 @@ bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
         return bt_error("checkpoint dir '%s': path too long", dir);
     snprintf(final, sizeof final, "%s/%s", dir, name);
     h5_silence();
-    bt_status st = leader ? make_dirs(dir) : BT_OK;
+    char label[CKPT_LABEL_MAX];
+    snprintf(label, sizeof label, "checkpoint %s", tmp);
+    bt_status st = precheck(params, opt, label);
+    if (st == BT_OK && leader) st = make_dirs(dir);
     if (agree(group, st, tmp) != BT_OK) return BT_ERR;
-    st = write_file(tmp, params, opt, meta, layout);
+    bool collective_failed = false;
+    st = write_file(tmp, params, opt, meta, layout, &collective_failed);
+    if (group && collective_failed) {
+        /* the ranks' HDF5 calls no longer match: waiting for the others could hang them all */
+        fflush(stdout);
+        fprintf(stderr, "braid: error: rank %d: %s\n", comm_rank(group), bt_last_error());
+        comm_abort(1);
+    }
     if (agree(group, st, tmp) != BT_OK) {
         if (leader) unlink(tmp);
         return BT_ERR;

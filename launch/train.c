@@ -50,6 +50,7 @@ struct run {
     char *tokenizer_yaml; /* tokenizer.yaml beside the training shards ("" when none) */
     /* where the run starts: 0 and the stream's start, or a checkpoint's step and position */
     int64_t start_step, start_position, start_tokens;
+    int64_t start_micro; /* global micro-batches trained before start_step (dropout streams) */
     double last_lr;
     int64_t micro_per_step; /* dp * grad_accum: global micro-batches per step */
 };
@@ -166,6 +167,7 @@ static bt_status restore(struct run *r, const char *path) {
     r->start_step = m->step;
     r->start_position = m->data_position;
     r->start_tokens = m->tokens_seen;
+    r->start_micro = (int64_t)m->dropout_offset;
     r->last_lr = m->lr;
     if (r->cfg.model.init_from[0])
         printf("model.init_from=%s is ignored: the run resumes from %s\n", r->cfg.model.init_from,
@@ -316,7 +318,8 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
         int64_t g = m * dp + r->grid.dp_rank;
         bt_tensor *x, *y;
         if (data_loader_batch(r->train_data, first + g * B, B, &x, &y) != BT_OK) return BT_ERR;
-        seed_dropout((uint64_t)t->seed, step * r->micro_per_step + g);
+        seed_dropout((uint64_t)t->seed,
+                     r->start_micro + (step - r->start_step) * r->micro_per_step + g);
         bt_tensor *loss = model_forward(r->model, x, y, NULL);
         /* the step's loss is the mean over micro-batches: scale each one's gradient (and dp
          * averages over ranks) */
@@ -362,7 +365,7 @@ static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
         .tokens_seen = r->start_tokens + steps * samples_per_step * cfg->train.seq_len,
         .lr = r->last_lr,
         .dropout_seed = (uint64_t)cfg->train.seed,
-        .dropout_offset = (uint64_t)(steps_done * r->micro_per_step),
+        .dropout_offset = (uint64_t)(r->start_micro + steps * r->micro_per_step),
         .data_seed = (uint64_t)cfg->train.seed,
         .data_shuffle = cfg->data.shuffle,
         .data_seq_len = cfg->train.seq_len,
@@ -501,8 +504,16 @@ int cmd_train(int argc, char **argv) {
     struct run r;
     memset(&r, 0, sizeof r);
     int status = 0;
-    if (load_config(&r.cfg, argc, argv, size) != BT_OK) {
-        if (rank == 0) cli_error("%s", bt_last_error()); /* the same on every rank */
+    bool config_failed = load_config(&r.cfg, argc, argv, size) != BT_OK;
+    if (size > 1) { /* usually the same error everywhere, but data directories can differ */
+        report_agreed(world, config_failed);
+        double ok = config_failed ? 0.0 : 1.0;
+        if (comm_allreduce_doubles(world, &ok, 1, COMM_MIN) != BT_OK) ok = 0.0;
+        config_failed = ok == 0.0;
+    } else if (config_failed) {
+        cli_error("%s", bt_last_error());
+    }
+    if (config_failed) {
         status = 2;
     } else if (grid_init(&r.grid, world, (int)r.cfg.parallel.dp, (int)r.cfg.parallel.tp,
                          (int)r.cfg.parallel.pp) != BT_OK) {

@@ -2,6 +2,7 @@
 #include "parallel/dp.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -44,6 +45,7 @@ struct dp {
     int64_t *optim_row0;
     int64_t **gather_counts; /* ZeRO-1: per parameter, elements each rank contributes */
     bool armed;
+    char start_error[512]; /* why a bucket failed to start inside the backward, kept for dp_finish */
     struct dp_stats stats;
 };
 
@@ -123,19 +125,26 @@ static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
     list->tensors = calloc((size_t)d->n, sizeof *list->tensors);
     d->optim_row0 = calloc((size_t)d->n, sizeof *d->optim_row0);
     d->gather_counts = calloc((size_t)d->n, sizeof *d->gather_counts);
-    if (!list->names || !list->tensors || !d->optim_row0 || !d->gather_counts)
-        return bt_error("data parallel: out of memory");
-    /* where each member's rows sit in its bucket's received buffer */
-    int64_t *offset = calloc((size_t)d->n_buckets, sizeof *offset);
-    if (!offset) return bt_error("data parallel: out of memory");
+    /* where each parameter's rows sit in its bucket's received buffer: members in bucket order */
+    int64_t *at = calloc((size_t)d->n, sizeof *at), *fill = calloc((size_t)d->n_buckets, sizeof *fill);
+    bt_status st = BT_ERR;
+    if (!list->names || !list->tensors || !d->optim_row0 || !d->gather_counts || !at || !fill) {
+        bt_error("data parallel: out of memory");
+        goto done;
+    }
     for (int k = 0; k < d->n; k++) {
-        int i = d->order[k];
+        struct dp_param *p = &d->params[d->order[k]];
+        int64_t lo, hi;
+        owned(d, p, d->rank, &lo, &hi);
+        at[d->order[k]] = fill[p->bucket];
+        fill[p->bucket] += hi - lo;
+    }
+    for (int i = 0; i < d->n; i++) { /* the optimizer's list keeps the model's order */
         struct dp_param *p = &d->params[i];
-        struct bucket *b = &d->buckets[p->bucket];
         int64_t lo, hi;
         if (!(d->gather_counts[i] = calloc((size_t)d->size, sizeof **d->gather_counts))) {
-            free(offset);
-            return bt_error("data parallel: out of memory");
+            bt_error("data parallel: out of memory");
+            goto done;
         }
         for (int r = 0; r < d->size; r++) {
             owned(d, p, r, &lo, &hi);
@@ -148,29 +157,30 @@ static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
             shape[dim] = p->t->shape[dim];
         if (p->t->ndim > 0) shape[0] = (hi - lo) / p->row_elems;
         bt_tensor *shard = bt_tensor_alias(p->t, lo, p->t->ndim, shape);
-        bt_tensor *grad = shard ? bt_tensor_alias(b->received, offset[p->bucket], p->t->ndim,
-                                                  shape)
+        bt_tensor *grad = shard ? bt_tensor_alias(d->buckets[p->bucket].received, at[i],
+                                                  p->t->ndim, shape)
                                 : NULL;
         if (!grad) {
             bt_tensor_free(shard);
-            free(offset);
-            return BT_ERR;
+            goto done;
         }
-        offset[p->bucket] += hi - lo;
         shard->requires_grad = true;
         shard->grad = grad;
         shard->grad_owned = true;
+        list->tensors[list->count] = shard; /* owned by the list from here (dp_free) */
         list->names[list->count] = strdup(params->names[i]);
-        list->tensors[list->count] = shard;
         d->optim_row0[list->count] = lo / p->row_elems;
-        if (!list->names[list->count]) {
-            free(offset);
-            return bt_error("data parallel: out of memory");
-        }
         list->count++;
+        if (!list->names[list->count - 1]) {
+            bt_error("data parallel: out of memory");
+            goto done;
+        }
     }
-    free(offset);
-    return BT_OK;
+    st = BT_OK;
+done:
+    free(fill);
+    free(at);
+    return st;
 }
 
 static bt_status copy_list(struct nn_param_list *dst, const struct nn_param_list *src) {
@@ -245,6 +255,8 @@ void dp_free(struct dp *d) {
         free(d->gather_counts[i]);
     free(d->gather_counts);
     free(d->optim_row0);
+    for (int64_t i = 0; i < d->optim_params.count; i++) /* references copy_list/make_shards took */
+        bt_tensor_free(d->optim_params.tensors[i]);
     nn_param_list_free(&d->optim_params);
     free(d->buckets);
     free(d->order);
@@ -299,7 +311,9 @@ static bt_status start(struct dp *d, struct bucket *b) {
                                                    COMM_AVG)
                           : comm_iallreduce(d->group, b->buffer, COMM_AVG);
     d->stats.bytes_reduced += (int64_t)bt_nbytes(b->buffer);
-    return b->request ? BT_OK : BT_ERR;
+    if (b->request) return BT_OK;
+    if (!d->start_error[0]) snprintf(d->start_error, sizeof d->start_error, "%s", bt_last_error());
+    return BT_ERR;
 }
 
 /* The leaf hook: a parameter's gradient is final; its bucket starts when it is complete. A failed
@@ -331,6 +345,7 @@ void dp_arm(struct dp *d) {
         d->buckets[b].started = false;
     }
     d->stats.bytes_reduced = 0;
+    d->start_error[0] = '\0';
     d->armed = true;
     ag_set_leaf_hook(on_grad_ready, d);
     ag_set_tick_hook(on_tick, d);
@@ -347,7 +362,9 @@ bt_status dp_finish(struct dp *d) {
     for (int k = 0; k < d->n_buckets; k++) {
         struct bucket *b = &d->buckets[k];
         if (!b->request) {
-            if (st == BT_OK) st = bt_error("data parallel: bucket %d did not start", k);
+            if (st == BT_OK)
+                st = bt_error("data parallel: bucket %d did not start: %s", k,
+                              d->start_error[0] ? d->start_error : "unknown reason");
             continue;
         }
         if (comm_wait(b->request) != BT_OK) st = BT_ERR;
