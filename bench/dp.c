@@ -49,11 +49,16 @@ int main(int argc, char **argv) {
     int layers = 4, embd = 256, steps = 8, zero = 0, B = 4, T = 128;
     double bucket_mb = 25.0;
     for (int i = 1; i + 1 < argc; i += 2) {
-        if (!strcmp(argv[i], "--layers")) layers = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--embd")) embd = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
-        else if (!strcmp(argv[i], "--bucket-mb")) bucket_mb = atof(argv[i + 1]);
-        else if (!strcmp(argv[i], "--zero")) zero = atoi(argv[i + 1]);
+        if (!strcmp(argv[i], "--layers"))
+            layers = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--embd"))
+            embd = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--steps"))
+            steps = atoi(argv[i + 1]);
+        else if (!strcmp(argv[i], "--bucket-mb"))
+            bucket_mb = atof(argv[i + 1]);
+        else if (!strcmp(argv[i], "--zero"))
+            zero = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "bench_dp: unknown option %s\n", argv[i]);
             return 2;
@@ -62,10 +67,18 @@ int main(int argc, char **argv) {
     if (comm_init(&argc, &argv) != BT_OK) return die("comm_init");
     struct comm *world = comm_world();
     int rank = comm_rank(world), size = comm_size(world);
-    struct model_config mc = {.arch = MODEL_GPT, .vocab_size = 4096, .block_size = T,
-                              .n_layer = layers, .n_head = embd / 64, .n_kv_head = embd / 64,
-                              .n_embd = embd, .ffn_hidden = 4 * embd, .bias = true,
-                              .gelu = BT_GELU_TANH, .norm_eps = 1e-5, .tie_embeddings = true};
+    struct model_config mc = {.arch = MODEL_GPT,
+                              .vocab_size = 4096,
+                              .block_size = T,
+                              .n_layer = layers,
+                              .n_head = embd / 64,
+                              .n_kv_head = embd / 64,
+                              .n_embd = embd,
+                              .ffn_hidden = 4 * embd,
+                              .bias = true,
+                              .gelu = BT_GELU_TANH,
+                              .norm_eps = 1e-5,
+                              .tie_embeddings = true};
     struct model *m = model_create(&mc, 1);
     struct nn_param_list params;
     if (!m || model_parameters(m, &params) != BT_OK) return die("model");
@@ -83,8 +96,10 @@ int main(int argc, char **argv) {
         bt_tensor *idx = bt_empty(BT_SHAPE(B, T), BT_I64, bt_cpu());
         bt_tensor *tgt = bt_empty(BT_SHAPE(B, T), BT_I64, bt_cpu());
         for (int64_t k = 0; k < B * T; k++) {
-            ((int64_t *)bt_data(idx))[k] = (int64_t)(bt_rng_uniform_at(rng.seed, rng.offset++) * 4096);
-            ((int64_t *)bt_data(tgt))[k] = (int64_t)(bt_rng_uniform_at(rng.seed, rng.offset++) * 4096);
+            ((int64_t *)bt_data(idx))[k] =
+                (int64_t)(bt_rng_uniform_at(rng.seed, rng.offset++) * 4096);
+            ((int64_t *)bt_data(tgt))[k] =
+                (int64_t)(bt_rng_uniform_at(rng.seed, rng.offset++) * 4096);
         }
         dp_zero_grad(d);
         bt_tensor *loss = model_forward(m, idx, tgt, NULL);
@@ -116,12 +131,15 @@ int main(int argc, char **argv) {
         for (int64_t off = 0; off < total; off += per_bucket) {
             int64_t n = total - off < per_bucket ? total - off : per_bucket;
             bt_tensor *part = bt_narrow(buf, 0, off, n);
-            bt_tensor *out = zero ? bt_empty(BT_SHAPE((n + size - 1) / size), BT_F32, bt_cpu()) : NULL;
+            bt_tensor *out =
+                zero ? bt_empty(BT_SHAPE((n + size - 1) / size), BT_F32, bt_cpu()) : NULL;
             int64_t *counts = calloc((size_t)size, sizeof *counts);
             for (int r = 0; r < size; r++)
                 counts[r] = n / size + (r < n % size);
-            bt_status st = zero ? comm_reduce_scatter_v(world, part, bt_narrow(out, 0, 0, counts[rank]), counts, COMM_AVG)
-                                : comm_allreduce(world, part, COMM_AVG);
+            bt_status st =
+                zero ? comm_reduce_scatter_v(world, part, bt_narrow(out, 0, 0, counts[rank]),
+                                             counts, COMM_AVG)
+                     : comm_allreduce(world, part, COMM_AVG);
             free(counts);
             if (st != BT_OK) return die("blocking");
         }
@@ -148,8 +166,8 @@ int main(int argc, char **argv) {
                (long long)model_num_parameters(m), zero, (long long)dp_stats(d)->buckets,
                bucket_mb);
         printf("bytes_reduced_per_step=%lld\n", (long long)bytes);
-        printf("backward_ms=%.2f exposed_after_backward_ms=%.2f blocking_reduce_ms=%.2f\n", 1e3 * mb,
-               1e3 * mw, 1e3 * mbl);
+        printf("backward_ms=%.2f exposed_after_backward_ms=%.2f blocking_reduce_ms=%.2f\n",
+               1e3 * mb, 1e3 * mw, 1e3 * mbl);
         printf("hidden_fraction=%.3f\n", hidden);
         printf("optimizer_state_bytes_per_rank=%.0f (largest rank)\n", max_opt);
     }

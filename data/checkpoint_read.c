@@ -109,8 +109,8 @@ static char *read_string(struct ckpt_file *f, hid_t obj, const char *where, cons
     hid_t item = -1, type = -1, space = -1;
     char *text = NULL, *copy = NULL;
     htri_t exists;
-    H5_CHECK(f->label, exists = as_dataset ? H5Lexists(obj, name, H5P_DEFAULT)
-                                           : H5Aexists(obj, name));
+    H5_CHECK(f->label,
+             exists = as_dataset ? H5Lexists(obj, name, H5P_DEFAULT) : H5Aexists(obj, name));
     if (!exists) {
         bt_error("%s: %s %s%s not found", f->label, as_dataset ? "dataset" : "attribute", where,
                  name);
@@ -157,9 +157,8 @@ static char *read_string(struct ckpt_file *f, hid_t obj, const char *where, cons
             goto fail;
         }
         hid_t stored = H5Aget_type(item);
-        htri_t variable = stored >= 0 && H5Tget_class(stored) == H5T_STRING
-                              ? H5Tis_variable_str(stored)
-                              : -1;
+        htri_t variable =
+            stored >= 0 && H5Tget_class(stored) == H5T_STRING ? H5Tis_variable_str(stored) : -1;
         if (stored >= 0) H5Tclose(stored);
         H5Eclear2(H5E_DEFAULT);
         if (variable <= 0) {
@@ -275,8 +274,7 @@ static bt_status add_tensor(struct ckpt_file *f, hid_t obj, const char *name, co
     int ndim;
     hsize_t dims[H5S_MAX_RANK];
     H5_CHECK(f->label, H5Oget_info_by_name2(obj, name, &oinfo, H5O_INFO_BASIC, H5P_DEFAULT));
-    if (oinfo.type != H5O_TYPE_DATASET)
-        return bt_error("%s: %s is not a dataset", f->label, full);
+    if (oinfo.type != H5O_TYPE_DATASET) return bt_error("%s: %s is not a dataset", f->label, full);
     if (f->n_tensors == f->cap_tensors) {
         int64_t cap = f->cap_tensors ? 2 * f->cap_tensors : 64;
         struct tensor_entry *grown = realloc(f->tensors, (size_t)cap * sizeof *grown);
@@ -295,8 +293,8 @@ static bt_status add_tensor(struct ckpt_file *f, hid_t obj, const char *name, co
     else if (cls == H5T_INTEGER && bytes == 8 && H5Tget_sign(type) == H5T_SGN_2)
         e->info.dtype = BT_I64;
     else {
-        bt_error("%s: %s has dtype %s (checkpoints hold float32 and int64 tensors)", f->label,
-                 full, dtype_words(type, words, sizeof words));
+        bt_error("%s: %s has dtype %s (checkpoints hold float32 and int64 tensors)", f->label, full,
+                 dtype_words(type, words, sizeof words));
         goto fail;
     }
     H5_CHECK(f->label, space = H5Dget_space(dset));
@@ -338,7 +336,7 @@ static char *link_name(struct ckpt_file *f, hid_t obj, hsize_t i) {
     ssize_t len;
     char *name = NULL;
     H5_CHECK(f->label, len = H5Lget_name_by_idx(obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, NULL, 0,
-                                                 H5P_DEFAULT));
+                                                H5P_DEFAULT));
     if (!(name = malloc((size_t)len + 1))) {
         bt_error("%s: out of memory listing tensors", f->label);
         return NULL;
@@ -516,8 +514,8 @@ const struct ckpt_tensor_info *ckpt_tensor(const struct ckpt_file *f, int64_t i)
 static const char *shape_words(int ndim, const int64_t *shape, char *buf, size_t size) {
     size_t used = (size_t)snprintf(buf, size, "(");
     for (int d = 0; d < ndim && used < size; d++)
-        used += (size_t)snprintf(buf + used, size - used, "%s%lld", d ? "," : "",
-                                 (long long)shape[d]);
+        used +=
+            (size_t)snprintf(buf + used, size - used, "%s%lld", d ? "," : "", (long long)shape[d]);
     if (used < size) snprintf(buf + used, size - used, ")");
     return buf;
 }
@@ -637,7 +635,8 @@ static bool is_optim_state(const char *rest, const void *ctx) {
     if (!known_state) return false;
     for (int64_t i = 0; i < optim_num_params(opt); i++) {
         const char *name = optim_param_name(opt, i);
-        if (strlen(name) == (size_t)(slash - rest) && strncmp(name, rest, (size_t)(slash - rest)) == 0)
+        if (strlen(name) == (size_t)(slash - rest) &&
+            strncmp(name, rest, (size_t)(slash - rest)) == 0)
             return true;
     }
     return false;
@@ -661,7 +660,8 @@ static bool is_params_state(const char *rest, const void *ctx) {
         known_state = strcmp(states[s], slash + 1) == 0;
     for (int64_t p = 0; known_state && p < sp->params->count; p++) {
         const char *name = sp->params->names[p];
-        if (strlen(name) == (size_t)(slash - rest) && strncmp(name, rest, (size_t)(slash - rest)) == 0)
+        if (strlen(name) == (size_t)(slash - rest) &&
+            strncmp(name, rest, (size_t)(slash - rest)) == 0)
             return true;
     }
     return false;
@@ -698,8 +698,7 @@ static bt_status read_rows_into(struct ckpt_file *f, int64_t i, bt_tensor *dest,
     bt_tensor *whole = ckpt_read_tensor(f, i);
     if (!whole) return BT_ERR;
     size_t row_bytes = bt_nbytes(whole) / (size_t)(whole->shape[0] ? whole->shape[0] : 1);
-    memcpy(bt_data(dest), (const char *)bt_data(whole) + (size_t)row0 * row_bytes,
-           bt_nbytes(dest));
+    memcpy(bt_data(dest), (const char *)bt_data(whole) + (size_t)row0 * row_bytes, bt_nbytes(dest));
     bt_tensor_free(whole);
     return BT_OK;
 }
@@ -731,16 +730,15 @@ bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
             if (!(dest[k] = optim_state(opt, i, states[s]))) goto done;
             /* a scalar state (AdamW's step) and unsharded state are read whole */
             row0[k] = opt_row0 && dest[k]->ndim > 0 ? opt_row0[i] : -1;
-            index[k] = row0[k] < 0 ? expect_tensor(f, full, dest[k])
-                                   : expect_rows(f, full, dest[k], param_named(params, pname),
-                                                 row0[k]);
+            index[k] = row0[k] < 0
+                           ? expect_tensor(f, full, dest[k])
+                           : expect_rows(f, full, dest[k], param_named(params, pname), row0[k]);
             if (index[k] < 0) goto done;
         }
     struct state_of_params sp = {params, opt};
     if (opt_row0 ? check_no_extra(f, "/optimizer/", "state of a parameter of this model",
                                   is_params_state, &sp)
-                 : check_no_extra(f, "/optimizer/", "state of this optimizer", is_optim_state,
-                                  opt))
+                 : check_no_extra(f, "/optimizer/", "state of this optimizer", is_optim_state, opt))
         goto done;
     for (k = 0; k < n; k++)
         if ((row0[k] < 0 ? read_into(f, index[k], dest[k])

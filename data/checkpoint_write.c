@@ -11,11 +11,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "comm/mpi.h"
+#include "comm/shard.h"
 #include "data/checkpoint.h"
 #include "data/checkpoint_internal.h"
 #include "data/h5util.h"
-#include "comm/mpi.h"
-#include "comm/shard.h"
 
 #define PATH_MAX_LEN 4096
 
@@ -137,14 +137,14 @@ static bt_status write_rows(struct writer *w, hid_t obj, const char *path, const
         if (ndim > 0) {
             start[0] = (hsize_t)row0;
             count[0] = (hsize_t)rows;
-            H5_CHECK(w->label, H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count,
-                                                   NULL));
+            H5_CHECK(w->label,
+                     H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL));
             H5_CHECK(w->label, mspace = H5Screate_simple(ndim, count, NULL));
         } else {
             H5_CHECK(w->label, mspace = H5Screate(H5S_SCALAR));
         }
-        if (H5Dwrite(dset, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT64, mspace, fspace,
-                     H5P_DEFAULT, data) < 0)
+        if (H5Dwrite(dset, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT64, mspace, fspace, H5P_DEFAULT,
+                     data) < 0)
             data_write_failed(w, path);
         H5_CHECK(w->label, H5Sclose(mspace));
         mspace = -1;
@@ -204,8 +204,8 @@ static bt_status write_checksums(struct writer *w) {
         uint32_t value = (uint32_t)crc;
         H5_CHECK(w->label, dset = H5Dopen2(w->file, w->paths[i], H5P_DEFAULT));
         H5_CHECK(w->label, space = H5Screate(H5S_SCALAR));
-        H5_CHECK(w->label, attr = H5Acreate2(dset, CKPT_CRC_ATTR, H5T_STD_U32LE, space,
-                                             H5P_DEFAULT, H5P_DEFAULT));
+        H5_CHECK(w->label, attr = H5Acreate2(dset, CKPT_CRC_ATTR, H5T_STD_U32LE, space, H5P_DEFAULT,
+                                             H5P_DEFAULT));
         H5_CHECK(w->label, H5Awrite(attr, H5T_NATIVE_UINT32, &value));
         H5_CHECK(w->label, H5Aclose(attr));
         H5_CHECK(w->label, H5Sclose(space));
@@ -294,8 +294,7 @@ fail:
 static bt_status write_model(struct writer *w, const struct nn_param_list *params) {
     hid_t model = -1;
     char path[CKPT_LABEL_MAX];
-    H5_CHECK(w->label, model = H5Gcreate2(w->file, "model", H5P_DEFAULT, H5P_DEFAULT,
-                                          H5P_DEFAULT));
+    H5_CHECK(w->label, model = H5Gcreate2(w->file, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     for (int64_t i = 0; i < params->count; i++) {
         snprintf(path, sizeof path, "/model/%s", params->names[i]);
         if (write_replicated(w, model, path, params->names[i], params->tensors[i]) != BT_OK)
@@ -348,8 +347,8 @@ static bt_status write_optimizer(struct writer *w, const struct nn_param_list *p
     char path[CKPT_LABEL_MAX];
     int n_states = opt ? optim_state_names(opt, &states) : 0;
     const char *name = !opt ? "" : optim_get_config(opt)->kind == OPTIM_ADAMW ? "adamw" : "sgd";
-    H5_CHECK(w->label, group = H5Gcreate2(w->file, "optimizer", H5P_DEFAULT, H5P_DEFAULT,
-                                          H5P_DEFAULT));
+    H5_CHECK(w->label,
+             group = H5Gcreate2(w->file, "optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     if (write_string(w->label, group, "name", name, false, w->rank) != BT_OK ||
         write_i64(w->label, group, "step_count", opt ? optim_step_count(opt) : 0) != BT_OK)
         goto fail;
@@ -490,8 +489,8 @@ static bt_status precheck(const struct nn_param_list *params, const struct optim
         const bt_tensor *t = params->tensors[i];
         if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t) ||
             (t->dtype != BT_F32 && t->dtype != BT_I64))
-            return bt_error("%s: /model/%s must be a contiguous float32 or int64 CPU tensor",
-                            label, params->names[i]);
+            return bt_error("%s: /model/%s must be a contiguous float32 or int64 CPU tensor", label,
+                            params->names[i]);
     }
     const char *const *states = NULL;
     int n_states = opt ? optim_state_names(opt, &states) : 0;
@@ -613,8 +612,8 @@ bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
                            const struct optim *opt, const struct ckpt_meta *meta, int64_t keep,
                            const struct ckpt_layout *layout) {
     char name[64], tmp[PATH_MAX_LEN], final[PATH_MAX_LEN];
-    struct comm *group = layout && layout->group && comm_size(layout->group) > 1 ? layout->group
-                                                                                 : NULL;
+    struct comm *group =
+        layout && layout->group && comm_size(layout->group) > 1 ? layout->group : NULL;
     bool leader = !group || comm_rank(group) == 0;
     if (meta->step < 0) return bt_error("checkpoint: step %lld is negative", (long long)meta->step);
     snprintf(name, sizeof name, "step_%08lld.h5", (long long)meta->step);

@@ -29,9 +29,10 @@ bt_status job_resolve_vocab_size(struct braid_config *cfg) {
 
 bt_status job_check_supported(const struct braid_config *cfg) {
     if (cfg->parallel.tp > 1 || cfg->parallel.pp > 1)
-        return bt_error("parallel.tp=%lld, parallel.pp=%lld: tensor and pipeline parallelism are not "
-                        "built yet (data parallelism is: use parallel.dp)",
-                        (long long)cfg->parallel.tp, (long long)cfg->parallel.pp);
+        return bt_error(
+            "parallel.tp=%lld, parallel.pp=%lld: tensor and pipeline parallelism are not "
+            "built yet (data parallelism is: use parallel.dp)",
+            (long long)cfg->parallel.tp, (long long)cfg->parallel.pp);
     if (strcmp(cfg->train.device, "cpu") != 0)
         return bt_error("train.device=%s: braid was built without the CUDA backend (use cpu)",
                         cfg->train.device);
@@ -39,7 +40,6 @@ bt_status job_check_supported(const struct braid_config *cfg) {
         return bt_error("train.dtype=%s: CPU training runs in float32", cfg->train.dtype);
     return BT_OK;
 }
-
 
 struct model_config job_model_config(const struct cfg_model *m) {
     struct model_config mc = {

@@ -87,46 +87,17 @@ static int set_option(struct prep_options *o, const char *name, const char *valu
     return 0;
 }
 
-static int is_option(const char *name) {
-    static const char *const names[] = {"tokenizer", "input", "out", "val-fraction",
-                                        "shard-tokens"};
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-        if (!strcmp(name, names[k])) return 1;
-    return 0;
+static int set_option_of(void *o, const char *name, const char *value) {
+    return set_option(o, name, value);
 }
 
 /* Parses argv (argv[0] = "prep"); returns -1 to go on, else the exit status (0 after --help). */
 static int parse_args(int argc, char **argv, struct prep_options *o) {
     *o = (struct prep_options){.val_fraction = 0.1, .shard_tokens = DEFAULT_SHARD_TOKENS};
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            print_help(stdout);
-            return 0;
-        }
-        if (strncmp(arg, "--", 2) != 0) {
-            cli_error("prep: unexpected argument '%s' (see braid prep --help)", arg);
-            return 2;
-        }
-        char name[32];
-        const char *eq = strchr(arg, '='), *value;
-        size_t name_len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-        snprintf(name, sizeof name, "%.*s", (int)name_len, arg + 2);
-        if (name_len >= sizeof name || !is_option(name)) {
-            cli_error("prep: unknown option '%.*s' (see braid prep --help)", (int)name_len + 2,
-                      arg);
-            return 2;
-        }
-        if (eq)
-            value = eq + 1;
-        else if (i + 1 < argc)
-            value = argv[++i];
-        else {
-            cli_error("prep: --%s needs a value (see braid prep --help)", name);
-            return 2;
-        }
-        if (set_option(o, name, value) != 0) return 2;
-    }
+    static const char *const names[] = {"tokenizer",    "input",        "out",
+                                        "val-fraction", "shard-tokens", NULL};
+    int status = cli_parse_options(argc, argv, "prep", names, set_option_of, o, print_help);
+    if (status >= 0) return status;
     const char *missing = !o->tokenizer ? "--tokenizer byte|char|gpt2"
                           : !o->input   ? "--input TEXT"
                           : !o->out     ? "--out DIR"

@@ -11,10 +11,10 @@
 /* Keys whose change would make the checkpoint's state meaningless for this run: the model's
  * shapes, what the optimizer state is, and what the data position counts. */
 static const char *const fixed_keys[] = {
-    "model.arch",       "model.vocab_size", "model.block_size",     "model.n_layer",
-    "model.n_head",     "model.n_kv_head",  "model.n_embd",         "model.ffn_hidden",
-    "model.bias",       "model.tie_embeddings", "optimizer.name",   "train.seed",
-    "train.seq_len",    "data.shuffle",
+    "model.arch",    "model.vocab_size",     "model.block_size", "model.n_layer",
+    "model.n_head",  "model.n_kv_head",      "model.n_embd",     "model.ffn_hidden",
+    "model.bias",    "model.tie_embeddings", "optimizer.name",   "train.seed",
+    "train.seq_len", "data.shuffle",
 };
 
 /* Keys that differ between runs by nature, never reported. */

@@ -115,12 +115,8 @@ static int set_option(struct sample_options *o, const char *name, const char *va
     return 0;
 }
 
-static bool is_option(const char *name) {
-    static const char *const names[] = {"checkpoint",  "prompt", "tokens",
-                                        "temperature", "top-k",  "seed"};
-    for (size_t k = 0; k < sizeof names / sizeof names[0]; k++)
-        if (!strcmp(name, names[k])) return true;
-    return false;
+static int set_option_of(void *o, const char *name, const char *value) {
+    return set_option(o, name, value);
 }
 
 /* Parses argv (argv[0] = "sample"); returns -1 to go on, else the exit status (0 after --help). */
@@ -129,35 +125,10 @@ static int parse_args(int argc, char **argv, struct sample_options *o) {
                                  .tokens = DEFAULT_TOKENS,
                                  .temperature = DEFAULT_TEMPERATURE,
                                  .seed = DEFAULT_SEED};
-    for (int i = 1; i < argc; i++) {
-        const char *arg = argv[i];
-        if (!strcmp(arg, "-h") || !strcmp(arg, "--help")) {
-            print_help(stdout);
-            return 0;
-        }
-        if (strncmp(arg, "--", 2) != 0) {
-            cli_error("sample: unexpected argument '%s' (see braid sample --help)", arg);
-            return 2;
-        }
-        char name[32];
-        const char *eq = strchr(arg, '='), *value;
-        size_t name_len = eq ? (size_t)(eq - arg - 2) : strlen(arg + 2);
-        snprintf(name, sizeof name, "%.*s", (int)name_len, arg + 2);
-        if (name_len >= sizeof name || !is_option(name)) {
-            cli_error("sample: unknown option '%.*s' (see braid sample --help)", (int)name_len + 2,
-                      arg);
-            return 2;
-        }
-        if (eq)
-            value = eq + 1;
-        else if (i + 1 < argc)
-            value = argv[++i];
-        else {
-            cli_error("sample: --%s needs a value (see braid sample --help)", name);
-            return 2;
-        }
-        if (set_option(o, name, value) != 0) return 2;
-    }
+    static const char *const names[] = {"checkpoint", "prompt", "tokens", "temperature",
+                                        "top-k",      "seed",   NULL};
+    int status = cli_parse_options(argc, argv, "sample", names, set_option_of, o, print_help);
+    if (status >= 0) return status;
     if (!o->checkpoint) {
         cli_error("sample: missing --checkpoint PATH|DIR (see braid sample --help)");
         return 2;

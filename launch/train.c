@@ -277,8 +277,10 @@ static bt_status evaluate(struct run *r, double *val_loss) {
         bt_tensor *x, *y;
         status = data_loader_batch(r->val_data, k * t->batch_size, t->batch_size, &x, &y);
         bt_tensor *loss = status == BT_OK ? model_forward(r->model, x, y, NULL) : NULL;
-        if (!loss) status = BT_ERR;
-        else sum += bt_item(loss);
+        if (!loss)
+            status = BT_ERR;
+        else
+            sum += bt_item(loss);
         bt_step_end();
     }
     model_train(r->model, true);
@@ -377,7 +379,8 @@ static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
                                  .opt_row0 = r->dp ? dp_optim_row0(r->dp) : NULL};
     if (ckpt_save_layout(cfg->checkpoint.dir, &r->params, r->opt, &meta, cfg->checkpoint.keep,
                          &layout) != BT_OK) {
-        error_everywhere = true; /* every rank agreed on the failure; the one that failed says why */
+        error_everywhere =
+            true; /* every rank agreed on the failure; the one that failed says why */
         return BT_ERR;
     }
     printf("saved %s/step_%08lld.h5\n", cfg->checkpoint.dir, (long long)steps_done);
@@ -425,8 +428,8 @@ static bt_status train_loop(struct run *r) {
                             eta, sizeof eta);
             printf("step %lld/%lld | loss %.4f", (long long)done, (long long)t->max_steps, loss);
             if (row.has_val) printf(" | val %.4f", row.val_loss);
-            printf(" | lr %.2e | norm %.3f | %.0f tok/s | mfu %.1f%% | %.1f s | eta %s\n", lr,
-                   norm, row.tokens_per_s, 100.0 * row.mfu, row.elapsed_s, eta);
+            printf(" | lr %.2e | norm %.3f | %.0f tok/s | mfu %.1f%% | %.1f s | eta %s\n", lr, norm,
+                   row.tokens_per_s, 100.0 * row.mfu, row.elapsed_s, eta);
             fflush(stdout);
             window_start = now;
             window_steps = 0;
@@ -477,8 +480,7 @@ static bt_status setup_all(struct run *r) {
     bt_status st = setup(r);
     report_agreed(r->grid.world_group, st != BT_OK);
     double ok = st == BT_OK ? 1.0 : 0.0;
-    if (r->grid.world > 1 &&
-        comm_allreduce_doubles(r->grid.world_group, &ok, 1, COMM_MIN) != BT_OK)
+    if (r->grid.world > 1 && comm_allreduce_doubles(r->grid.world_group, &ok, 1, COMM_MIN) != BT_OK)
         ok = 0.0;
     return ok == 1.0 ? BT_OK : BT_ERR;
 }

@@ -23,12 +23,12 @@ struct dp_param {
 
 /* Consecutive parameters (in reverse order) reduced together. */
 struct bucket {
-    int first, count;     /* indices into dp->order */
+    int first, count; /* indices into dp->order */
     int n_ready;
     bool started;
-    bt_tensor *buffer;    /* packed gradients (persistent float32) */
-    bt_tensor *received;  /* ZeRO-1: this rank's rows of each member, averaged */
-    int64_t *counts;      /* ZeRO-1: elements each rank receives */
+    bt_tensor *buffer;   /* packed gradients (persistent float32) */
+    bt_tensor *received; /* ZeRO-1: this rank's rows of each member, averaged */
+    int64_t *counts;     /* ZeRO-1: elements each rank receives */
     struct comm_request *request;
 };
 
@@ -45,7 +45,8 @@ struct dp {
     int64_t *optim_row0;
     int64_t **gather_counts; /* ZeRO-1: per parameter, elements each rank contributes */
     bool armed;
-    char start_error[512]; /* why a bucket failed to start inside the backward, kept for dp_finish */
+    char
+        start_error[512]; /* why a bucket failed to start inside the backward, kept for dp_finish */
     struct dp_stats stats;
 };
 
@@ -126,7 +127,8 @@ static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
     d->optim_row0 = calloc((size_t)d->n, sizeof *d->optim_row0);
     d->gather_counts = calloc((size_t)d->n, sizeof *d->gather_counts);
     /* where each parameter's rows sit in its bucket's received buffer: members in bucket order */
-    int64_t *at = calloc((size_t)d->n, sizeof *at), *fill = calloc((size_t)d->n_buckets, sizeof *fill);
+    int64_t *at = calloc((size_t)d->n, sizeof *at),
+            *fill = calloc((size_t)d->n_buckets, sizeof *fill);
     bt_status st = BT_ERR;
     if (!list->names || !list->tensors || !d->optim_row0 || !d->gather_counts || !at || !fill) {
         bt_error("data parallel: out of memory");
@@ -157,9 +159,9 @@ static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
             shape[dim] = p->t->shape[dim];
         if (p->t->ndim > 0) shape[0] = (hi - lo) / p->row_elems;
         bt_tensor *shard = bt_tensor_alias(p->t, lo, p->t->ndim, shape);
-        bt_tensor *grad = shard ? bt_tensor_alias(d->buckets[p->bucket].received, at[i],
-                                                  p->t->ndim, shape)
-                                : NULL;
+        bt_tensor *grad =
+            shard ? bt_tensor_alias(d->buckets[p->bucket].received, at[i], p->t->ndim, shape)
+                  : NULL;
         if (!grad) {
             bt_tensor_free(shard);
             goto done;
@@ -228,8 +230,8 @@ struct dp *dp_create(struct comm *group, const struct nn_param_list *params,
         p->row_elems = p->rows ? p->numel / p->rows : 0;
         d->order[i] = d->n - 1 - i;
     }
-    int64_t bucket_bytes = options && options->bucket_bytes > 0 ? options->bucket_bytes
-                                                                : DEFAULT_BUCKET_BYTES;
+    int64_t bucket_bytes =
+        options && options->bucket_bytes > 0 ? options->bucket_bytes : DEFAULT_BUCKET_BYTES;
     if (make_buckets(d, bucket_bytes) != BT_OK) goto fail;
     if ((d->zero1 ? make_shards(d, params) : copy_list(&d->optim_params, params)) != BT_OK)
         goto fail;
@@ -307,9 +309,9 @@ static void pack(struct dp *d, struct bucket *b) {
 static bt_status start(struct dp *d, struct bucket *b) {
     pack(d, b);
     b->started = true;
-    b->request = d->zero1 ? comm_ireduce_scatter_v(d->group, b->buffer, b->received, b->counts,
-                                                   COMM_AVG)
-                          : comm_iallreduce(d->group, b->buffer, COMM_AVG);
+    b->request = d->zero1
+                     ? comm_ireduce_scatter_v(d->group, b->buffer, b->received, b->counts, COMM_AVG)
+                     : comm_iallreduce(d->group, b->buffer, COMM_AVG);
     d->stats.bytes_reduced += (int64_t)bt_nbytes(b->buffer);
     if (b->request) return BT_OK;
     if (!d->start_error[0]) snprintf(d->start_error, sizeof d->start_error, "%s", bt_last_error());

@@ -5,9 +5,9 @@
  * reverse order, the order their gradients become final.
  *
  * ZeRO-1 (`zero1`): each rank keeps optimizer state only for its shard of every parameter — rows
- * [lo, hi) by comm_rows_of (comm/shard.h), ceil(rows / dp) each — so optimizer memory is 1/dp. Buckets are then
- * reduce-scattered (each rank receives the averaged gradient of its rows only), the optimizer
- * updates the shards, and the parameters are all-gathered back whole.
+ * [lo, hi) by comm_rows_of (comm/shard.h), ceil(rows / dp) each — so optimizer memory is 1/dp.
+ * Buckets are then reduce-scattered (each rank receives the averaged gradient of its rows only),
+ * the optimizer updates the shards, and the parameters are all-gathered back whole.
  *
  * A step: zero the gradients, run the micro-batches, calling dp_arm() before the backward of the
  * last one (with gradient accumulation only the last reduces), then dp_finish(), the clip, the
