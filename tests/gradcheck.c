@@ -1,11 +1,14 @@
 /* Finite-difference gradient checking for the Check suites (see gradcheck.h). */
 #define _XOPEN_SOURCE 700 /* nftw */
 #include "tests/gradcheck.h"
+#include "tests/mpi_test.h"
 
 #include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+#include "comm/comm.h"
 
 void test_tmpdir_make(char *dir, size_t size, const char *tag) {
     snprintf(dir, size, "/tmp/braid_%s_XXXXXX", tag);
@@ -106,4 +109,40 @@ void gradcheck(const char *name, gradcheck_fn fn, bt_tensor **inputs, int n_inpu
                double atol, double rtol) {
     double worst = gradcheck_error(name, fn, inputs, n_inputs, ctx, atol, rtol);
     ck_assert_msg(worst <= 1.0, "%s", worst_at);
+}
+
+/* ---- suites that also run under mpirun (tests/mpi_test.h) ---- */
+
+static const char *mpi_test_running;
+
+void mpi_test_enter(const char *name) {
+    if (mpi_test_running && comm_is_distributed()) {
+        fprintf(stderr, "rank %d: %s failed; aborting the job so that no rank waits for it\n",
+                comm_rank(comm_world()), mpi_test_running);
+        comm_abort(1);
+    }
+    mpi_test_running = name;
+}
+
+void mpi_test_leave(void) {
+    mpi_test_running = NULL;
+}
+
+int mpi_test_run(Suite *suite) {
+    SRunner *runner = srunner_create(suite);
+    if (comm_is_distributed()) {
+        srunner_set_fork_status(runner, CK_NOFORK); /* fork and MPI clash */
+        srunner_set_tap(runner, "-");               /* each result as soon as its test ends */
+    }
+    srunner_run_all(runner, CK_NORMAL);
+    int failed = srunner_ntests_failed(runner);
+    srunner_free(runner);
+    if (failed > 0 && comm_is_distributed()) {
+        fprintf(stderr, "rank %d: %d test(s) failed; aborting the job so that no rank waits\n",
+                comm_rank(comm_world()), failed);
+        comm_abort(1);
+    }
+    comm_finalize();
+    bt_runtime_shutdown();
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

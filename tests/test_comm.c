@@ -13,32 +13,7 @@
 #include "comm/comm.h"
 #include "comm/mpi.h"
 #include "tests/gradcheck.h"
-
-/* ---- one failing rank must not leave the others waiting ----
- * Under MPI the suite runs without fork, and a failed assertion ends only this rank's test: the
- * other ranks may be waiting in one of its collectives. So each test notes its name while it
- * runs; a rank that starts a test while the previous one is still noted (it failed) aborts the
- * job, after Check has printed the failure. main() does the same after the last test. */
-static const char *test_running;
-
-static void test_guard_enter(const char *name) {
-    if (test_running && comm_is_distributed()) {
-        fprintf(stderr, "rank %d: %s failed; aborting the job so that no rank waits for it\n",
-                comm_rank(comm_world()), test_running);
-        comm_abort(1);
-    }
-    test_running = name;
-}
-
-#define COMM_TEST(name)                                                                            \
-    static void name##_body(void);                                                                 \
-    START_TEST(name) {                                                                             \
-        test_guard_enter(#name);                                                                   \
-        name##_body();                                                                             \
-        test_running = NULL;                                                                       \
-    }                                                                                              \
-    END_TEST                                                                                       \
-    static void name##_body(void)
+#include "tests/mpi_test.h"
 
 /* ---- what each rank contributes, and what the group should compute from it ---- */
 
@@ -126,7 +101,7 @@ static void uneven_counts(int size, int64_t *counts, int64_t *offsets, int64_t *
 
 /* ---- the process and the world ---- */
 
-COMM_TEST(test_world) {
+MPI_TEST(test_world) {
     struct comm *w = world();
     ck_assert_ptr_nonnull(w);
     ck_assert_str_eq(comm_name(w), "world");
@@ -156,7 +131,7 @@ COMM_TEST(test_world) {
 
 /* ---- allreduce ---- */
 
-COMM_TEST(test_allreduce_f32) {
+MPI_TEST(test_allreduce_f32) {
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
         for (int o = 0; o < 4; o++) {
             bt_tensor *t = bt_empty(BT_SHAPE(sizes[k]), BT_F32, bt_cpu());
@@ -168,7 +143,7 @@ COMM_TEST(test_allreduce_f32) {
         }
 }
 
-COMM_TEST(test_allreduce_int) {
+MPI_TEST(test_allreduce_int) {
     const comm_op ops[] = {COMM_SUM, COMM_MAX, COMM_MIN};
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++)
         for (int o = 0; o < 3; o++) {
@@ -196,7 +171,7 @@ COMM_TEST(test_allreduce_int) {
         }
 }
 
-COMM_TEST(test_allreduce_bool) {
+MPI_TEST(test_allreduce_bool) {
     const int64_t n = 7;
     for (int o = 0; o < 2; o++) {
         comm_op op = o == 0 ? COMM_MAX : COMM_MIN;
@@ -218,7 +193,7 @@ COMM_TEST(test_allreduce_bool) {
     assert_error("allreduce", "bool tensors reduce with COMM_MAX or COMM_MIN only, got COMM_SUM");
 }
 
-COMM_TEST(test_allreduce_nonblocking) {
+MPI_TEST(test_allreduce_nonblocking) {
     /* four operations in flight at once, completed by progress, test and wait in mixed order */
     bt_tensor *t[4];
     struct comm_request *r[4];
@@ -241,7 +216,7 @@ COMM_TEST(test_allreduce_nonblocking) {
                          t[k]->dtype, "iallreduce", i);
 }
 
-COMM_TEST(test_allreduce_noncontiguous) {
+MPI_TEST(test_allreduce_noncontiguous) {
     /* a transposed view: (7, 13) over a (13, 7) buffer */
     for (int o = 0; o < 4; o++) {
         bt_tensor *base = bt_empty(BT_SHAPE(13, 7), BT_F32, bt_cpu());
@@ -277,7 +252,7 @@ static void check_reduce_scatter_block(const bt_tensor *out, comm_op op, double 
                      out->dtype, what, j);
 }
 
-COMM_TEST(test_reduce_scatter) {
+MPI_TEST(test_reduce_scatter) {
     int size = world_size();
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         int64_t n = sizes[k];
@@ -298,7 +273,7 @@ COMM_TEST(test_reduce_scatter) {
     }
 }
 
-COMM_TEST(test_reduce_scatter_noncontiguous) {
+MPI_TEST(test_reduce_scatter_noncontiguous) {
     /* in: (size, 7) as the transpose of a (7, size) buffer; out: column 1 of a (7, 3) buffer */
     int size = world_size();
     bt_tensor *in = bt_transpose(bt_empty(BT_SHAPE(7, size), BT_F32, bt_cpu()), 0, 1);
@@ -312,7 +287,7 @@ COMM_TEST(test_reduce_scatter_noncontiguous) {
         if (i % 3 != 1) assert_value(bt_get(out_base, i), -7.0, BT_F32, "outside", i);
 }
 
-COMM_TEST(test_reduce_scatter_v) {
+MPI_TEST(test_reduce_scatter_v) {
     int size = world_size(), rank = my_rank();
     int64_t counts[MAX_RANKS], offsets[MAX_RANKS], total;
     uneven_counts(size, counts, offsets, &total);
@@ -350,7 +325,7 @@ static void check_gathered(const bt_tensor *out, int64_t n, double (*f)(int, int
             assert_value(bt_get(out, r * n + j), f(r, j), out->dtype, what, r * n + j);
 }
 
-COMM_TEST(test_allgather) {
+MPI_TEST(test_allgather) {
     int size = world_size();
     for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
         int64_t n = sizes[k];
@@ -376,7 +351,7 @@ COMM_TEST(test_allgather) {
     }
 }
 
-COMM_TEST(test_allgather_noncontiguous) {
+MPI_TEST(test_allgather_noncontiguous) {
     /* in: (7, 3) as the transpose of (3, 7); out: (size, 21) as the transpose of (21, size) */
     int size = world_size();
     bt_tensor *in = bt_transpose(bt_empty(BT_SHAPE(3, 7), BT_F32, bt_cpu()), 0, 1);
@@ -387,7 +362,7 @@ COMM_TEST(test_allgather_noncontiguous) {
     check_gathered(out, 21, fval, "allgather of views");
 }
 
-COMM_TEST(test_allgather_v) {
+MPI_TEST(test_allgather_v) {
     int size = world_size(), rank = my_rank();
     int64_t counts[MAX_RANKS], offsets[MAX_RANKS], total;
     uneven_counts(size, counts, offsets, &total);
@@ -409,7 +384,7 @@ COMM_TEST(test_allgather_v) {
 
 /* ---- broadcast ---- */
 
-COMM_TEST(test_broadcast) {
+MPI_TEST(test_broadcast) {
     int size = world_size();
     for (int root = 0; root < size; root++) {
         bt_tensor *t = bt_full(BT_SHAPE(1001), -1.0, BT_F32, bt_cpu());
@@ -437,7 +412,7 @@ COMM_TEST(test_broadcast) {
 
 /* ---- send and recv ---- */
 
-COMM_TEST(test_send_recv_ring) {
+MPI_TEST(test_send_recv_ring) {
     int size = world_size(), rank = my_rank();
     bt_tensor *out = bt_empty(BT_SHAPE(1001), BT_F32, bt_cpu());
     bt_tensor *in = bt_full(BT_SHAPE(1001), -1.0, BT_F32, bt_cpu());
@@ -489,7 +464,7 @@ COMM_TEST(test_send_recv_ring) {
     ck_assert_double_eq(bt_get(got_b, 2), 2.0);
 }
 
-COMM_TEST(test_recv_size_mismatch) {
+MPI_TEST(test_recv_size_mismatch) {
     if (world_size() < 2) return; /* needs a peer */
     int rank = my_rank();
     if (rank == 0) {
@@ -507,7 +482,7 @@ COMM_TEST(test_recv_size_mismatch) {
 
 /* ---- barrier, test, progress ---- */
 
-COMM_TEST(test_barrier_and_test) {
+MPI_TEST(test_barrier_and_test) {
     assert_ok(comm_barrier(world()), "barrier");
     struct comm_request *b = started(comm_ibarrier(world()), "ibarrier");
     bt_tensor *t = bt_empty(BT_SHAPE(7), BT_F32, bt_cpu());
@@ -533,7 +508,7 @@ COMM_TEST(test_barrier_and_test) {
 
 /* ---- groups ---- */
 
-COMM_TEST(test_split_even_odd) {
+MPI_TEST(test_split_even_odd) {
     int size = world_size(), rank = my_rank(), parity = rank % 2;
     /* key = size - rank: the group orders its ranks by descending world rank */
     struct comm *g = comm_split(world(), parity, size - rank, parity ? "odd" : "even");
@@ -574,7 +549,7 @@ COMM_TEST(test_split_even_odd) {
 
 /* ---- scalars ---- */
 
-COMM_TEST(test_allreduce_doubles) {
+MPI_TEST(test_allreduce_doubles) {
     int size = world_size(), rank = my_rank();
     for (int o = 0; o < 4; o++) {
         double v[3] = {rank + 0.5, -rank, 1e10 + rank};
@@ -604,7 +579,7 @@ COMM_TEST(test_allreduce_doubles) {
 
 /* ---- bad arguments: every check is local, so every rank fails alike and none waits ---- */
 
-COMM_TEST(test_errors_dtype_and_op) {
+MPI_TEST(test_errors_dtype_and_op) {
     bt_tensor *h = bt_zeros(BT_SHAPE(4), BT_BF16, bt_cpu());
     ck_assert_ptr_null(comm_iallreduce(world(), h, COMM_SUM));
     assert_error("allreduce", "t has dtype bfloat16; comm supports float32, int32, int64, bool");
@@ -636,7 +611,7 @@ COMM_TEST(test_errors_dtype_and_op) {
     assert_error("allreduce", "t is on cuda:0; comm moves CPU tensors only");
 }
 
-COMM_TEST(test_errors_shapes) {
+MPI_TEST(test_errors_shapes) {
     int size = world_size(), rank = my_rank();
     bt_tensor *in7 = bt_zeros(BT_SHAPE(7), BT_F32, bt_cpu());
     bt_tensor *out3 = bt_zeros(BT_SHAPE(3), BT_F32, bt_cpu());
@@ -673,7 +648,7 @@ COMM_TEST(test_errors_shapes) {
     assert_error("recv", "peer -1 is not a rank of the group");
 }
 
-COMM_TEST(test_errors_counts) {
+MPI_TEST(test_errors_counts) {
     int size = world_size(), rank = my_rank();
     int64_t counts[MAX_RANKS], offsets[MAX_RANKS], total;
     uneven_counts(size, counts, offsets, &total);
@@ -705,7 +680,7 @@ COMM_TEST(test_errors_counts) {
     assert_error("reduce_scatter_v", "but in has");
 }
 
-COMM_TEST(test_errors_requests_and_split) {
+MPI_TEST(test_errors_requests_and_split) {
     bt_error_clear();
     ck_assert_int_eq(comm_wait(NULL), BT_ERR);
     ck_assert_error_contains("comm_wait: request is NULL");
@@ -770,22 +745,5 @@ int main(int argc, char **argv) {
     }
     const char *mode = getenv("BRAID_COMM_TEST_MODE");
     if (mode && strcmp(mode, "watchdog") == 0) return watchdog_mode();
-    SRunner *runner = srunner_create(comm_suite());
-    if (comm_is_distributed()) {
-        srunner_set_fork_status(runner, CK_NOFORK); /* fork and MPI clash */
-        /* Check's plain output lists failures only at the end, which a rank that aborts the job
-         * never reaches; its TAP log names each result as soon as the test ends */
-        srunner_set_tap(runner, "-");
-    }
-    srunner_run_all(runner, CK_NORMAL);
-    int failed = srunner_ntests_failed(runner);
-    srunner_free(runner);
-    if (failed > 0 && comm_is_distributed()) {
-        fprintf(stderr, "rank %d: %d test(s) failed; aborting the job so that no rank waits\n",
-                comm_rank(comm_world()), failed);
-        comm_abort(1);
-    }
-    comm_finalize();
-    bt_runtime_shutdown();
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return mpi_test_run(comm_suite());
 }

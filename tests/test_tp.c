@@ -12,30 +12,7 @@
 #include "parallel/grid.h"
 #include "parallel/tp.h"
 #include "tests/gradcheck.h"
-
-/* ---- one failing rank must not leave the others waiting (as tests/test_comm.c) ----
- * Under MPI the suite runs without fork; a rank that starts a test while the previous one is
- * still noted (it failed) aborts the job, after Check has printed the failure. */
-static const char *test_running;
-
-static void test_guard_enter(const char *name) {
-    if (test_running && comm_is_distributed()) {
-        fprintf(stderr, "rank %d: %s failed; aborting the job so that no rank waits for it\n",
-                comm_rank(comm_world()), test_running);
-        comm_abort(1);
-    }
-    test_running = name;
-}
-
-#define TP_TEST(name)                                                                              \
-    static void name##_body(void);                                                                 \
-    START_TEST(name) {                                                                             \
-        test_guard_enter(#name);                                                                   \
-        name##_body();                                                                             \
-        test_running = NULL;                                                                       \
-    }                                                                                              \
-    END_TEST                                                                                       \
-    static void name##_body(void)
+#include "tests/mpi_test.h"
 
 /* the sizes of the layers: every full size is divisible by tp = 1, 2 and 4 */
 enum { B = 2, T = 4, C = 6, F = 16, V = 16 };
@@ -161,7 +138,7 @@ static int64_t block_to_whole(int ndim, const int64_t *block, int d, int j, int6
 
 /* ---- the ops ---- */
 
-TP_TEST(test_copy_reduce) {
+MPI_TEST(test_copy_reduce) {
     struct comm *g = tp_group();
     int P = tp_size(), r = tp_rank();
     /* tp_copy: identity forward (no copy), all-reduce backward */
@@ -198,7 +175,7 @@ TP_TEST(test_copy_reduce) {
 }
 
 /* tp_gather and tp_split along dims 0, 1, 2 and -1 of blocks (2, 3, 2) */
-TP_TEST(test_gather_split) {
+MPI_TEST(test_gather_split) {
     struct comm *g = tp_group();
     int P = tp_size(), r = tp_rank();
     const int dims[] = {0, 1, 2, -1};
@@ -237,7 +214,7 @@ TP_TEST(test_gather_split) {
 }
 
 /* the sequence-parallel pair along dims 0, 1, 2 and -1: gather / reduce-scatter */
-TP_TEST(test_sequence_parallel_ops) {
+MPI_TEST(test_sequence_parallel_ops) {
     struct comm *g = tp_group();
     int P = tp_size(), r = tp_rank();
     const int dims[] = {0, 1, 2, -1};
@@ -283,7 +260,7 @@ TP_TEST(test_sequence_parallel_ops) {
 }
 
 /* A group of one makes every op the identity: x itself comes back. */
-TP_TEST(test_group_of_one) {
+MPI_TEST(test_group_of_one) {
     struct comm *solo = made(comm_split(comm_world(), tp_rank(), 0, "solo"), "comm_split");
     bt_tensor *x = uniform(BT_SHAPE(2, 4), 1, true);
     ck_assert_ptr_eq(tp_copy(x, solo), x);
@@ -305,7 +282,7 @@ TP_TEST(test_group_of_one) {
     comm_free(solo);
 }
 
-TP_TEST(test_op_errors) {
+MPI_TEST(test_op_errors) {
     struct comm *g = tp_group();
     int P = tp_size();
     bt_tensor *x = uniform(BT_SHAPE(2, 3), 1, true);
@@ -356,7 +333,7 @@ TP_TEST(test_op_errors) {
 /* ---- the linear layers against nn_linear ---- */
 
 /* column-parallel c_fc (C -> F) against nn_linear, with and without gather_output */
-TP_TEST(test_column_linear) {
+MPI_TEST(test_column_linear) {
     struct comm *g = tp_group();
     for (int gather = 0; gather < 2; gather++) {
         struct bt_rng rng = bt_rng_make(7);
@@ -386,7 +363,7 @@ TP_TEST(test_column_linear) {
 }
 
 /* row-parallel c_proj (F -> C) against nn_linear, with the input split or whole */
-TP_TEST(test_row_linear) {
+MPI_TEST(test_row_linear) {
     struct comm *g = tp_group();
     for (int parallel_input = 0; parallel_input < 2; parallel_input++) {
         struct bt_rng rng = bt_rng_make(8);
@@ -417,7 +394,7 @@ TP_TEST(test_row_linear) {
 
 /* GPT-2's c_attn (q, k, v stacked) and a grouped-query one (q 8 rows, k and v 4): each rank holds
  * its slice of every block, block after block */
-TP_TEST(test_fused_column_blocks) {
+MPI_TEST(test_fused_column_blocks) {
     struct comm *g = tp_group();
     int P = tp_size(), r = tp_rank();
     const int64_t layouts[2][3] = {{4, 4, 4}, {8, 4, 4}};
@@ -519,17 +496,17 @@ static void check_mlp(struct comm *group, uint64_t seed, bool sequence_parallel)
     nn_module_free(&proj->base);
 }
 
-TP_TEST(test_mlp_pair) {
+MPI_TEST(test_mlp_pair) {
     check_mlp(tp_group(), 21, false);
 }
 
-TP_TEST(test_mlp_sequence_parallel) {
+MPI_TEST(test_mlp_sequence_parallel) {
     check_mlp(tp_group(), 31, true);
 }
 
 /* a dp × tp grid (tp = 2 where the world is even): each tp group runs its own MLP on its own
  * input (seeded by dp_rank) while the other group does the same */
-TP_TEST(test_grid_subgroups) {
+MPI_TEST(test_grid_subgroups) {
     int W = tp_size(), tp = W % 2 == 0 ? 2 : 1;
     struct grid grid;
     assert_ok(grid_init(&grid, comm_world(), W / tp, tp, 1), "grid_init");
@@ -544,7 +521,7 @@ TP_TEST(test_grid_subgroups) {
 
 static const int64_t ids_data[B * T] = {0, 15, 3, 8, 12, 7, 4, 11}; /* every rank's range */
 
-TP_TEST(test_vocab_embedding) {
+MPI_TEST(test_vocab_embedding) {
     struct comm *g = tp_group();
     int P = tp_size(), r = tp_rank();
     for (int sp = 0; sp < 2; sp++) {
@@ -585,7 +562,7 @@ static bt_tensor *ce_logits(void) {
 
 static const int64_t targets_data[B * T] = {3, -1, 15, 0, 9, -1, 12, 5};
 
-TP_TEST(test_vocab_cross_entropy) {
+MPI_TEST(test_vocab_cross_entropy) {
     struct comm *g = tp_group();
     for (int pass = 0; pass < 2; pass++) { /* int64 targets, then int32 ones all ignored */
         bt_tensor *targets = bt_from_data(BT_SHAPE(B, T), BT_I64, targets_data);
@@ -614,7 +591,7 @@ static bt_tensor *cross_entropy_fn(bt_tensor **in, void *ctx) {
     return tp_cross_entropy(in[0], targets, ctx);
 }
 
-TP_TEST(test_cross_entropy_gradcheck) {
+MPI_TEST(test_cross_entropy_gradcheck) {
     struct comm *solo = made(comm_split(comm_world(), tp_rank(), 0, "solo"), "comm_split");
     bt_tensor *logits = test_param(BT_SHAPE(B, T, V), 61, -2.0f, 2.0f);
     GRADCHECK("tp_cross_entropy", cross_entropy_fn, &logits, 1, solo);
@@ -622,7 +599,7 @@ TP_TEST(test_cross_entropy_gradcheck) {
 }
 
 /* embedding -> tanh -> column-parallel LM head -> cross-entropy, with ignored targets */
-TP_TEST(test_embedding_cross_entropy_pair) {
+MPI_TEST(test_embedding_cross_entropy_pair) {
     struct comm *g = tp_group();
     struct bt_rng rng = bt_rng_make(71);
     struct nn_embedding *wte = made(nn_embedding_create("wte", V, C, &rng), "nn_embedding");
@@ -652,7 +629,7 @@ TP_TEST(test_embedding_cross_entropy_pair) {
 }
 
 /* GPT-2's tied LM head: the logits use the embedding's own (V/P, C) rows */
-TP_TEST(test_tied_lm_head) {
+MPI_TEST(test_tied_lm_head) {
     struct comm *g = tp_group();
     struct bt_rng rng = bt_rng_make(81);
     struct nn_embedding *wte = made(nn_embedding_create("wte", V, C, &rng), "nn_embedding");
@@ -678,7 +655,7 @@ TP_TEST(test_tied_lm_head) {
 /* ---- construction ---- */
 
 /* an rng draws the full tensors as the single-rank layers would; names are theirs */
-TP_TEST(test_create_from_rng) {
+MPI_TEST(test_create_from_rng) {
     struct comm *g = tp_group();
     struct bt_rng a = bt_rng_make(91), b = bt_rng_make(91);
     struct nn_linear *fc = made(nn_linear_create("c_fc", C, F, true, &a), "nn_linear");
@@ -713,7 +690,7 @@ TP_TEST(test_create_from_rng) {
     nn_module_free(&wte->base);
 }
 
-TP_TEST(test_errors_divisible) {
+MPI_TEST(test_errors_divisible) {
     struct comm *g = tp_group();
     int P = tp_size();
     ck_assert_int_eq(tp_divide("column-parallel linear c_fc", "out_features", 100, 3), -1);
@@ -747,7 +724,7 @@ TP_TEST(test_errors_divisible) {
     assert_error_is(want);
 }
 
-TP_TEST(test_errors_layers) {
+MPI_TEST(test_errors_layers) {
     struct comm *g = tp_group();
     /* construction */
     ck_assert_ptr_null(tp_column_linear_create("c_fc", C, F, true, NULL, NULL));
@@ -840,20 +817,5 @@ int main(int argc, char **argv) {
         fprintf(stderr, "braid: error: %s\n", bt_last_error());
         return EXIT_FAILURE;
     }
-    SRunner *runner = srunner_create(tp_suite());
-    if (comm_is_distributed()) {
-        srunner_set_fork_status(runner, CK_NOFORK); /* fork and MPI clash */
-        srunner_set_tap(runner, "-");               /* each result as soon as its test ends */
-    }
-    srunner_run_all(runner, CK_NORMAL);
-    int failed = srunner_ntests_failed(runner);
-    srunner_free(runner);
-    if (failed > 0 && comm_is_distributed()) {
-        fprintf(stderr, "rank %d: %d test(s) failed; aborting the job so that no rank waits\n",
-                comm_rank(comm_world()), failed);
-        comm_abort(1);
-    }
-    comm_finalize();
-    bt_runtime_shutdown();
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+    return mpi_test_run(tp_suite());
 }
