@@ -49,13 +49,12 @@ struct model_cache *model_cache_create(struct model *m, int64_t batch) {
     c->batch = batch;
     c->n_layer = cfg->n_layer;
     int64_t hs = cfg->n_embd / cfg->n_head;
+    int64_t n_kv = cfg->n_kv_head / model_tp_size(cfg); /* this rank's heads under tp */
     for (int64_t l = 0; l < cfg->n_layer; l++) {
-        c->layers[l].k =
-            bt_tensor_new(BT_SHAPE(batch, cfg->n_kv_head, cfg->block_size, hs), BT_F32, device);
-        c->layers[l].v = c->layers[l].k
-                             ? bt_tensor_new(BT_SHAPE(batch, cfg->n_kv_head, cfg->block_size, hs),
-                                             BT_F32, device)
-                             : NULL;
+        c->layers[l].k = bt_tensor_new(BT_SHAPE(batch, n_kv, cfg->block_size, hs), BT_F32, device);
+        c->layers[l].v = c->layers[l].k ? bt_tensor_new(BT_SHAPE(batch, n_kv, cfg->block_size, hs),
+                                                        BT_F32, device)
+                                        : NULL;
         if (!c->layers[l].v) {
             model_cache_free(c);
             return NULL;

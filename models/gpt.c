@@ -1,24 +1,35 @@
 /* GPT-2 (nanoGPT's model.py): learned token and position embeddings, pre-LayerNorm blocks of
  * causal self-attention and a GELU MLP, a final LayerNorm and an LM head tied to the token
  * embedding by default. Parameter names are nanoGPT's/Hugging Face's (transformer.h.0.attn...).
- * Shapes: B batch, T time, C n_embd, NH heads, hs = C / NH, V vocab, F ffn_hidden. */
+ * Shapes: B batch, T time, C n_embd, NH heads, hs = C / NH, V vocab, F ffn_hidden.
+ * With a tp group of P > 1 ranks (Megatron-LM's layout, parallel/tp.h, docs/tp.md) each rank holds
+ * NH/P heads of c_attn (column-parallel, q/k/v blocks) and the matching columns of attn.c_proj
+ * (row-parallel), F/P of mlp.c_fc (column) and mlp.c_proj (row), V/P rows of wte (vocab-parallel,
+ * also the tied LM head) and the loss is tp_cross_entropy; wpe and the LayerNorms are replicated.
+ * Exactly one of each layer's single-rank and `_tp` pointers is set. */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "models/model_internal.h"
+#include "parallel/tp.h"
 
 struct gpt_attention {
     struct nn_module base;
-    struct nn_linear *c_attn;         /* (3C, C): q, k, v side by side */
-    struct nn_linear *c_proj;         /* (C, C) */
-    struct nn_dropout *resid_dropout; /* on the output projection */
-    int64_t n_head;
+    struct nn_linear *c_attn;           /* (3C, C): q, k, v side by side */
+    struct nn_linear *c_proj;           /* (C, C) */
+    struct tp_column_linear *c_attn_tp; /* tp: (3C/P, C), this rank's q | k | v heads */
+    struct tp_row_linear *c_proj_tp;    /* tp: (C, C/P), the columns of those heads */
+    struct nn_dropout *resid_dropout;   /* on the output projection */
+    int64_t n_head;                     /* this rank's: NH, or NH/P with tp */
+    int64_t head_size;                  /* hs */
 };
 
 struct gpt_mlp {
     struct nn_module base;
-    struct nn_linear *c_fc;   /* (F, C) */
-    struct nn_linear *c_proj; /* (C, F) */
+    struct nn_linear *c_fc;           /* (F, C) */
+    struct nn_linear *c_proj;         /* (C, F) */
+    struct tp_column_linear *c_fc_tp; /* tp: (F/P, C) */
+    struct tp_row_linear *c_proj_tp;  /* tp: (C, F/P) */
     struct nn_dropout *dropout;
     bt_gelu_kind gelu;
 };
@@ -32,11 +43,14 @@ struct gpt_block {
 };
 
 struct gpt {
-    struct nn_embedding *wte; /* (V, C) */
-    struct nn_embedding *wpe; /* (block_size, C) */
+    struct nn_embedding *wte;          /* (V, C) */
+    struct tp_vocab_embedding *wte_tp; /* tp: (V/P, C) */
+    struct nn_embedding *wpe;          /* (block_size, C) */
     struct nn_dropout *drop;
     struct nn_layernorm *ln_f;
-    struct nn_linear *lm_head; /* (V, C), weight = wte's when tied */
+    struct nn_linear *lm_head;           /* (V, C), weight = wte's when tied */
+    struct tp_column_linear *lm_head_tp; /* tp, untied: (V/P, C); tied tp uses wte_tp's attend */
+    struct comm *tp_group;               /* NULL without tp (P = 1) */
     int64_t n_layer;
     struct gpt_block *h[]; /* n_layer blocks */
 };
@@ -49,8 +63,10 @@ static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x,
                                     struct model_cache *cache, int64_t layer) {
     if (!x) return NULL; /* an earlier op failed: keep its message */
     bt_scope_push(a->base.path);
-    int64_t B = x->shape[0], T = x->shape[1], C = x->shape[2], NH = a->n_head, hs = C / NH;
-    bt_tensor *qkv = nn_linear_forward(a->c_attn, x); /* (B, T, 3C) */
+    /* with tp, NH is this rank's NH/P heads and "3C" below its 3C/P features */
+    int64_t B = x->shape[0], T = x->shape[1], NH = a->n_head, hs = a->head_size;
+    bt_tensor *qkv = a->c_attn_tp ? tp_column_linear_forward(a->c_attn_tp, x)
+                                  : nn_linear_forward(a->c_attn, x); /* (B, T, 3C) */
     /* (B, T, 3*NH, hs) split into q, k, v, each (B, T, NH, hs): views, no copy */
     bt_tensor *heads[3] = {NULL, NULL, NULL};
     bt_tensor *qkv_heads = bt_view(qkv, BT_SHAPE(B, T, 3 * NH, hs));
@@ -60,9 +76,10 @@ static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x,
     bt_tensor *k = bt_transpose(heads[1], 1, 2);
     bt_tensor *v = bt_transpose(heads[2], 1, 2);
     bt_tensor *y = cache ? model_cache_attend(cache, layer, q, k, v)
-                         : bt_attention(q, k, v, true, 0.0);  /* (B, NH, T, hs), scale 1/sqrt(hs) */
-    y = bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, C)); /* heads side by side again */
-    y = nn_linear_forward(a->c_proj, y);                      /* (B, T, C) */
+                         : bt_attention(q, k, v, true, 0.0); /* (B, NH, T, hs), scale 1/sqrt(hs) */
+    y = bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, NH * hs)); /* heads side by side */
+    y = a->c_proj_tp ? tp_row_linear_forward(a->c_proj_tp, y)
+                     : nn_linear_forward(a->c_proj, y); /* (B, T, C), replicated with tp */
     y = nn_dropout_forward(a->resid_dropout, y);
     bt_scope_pop();
     return y;
@@ -71,9 +88,11 @@ static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x,
 /* x (B, T, C) -> (B, T, C): c_proj(gelu(c_fc(x))), then dropout */
 static bt_tensor *mlp_forward(struct gpt_mlp *mlp, bt_tensor *x) {
     bt_scope_push(mlp->base.path);
-    bt_tensor *h = nn_linear_forward(mlp->c_fc, x); /* (B, T, F) */
+    bt_tensor *h = mlp->c_fc_tp ? tp_column_linear_forward(mlp->c_fc_tp, x)
+                                : nn_linear_forward(mlp->c_fc, x); /* (B, T, F), F/P with tp */
     h = bt_gelu(h, mlp->gelu);
-    h = nn_linear_forward(mlp->c_proj, h); /* (B, T, C) */
+    h = mlp->c_proj_tp ? tp_row_linear_forward(mlp->c_proj_tp, h)
+                       : nn_linear_forward(mlp->c_proj, h); /* (B, T, C) */
     h = nn_dropout_forward(mlp->dropout, h);
     bt_scope_pop();
     return h;
@@ -89,8 +108,9 @@ static bt_tensor *block_forward(struct gpt_block *blk, bt_tensor *x, struct mode
     return x;
 }
 
-/* idx (B, T) at positions pos0..pos0+T-1, checked by the caller -> logits (B, T, V); the
- * attention goes through the cache when there is one (pos0 is then its length) */
+/* idx (B, T) at positions pos0..pos0+T-1, checked by the caller -> logits (B, T, V), with tp this
+ * rank's vocabulary slice (B, T, V/P); the attention goes through the cache when there is one
+ * (pos0 is then its length) */
 static bt_tensor *gpt_logits(struct model *m, bt_tensor *idx, int64_t pos0,
                              struct model_cache *cache) {
     struct gpt *g = m->impl;
@@ -99,78 +119,161 @@ static bt_tensor *gpt_logits(struct model *m, bt_tensor *idx, int64_t pos0,
     if (!pos) return NULL;
     for (int64_t t = 0; t < T; t++)
         ((int64_t *)bt_data(pos))[t] = pos0 + t;
-    bt_tensor *tok_emb = nn_embedding_forward(g->wte, idx); /* (B, T, C) */
+    bt_tensor *tok_emb = g->wte_tp ? tp_vocab_embedding_forward(g->wte_tp, idx)
+                                   : nn_embedding_forward(g->wte, idx); /* (B, T, C) */
     bt_tensor *pos_emb = nn_embedding_forward(g->wpe, pos); /* (T, C), broadcast over B */
     bt_tensor *x = nn_dropout_forward(g->drop, bt_add(tok_emb, pos_emb));
     for (int64_t l = 0; l < g->n_layer; l++)
         x = block_forward(g->h[l], x, cache, l);
     x = nn_layernorm_forward(g->ln_f, x);
-    return nn_linear_forward(g->lm_head, x); /* (B, T, V) */
+    if (g->lm_head_tp) return tp_column_linear_forward(g->lm_head_tp, x); /* (B, T, V/P) */
+    if (g->wte_tp) return tp_vocab_embedding_attend(g->wte_tp, x);        /* (B, T, V/P) */
+    return nn_linear_forward(g->lm_head, x);                              /* (B, T, V) */
 }
 
 /* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
 static bt_tensor *gpt_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
                               bt_tensor **logits) {
-    return model_finish_forward(gpt_logits(m, idx, 0, NULL), targets, logits);
+    struct gpt *g = m->impl;
+    return model_finish_forward(gpt_logits(m, idx, 0, NULL), targets, g->tp_group, logits);
 }
 
+/* with tp the vocabulary slices are gathered: every rank gets the full (batch, n, V) */
 bt_tensor *gpt_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx) {
-    return gpt_logits(m, idx, model_cache_len(c), c);
+    struct gpt *g = m->impl;
+    bt_tensor *logits = gpt_logits(m, idx, model_cache_len(c), c);
+    if (!g->tp_group || !logits) return logits;
+    return tp_gather(logits, g->tp_group, -1);
 }
 
 /* ---- building ---- */
 
-static struct gpt_attention *attention_create(const struct model_config *c) {
+/* `tp` is the group when P > 1, else NULL: the layers are then the single-rank ones. The tp
+ * layers are created with zeros (NULL rng); gpt_build loads their slices afterwards. */
+static struct gpt_attention *attention_create(const struct model_config *c, struct comm *tp) {
     struct gpt_attention *a = nn_module_new(sizeof(*a), "attn");
     if (!a) return NULL;
-    a->n_head = c->n_head;
-    a->c_attn =
-        model_attach(&a->base, nn_linear_create("c_attn", c->n_embd, 3 * c->n_embd, c->bias, NULL));
-    a->c_proj =
-        model_attach(&a->base, nn_linear_create("c_proj", c->n_embd, c->n_embd, c->bias, NULL));
-    a->resid_dropout = model_attach(&a->base, nn_dropout_create("resid_dropout", c->dropout));
-    if (!a->c_attn || !a->c_proj || !a->resid_dropout) {
+    int64_t C = c->n_embd;
+    a->head_size = C / c->n_head;
+    a->n_head = tp ? c->n_head / comm_size(tp) : c->n_head;
+    bool made;
+    if (tp) {
+        a->c_attn_tp = model_attach(
+            &a->base,
+            tp_column_linear_create_fused("c_attn", C, 3, (int64_t[]){C, C, C}, c->bias, tp, NULL));
+        a->c_proj_tp =
+            a->c_attn_tp
+                ? model_attach(&a->base, tp_row_linear_create("c_proj", C, C, c->bias, tp, NULL))
+                : NULL;
+        made = a->c_proj_tp != NULL;
+    } else {
+        a->c_attn = model_attach(&a->base, nn_linear_create("c_attn", C, 3 * C, c->bias, NULL));
+        a->c_proj = a->c_attn
+                        ? model_attach(&a->base, nn_linear_create("c_proj", C, C, c->bias, NULL))
+                        : NULL;
+        made = a->c_proj != NULL;
+        if (made) a->c_proj->residual_projection = true;
+    }
+    a->resid_dropout =
+        made ? model_attach(&a->base, nn_dropout_create("resid_dropout", c->dropout)) : NULL;
+    if (!a->resid_dropout) {
         nn_module_free(&a->base);
         return NULL;
     }
-    a->c_proj->residual_projection = true;
     return a;
 }
 
-static struct gpt_mlp *mlp_create(const struct model_config *c) {
+static struct gpt_mlp *mlp_create(const struct model_config *c, struct comm *tp) {
     struct gpt_mlp *mlp = nn_module_new(sizeof(*mlp), "mlp");
     if (!mlp) return NULL;
     mlp->gelu = c->gelu;
-    mlp->c_fc =
-        model_attach(&mlp->base, nn_linear_create("c_fc", c->n_embd, c->ffn_hidden, c->bias, NULL));
-    mlp->c_proj = model_attach(&mlp->base,
-                               nn_linear_create("c_proj", c->ffn_hidden, c->n_embd, c->bias, NULL));
-    mlp->dropout = model_attach(&mlp->base, nn_dropout_create("dropout", c->dropout));
-    if (!mlp->c_fc || !mlp->c_proj || !mlp->dropout) {
+    int64_t C = c->n_embd, F = c->ffn_hidden;
+    bool made;
+    if (tp) {
+        mlp->c_fc_tp =
+            model_attach(&mlp->base, tp_column_linear_create("c_fc", C, F, c->bias, tp, NULL));
+        mlp->c_proj_tp =
+            mlp->c_fc_tp
+                ? model_attach(&mlp->base, tp_row_linear_create("c_proj", F, C, c->bias, tp, NULL))
+                : NULL;
+        made = mlp->c_proj_tp != NULL;
+    } else {
+        mlp->c_fc = model_attach(&mlp->base, nn_linear_create("c_fc", C, F, c->bias, NULL));
+        mlp->c_proj =
+            mlp->c_fc ? model_attach(&mlp->base, nn_linear_create("c_proj", F, C, c->bias, NULL))
+                      : NULL;
+        made = mlp->c_proj != NULL;
+        if (made) mlp->c_proj->residual_projection = true;
+    }
+    mlp->dropout = made ? model_attach(&mlp->base, nn_dropout_create("dropout", c->dropout)) : NULL;
+    if (!mlp->dropout) {
         nn_module_free(&mlp->base);
         return NULL;
     }
-    mlp->c_proj->residual_projection = true;
     return mlp;
 }
 
-static struct gpt_block *block_create(const struct model_config *c, int64_t index) {
+static struct gpt_block *block_create(const struct model_config *c, int64_t index,
+                                      struct comm *tp) {
     char name[32];
     snprintf(name, sizeof name, "%lld", (long long)index);
     struct gpt_block *blk = nn_module_new(sizeof(*blk), name);
     if (!blk) return NULL;
     double eps = c->norm_eps;
     blk->ln_1 = model_attach(&blk->base, nn_layernorm_create("ln_1", c->n_embd, c->bias, eps));
-    blk->attn = blk->ln_1 ? model_attach(&blk->base, attention_create(c)) : NULL;
+    blk->attn = blk->ln_1 ? model_attach(&blk->base, attention_create(c, tp)) : NULL;
     blk->ln_2 = blk->attn
                     ? model_attach(&blk->base, nn_layernorm_create("ln_2", c->n_embd, c->bias, eps))
                     : NULL;
-    blk->mlp = blk->ln_2 ? model_attach(&blk->base, mlp_create(c)) : NULL;
+    blk->mlp = blk->ln_2 ? model_attach(&blk->base, mlp_create(c, tp)) : NULL;
     if (!blk->mlp) {
         nn_module_free(&blk->base);
         return NULL;
     }
     return blk;
+}
+
+static bt_status copy_norm(struct nn_layernorm *dst, const struct nn_layernorm *src) {
+    if (bt_copy_(dst->weight, src->weight) != BT_OK) return BT_ERR;
+    return dst->bias ? bt_copy_(dst->bias, src->bias) : BT_OK;
+}
+
+/* Copies the full (single-rank) twin's parameters into the tp model g: this rank's slice of the
+ * split layers (*_load_full), the replicated ones whole. */
+static bt_status load_from_full(struct gpt *g, const struct gpt *full) {
+    if (tp_vocab_embedding_load_full(g->wte_tp, full->wte->weight) != BT_OK ||
+        bt_copy_(g->wpe->weight, full->wpe->weight) != BT_OK)
+        return BT_ERR;
+    for (int64_t l = 0; l < g->n_layer; l++) {
+        struct gpt_block *b = g->h[l];
+        const struct gpt_block *fb = full->h[l];
+        const struct nn_linear *attn = fb->attn->c_attn, *attn_proj = fb->attn->c_proj;
+        const struct nn_linear *fc = fb->mlp->c_fc, *mlp_proj = fb->mlp->c_proj;
+        if (copy_norm(b->ln_1, fb->ln_1) != BT_OK || copy_norm(b->ln_2, fb->ln_2) != BT_OK ||
+            tp_column_linear_load_full(b->attn->c_attn_tp, attn->weight, attn->bias) != BT_OK ||
+            tp_row_linear_load_full(b->attn->c_proj_tp, attn_proj->weight, attn_proj->bias) !=
+                BT_OK ||
+            tp_column_linear_load_full(b->mlp->c_fc_tp, fc->weight, fc->bias) != BT_OK ||
+            tp_row_linear_load_full(b->mlp->c_proj_tp, mlp_proj->weight, mlp_proj->bias) != BT_OK)
+            return BT_ERR;
+    }
+    if (copy_norm(g->ln_f, full->ln_f) != BT_OK) return BT_ERR;
+    if (g->lm_head_tp)
+        return tp_column_linear_load_full(g->lm_head_tp, full->lm_head->weight, NULL);
+    return BT_OK;
+}
+
+/* The tp model starts from the single-rank model's weights: that model is built whole on every
+ * rank from the same rng (so with the same draws, in the same order, tie included) and its
+ * tensors are sliced into this one, then freed. Costs the full model's memory once, at build. */
+static bt_status init_from_single_rank(struct model *m, struct bt_rng *rng) {
+    struct model full = {.config = m->config};
+    full.config.tp_group = NULL;
+    bt_status st = gpt_build(&full, rng);
+    if (st == BT_OK) st = load_from_full(m->impl, full.impl);
+    nn_module_free(full.root);
+    free(full.impl);
+    return st;
 }
 
 /* The tree, in nanoGPT's registration order (so parameters list in its order):
@@ -182,22 +285,42 @@ bt_status gpt_build(struct model *m, struct bt_rng *rng) {
     if (!g) return bt_error("gpt: out of memory for %lld layers", (long long)c->n_layer);
     m->impl = g;
     g->n_layer = c->n_layer;
+    struct comm *tp = model_tp_size(c) > 1 ? c->tp_group : NULL;
+    g->tp_group = tp;
     m->forward = gpt_forward;
     m->root = nn_module_create("");
     if (!m->root) return BT_ERR;
     struct nn_module *tr = model_attach(m->root, nn_module_create("transformer"));
     if (!tr) return BT_ERR;
-    g->wte = model_attach(tr, nn_embedding_create("wte", c->vocab_size, c->n_embd, NULL));
+    bool wte_made;
+    if (tp)
+        wte_made = (g->wte_tp = model_attach(
+                        tr, tp_vocab_embedding_create("wte", c->vocab_size, c->n_embd, tp, NULL)));
+    else
+        wte_made =
+            (g->wte = model_attach(tr, nn_embedding_create("wte", c->vocab_size, c->n_embd, NULL)));
+    if (!wte_made) return BT_ERR;
     g->wpe = model_attach(tr, nn_embedding_create("wpe", c->block_size, c->n_embd, NULL));
     g->drop = model_attach(tr, nn_dropout_create("drop", c->dropout));
     struct nn_module *h = model_attach(tr, nn_module_create("h"));
-    if (!g->wte || !g->wpe || !g->drop || !h) return BT_ERR;
+    if (!g->wpe || !g->drop || !h) return BT_ERR;
     for (int64_t l = 0; l < c->n_layer; l++)
-        if (!(g->h[l] = model_attach(h, block_create(c, l)))) return BT_ERR;
+        if (!(g->h[l] = model_attach(h, block_create(c, l, tp)))) return BT_ERR;
     g->ln_f = model_attach(tr, nn_layernorm_create("ln_f", c->n_embd, c->bias, c->norm_eps));
+    if (!g->ln_f) return BT_ERR;
+    if (tp) {
+        /* tied: wte_tp's attend is the LM head, no module of its own (as the tied single-rank
+         * model lists lm_head.weight under transformer.wte.weight only) */
+        if (!c->tie_embeddings &&
+            !(g->lm_head_tp =
+                  model_attach(m->root, tp_column_linear_create("lm_head", c->n_embd, c->vocab_size,
+                                                                false, tp, NULL))))
+            return BT_ERR;
+        return init_from_single_rank(m, rng);
+    }
     g->lm_head =
         model_attach(m->root, nn_linear_create("lm_head", c->n_embd, c->vocab_size, false, NULL));
-    if (!g->ln_f || !g->lm_head) return BT_ERR;
+    if (!g->lm_head) return BT_ERR;
     if (c->tie_embeddings &&
         nn_module_set_parameter(&g->lm_head->base, "weight", g->wte->weight) != BT_OK)
         return BT_ERR;

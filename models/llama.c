@@ -112,7 +112,7 @@ static bt_tensor *llama_logits(struct model *m, bt_tensor *idx, struct model_cac
 /* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
 static bt_tensor *llama_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
                                 bt_tensor **logits) {
-    return model_finish_forward(llama_logits(m, idx, NULL), targets, logits);
+    return model_finish_forward(llama_logits(m, idx, NULL), targets, NULL, logits);
 }
 
 bt_tensor *llama_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx) {

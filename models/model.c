@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "models/model_internal.h"
+#include "parallel/tp.h"
 
 static const char *arch_name(model_arch arch) {
     return arch == MODEL_GPT ? "gpt" : arch == MODEL_LLAMA ? "llama" : "?";
@@ -12,6 +13,26 @@ static const char *arch_name(model_arch arch) {
 static bt_status check_at_least_one(const char *key, int64_t v) {
     if (v >= 1) return BT_OK;
     return bt_error("model.%s must be at least 1, got %lld", key, (long long)v);
+}
+
+static bt_status check_divisible_by_tp(const char *key, int64_t v, int tp) {
+    if (v % tp == 0) return BT_OK;
+    return bt_error("model.%s=%lld is not divisible by parallel.tp=%d", key, (long long)v, tp);
+}
+
+/* With a tp group of P > 1: gpt only, and every split count divisible by P (n_embd follows from
+ * n_head) */
+static bt_status check_tensor_parallel(const struct model_config *c) {
+    int tp = model_tp_size(c);
+    if (tp == 1) return BT_OK;
+    if (c->arch != MODEL_GPT)
+        return bt_error("model.arch=%s does not support tensor parallelism yet (parallel.tp=%d)",
+                        arch_name(c->arch), tp);
+    if (check_divisible_by_tp("n_head", c->n_head, tp) != BT_OK ||
+        check_divisible_by_tp("vocab_size", c->vocab_size, tp) != BT_OK ||
+        check_divisible_by_tp("ffn_hidden", c->ffn_hidden, tp) != BT_OK)
+        return BT_ERR;
+    return BT_OK;
 }
 
 /* Every value and relation the builders rely on; messages name the config keys. */
@@ -53,7 +74,7 @@ static bt_status check_config(const struct model_config *c) {
         if (!(c->rope_theta > 0.0 && isfinite(c->rope_theta)))
             return bt_error("model.rope_theta must be a positive number, got %g", c->rope_theta);
     }
-    return BT_OK;
+    return check_tensor_parallel(c);
 }
 
 struct model *model_create(const struct model_config *cfg, uint64_t seed) {
@@ -118,12 +139,17 @@ bt_tensor *model_forward(struct model *m, bt_tensor *idx, bt_tensor *targets, bt
     return m->forward(m, idx, targets, logits);
 }
 
-bt_tensor *model_finish_forward(bt_tensor *logits, bt_tensor *targets, bt_tensor **logits_out) {
+bt_tensor *model_finish_forward(bt_tensor *logits, bt_tensor *targets, struct comm *tp_group,
+                                bt_tensor **logits_out) {
     if (logits_out) *logits_out = logits;
     if (!logits || !targets) return NULL;
-    /* logits (B, T, V) -> (B*T, V), targets (B, T) -> (B*T) */
+    /* logits (B, T, V) -> (B*T, V), targets (B, T) -> (B*T); V is V/P with a tp group */
     int64_t V = logits->shape[2];
-    return bt_cross_entropy(bt_reshape(logits, BT_SHAPE(-1, V)), bt_reshape(targets, BT_SHAPE(-1)));
+    bt_tensor *flat_logits = bt_reshape(logits, BT_SHAPE(-1, V));
+    bt_tensor *flat_targets = bt_reshape(targets, BT_SHAPE(-1));
+    if (tp_group && comm_size(tp_group) > 1)
+        return tp_cross_entropy(flat_logits, flat_targets, tp_group);
+    return bt_cross_entropy(flat_logits, flat_targets);
 }
 
 void model_train(struct model *m, bool training) {

@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "core/nn.h"
 
 typedef enum { MODEL_GPT = 0, MODEL_LLAMA } model_arch;
@@ -20,6 +21,11 @@ struct model_config {
     double norm_eps;   /* layernorm (gpt) / rmsnorm (llama) epsilon */
     double rope_theta; /* llama */
     bool tie_embeddings;
+    /* Tensor parallelism (gpt only; docs/models.md): NULL or a group of one builds the whole
+     * model; a group of P > 1 ranks builds this rank's shards (attention heads, MLP columns,
+     * vocabulary rows), and every rank of the group must run the same calls. Not owned: it must
+     * outlive the model. */
+    struct comm *tp_group;
 };
 
 struct model {
@@ -36,7 +42,9 @@ void model_free(struct model *m);
 
 /* idx (B, T) integer token ids, T <= block_size; targets (B, T) or NULL. Returns the mean
  * cross-entropy loss (0-d) when targets are given, else NULL without error; *logits, when not NULL,
- * receives (B, T, V). Step tensors; records autograd when grad mode is on. */
+ * receives (B, T, V), or with a tp group of P > 1 this rank's vocabulary slice (B, T, V/P) (the
+ * loss is then the same on every rank of the group). Step tensors; records autograd when grad mode
+ * is on. */
 bt_tensor *model_forward(struct model *m, bt_tensor *idx, bt_tensor *targets, bt_tensor **logits);
 
 /* ---- generation with a key/value cache (braid sample) ---- */
@@ -58,7 +66,8 @@ bt_tensor *model_forward_cached(struct model *m, struct model_cache *c, bt_tenso
 /* Training-mode switch (dropout). */
 void model_train(struct model *m, bool training);
 
-/* Parameters with their public names, in a fixed order (caller frees the list). */
+/* Parameters with their public names, in a fixed order (caller frees the list). With a tp group
+ * of P > 1 the names are the same and the tensors this rank's shards (or replicated copies). */
 bt_status model_parameters(const struct model *m, struct nn_param_list *out);
 int64_t model_num_parameters(const struct model *m);
 

@@ -25,9 +25,16 @@ bt_tensor *llama_forward_cached(struct model *m, struct model_cache *c, bt_tenso
 bt_tensor *model_cache_attend(struct model_cache *c, int64_t layer, bt_tensor *q, bt_tensor *k,
                               bt_tensor *v);
 
+/* P of the config's tp group: 1 without one. */
+static inline int model_tp_size(const struct model_config *c) {
+    return c->tp_group ? comm_size(c->tp_group) : 1;
+}
+
 /* logits (B, T, V), targets (B, T) or NULL: the mean cross-entropy over (B*T, V), or NULL without
- * error when there are no targets; *logits_out receives logits when not NULL. */
-bt_tensor *model_finish_forward(bt_tensor *logits, bt_tensor *targets, bt_tensor **logits_out);
+ * error when there are no targets; *logits_out receives logits when not NULL. With tp_group of
+ * P > 1, logits are this rank's vocabulary slice (B, T, V/P) and the loss is tp_cross_entropy's. */
+bt_tensor *model_finish_forward(bt_tensor *logits, bt_tensor *targets, struct comm *tp_group,
+                                bt_tensor **logits_out);
 
 /* Makes child (a module struct or NULL from a failed constructor) the last child of parent and
  * returns it; NULL (the child freed) when it cannot be attached. */
