@@ -30,6 +30,22 @@ function(braid_mpi_test name np)
   set_tests_properties(${name} PROPERTIES ENVIRONMENT "${BRAID_MPI_TEST_ENV}" TIMEOUT 300)
 endfunction()
 
+# braid_mpi_suite(<name> <target> <np>...): a Check suite built with tests/mpi_test.h, run whole
+# in one process alone (test <name>: a world of one, without fork) and under mpirun with each <np>
+# (tests <name>_np<np>). Check's fork mode and MPI do not mix: CK_FORK=no. A rank whose test
+# failed aborts the job (tests/mpi_test.h), and the watchdog ends a hang. "Checks: 0," fails a run
+# that ran nothing.
+function(braid_mpi_suite name target)
+  add_test(NAME ${name} COMMAND ${target})
+  set_tests_properties(${name} PROPERTIES ENVIRONMENT "CK_FORK=no;OMP_NUM_THREADS=1"
+                       FAIL_REGULAR_EXPRESSION "Checks: 0,")
+  foreach(np ${ARGN})
+    braid_mpi_test(${name}_np${np} ${np} $<TARGET_FILE:${target}>)
+    set_property(TEST ${name}_np${np} APPEND PROPERTY ENVIRONMENT CK_FORK=no BRAID_COMM_TIMEOUT=60)
+    set_property(TEST ${name}_np${np} APPEND PROPERTY FAIL_REGULAR_EXPRESSION "Checks: 0,")
+  endforeach()
+endfunction()
+
 # the whole suite in one process, as under MPI, but alone: a world of one without fork
 add_test(NAME comm COMMAND test_comm)
 set_tests_properties(comm PROPERTIES ENVIRONMENT "CK_FORK=no;OMP_NUM_THREADS=1"

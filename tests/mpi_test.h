@@ -7,6 +7,11 @@
 #define BRAID_TESTS_MPI_TEST_H
 
 #include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "comm/comm.h"
+#include "core/runtime.h"
 
 void mpi_test_enter(const char *name); /* aborts the job if the previous test failed */
 void mpi_test_leave(void);
@@ -25,5 +30,15 @@ void mpi_test_leave(void);
  * as its test ends) under MPI; aborts the job when a test failed under MPI; finalizes comm and the
  * runtime. Returns main's exit status. */
 int mpi_test_run(Suite *suite);
+
+/* main() of such a suite: comm_init (MPI under a launcher, else a world of one), then the suite. */
+#define MPI_TEST_MAIN(make_suite)                                                                  \
+    int main(int argc, char **argv) {                                                              \
+        if (comm_init(&argc, &argv) != BT_OK) {                                                    \
+            fprintf(stderr, "braid: error: %s\n", bt_last_error());                                \
+            return EXIT_FAILURE;                                                                   \
+        }                                                                                          \
+        return mpi_test_run(make_suite());                                                         \
+    }
 
 #endif

@@ -812,10 +812,4 @@ static Suite *tp_suite(void) {
     return s;
 }
 
-int main(int argc, char **argv) {
-    if (comm_init(&argc, &argv) != BT_OK) {
-        fprintf(stderr, "braid: error: %s\n", bt_last_error());
-        return EXIT_FAILURE;
-    }
-    return mpi_test_run(tp_suite());
-}
+MPI_TEST_MAIN(tp_suite)
