@@ -12,24 +12,12 @@
 #   error_once       data missing on every rank: the error is said once, not once per rank
 #   rank_killed      a rank killed with SIGKILL mid-run ends the job non-zero within 30 s
 set -euo pipefail
-case_name=$1 braid=$2 repo=$3 out=$4/$1
-rm -rf "$out" && mkdir -p "$out"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-"$braid" prep --tokenizer char --input "$repo/data/assets/tinyshakespeare.txt" --out "$out/data" \
-  > /dev/null
-
-job=("$repo/configs/shakespeare_char.yaml" --model.n_layer=2 --model.n_embd=32 --model.n_head=2
-  --model.block_size=32 --train.seq_len=32 --train.batch_size=4 --model.dropout=0.1
-  --data.shuffle=true --train.eval_every=5 --train.eval_steps=4 --log.every=1
-  --schedule.warmup_steps=5 --schedule.decay_steps=20 --parallel.bucket_mb=0.01
-  --data.train="$out/data/train_*.bin" --data.val="$out/data/val_*.bin")
+source "$(dirname "$0")/tiny_job.sh" "$@"
 
 fail() {
   echo "FAIL: $*"
   exit 1
 }
-
-source "$(dirname "$0")/same_losses.sh"
 
 # run NAME NP [overrides...]: the job on NP ranks (1 = no mpirun), metrics and checkpoints in NAME
 run() {

@@ -19,17 +19,7 @@
 #                 exit 130, no braid process left
 #   no_mpirun     mpirun not on PATH: one error line, exit 1
 set -euo pipefail
-case_name=$1 braid=$2 repo=$3 out=$4/$1
-rm -rf "$out" && mkdir -p "$out"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
-"$braid" prep --tokenizer char --input "$repo/data/assets/tinyshakespeare.txt" --out "$out/data" \
-  > /dev/null
-
-job=("$repo/configs/shakespeare_char.yaml" --model.n_layer=2 --model.n_embd=32 --model.n_head=2
-  --model.block_size=32 --train.seq_len=32 --train.batch_size=4 --model.dropout=0.1
-  --data.shuffle=true --train.eval_every=5 --train.eval_steps=4 --log.every=1
-  --schedule.warmup_steps=5 --schedule.decay_steps=20 --parallel.bucket_mb=0.01
-  --data.train="$out/data/train_*.bin" --data.val="$out/data/val_*.bin")
+source "$(dirname "$0")/tiny_job.sh" "$@"
 # a wider model whose 60 steps take seconds, so that a rank can be killed mid-run
 slow=(--model.n_embd=128 --model.n_head=4 --model.block_size=64 --train.seq_len=64
   --train.batch_size=8 --train.max_steps=60 --checkpoint.every=5)
@@ -57,8 +47,6 @@ train() {
     --checkpoint.dir="$out/$name/ck" "$@" > "$out/$name.log" 2>&1 ||
     fail "$name failed: $(tail -5 "$out/$name.log")"
 }
-
-source "$(dirname "$0")/same_losses.sh" # same_losses A B [FROM_STEP]
 
 # final_loss NAME: the loss of the last row of NAME/metrics.jsonl
 final_loss() {

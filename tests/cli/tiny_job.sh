@@ -1,5 +1,19 @@
-# Sourced by tests/cli/dp.sh and tests/cli/launch.sh: compares two runs' losses. Needs $out (the
-# runs' parent directory) and a fail() function.
+# Sourced by tests/cli/dp.sh and tests/cli/launch.sh with their arguments (CASE BRAID REPO_DIR
+# OUT_DIR): sets case_name, braid, repo and out (OUT_DIR/CASE, emptied), the root and thread
+# variables Open MPI and the ranks need, prepares tinyshakespeare (char) in $out/data, defines the
+# tiny job's arguments in `job`, and same_losses, which needs a fail() function.
+
+case_name=$1 braid=$2 repo=$3 out=$4/$1
+rm -rf "$out" && mkdir -p "$out"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
+"$braid" prep --tokenizer char --input "$repo/data/assets/tinyshakespeare.txt" --out "$out/data" \
+  > /dev/null
+
+job=("$repo/configs/shakespeare_char.yaml" --model.n_layer=2 --model.n_embd=32 --model.n_head=2
+  --model.block_size=32 --train.seq_len=32 --train.batch_size=4 --model.dropout=0.1
+  --data.shuffle=true --train.eval_every=5 --train.eval_steps=4 --log.every=1
+  --schedule.warmup_steps=5 --schedule.decay_steps=20 --parallel.bucket_mb=0.01
+  --data.train="$out/data/train_*.bin" --data.val="$out/data/val_*.bin")
 
 # same_losses A B [FROM_STEP]: every loss and val_loss of rows >= FROM_STEP agree to 1e-5
 same_losses() {
