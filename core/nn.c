@@ -183,7 +183,7 @@ static bt_tensor *register_param(struct nn_module *m, const char *name, bt_tenso
     char *own_name = copy_string(name);
     if (!own_name) goto oom;
     bt_requires_grad_(t, true);
-    m->params[m->n_params++] = (struct nn_param){own_name, t, field};
+    m->params[m->n_params++] = (struct nn_param){own_name, t, field, {0}};
     if (field) *field = t;
     return t;
 oom:
@@ -221,6 +221,153 @@ bt_status nn_module_set_parameter(struct nn_module *m, const char *name, bt_tens
     return BT_OK;
 }
 
+/* ---- split parameters (tensor parallelism) ---- */
+
+static int split_blocks(const struct nn_split *s) {
+    return s->n_blocks > 0 ? s->n_blocks : 1;
+}
+
+/* Full size of block b of a dim whose full size is full_dim. */
+static int64_t split_block_size(const struct nn_split *s, int b, int64_t full_dim) {
+    return s->n_blocks > 0 ? s->blocks[b] : full_dim;
+}
+
+bool nn_split_is_cut(const struct nn_split *s) {
+    return s && s->parts > 1;
+}
+
+/* "(64, 64, 64)" for messages */
+static const char *blocks_str(const struct nn_split *s, int64_t full_dim, char *buf, size_t size) {
+    size_t len = (size_t)snprintf(buf, size, "(");
+    for (int b = 0; b < split_blocks(s) && len < size; b++)
+        len += (size_t)snprintf(buf + len, size - len, "%s%lld", b ? ", " : "",
+                                (long long)split_block_size(s, b, full_dim));
+    if (len < size) snprintf(buf + len, size - len, ")");
+    return buf;
+}
+
+/* Whether s is a valid cut of a tensor whose full size along s->dim is full_dim. */
+static bool split_fits(const struct nn_split *s, int ndim, int64_t full_dim) {
+    if (s->parts < 1 || s->part < 0 || s->part >= s->parts || s->dim < 0 || s->dim >= ndim ||
+        s->n_blocks < 0 || s->n_blocks > NN_SPLIT_MAX_BLOCKS)
+        return false;
+    int64_t sum = 0;
+    for (int b = 0; b < split_blocks(s); b++) {
+        int64_t n = split_block_size(s, b, full_dim);
+        if (n <= 0 || n % s->parts != 0) return false;
+        sum += n;
+    }
+    return sum == full_dim;
+}
+
+bt_status nn_module_set_split(struct nn_module *m, const char *name, const struct nn_split *split) {
+    if (!m || !split) return bt_has_error() ? BT_ERR : bt_error("nn: set_split: argument is NULL");
+    struct nn_param *p = find_local_param(m, name ? name : "");
+    if (!p) return bt_error("nn: module %s has no parameter named \"%s\"", m->path, name);
+    const bt_tensor *t = p->tensor;
+    int64_t local = split->dim >= 0 && split->dim < t->ndim ? t->shape[split->dim] : -1;
+    char blocks[96];
+    if (local < 0 || !split_fits(split, t->ndim, local * split->parts))
+        return bt_error("nn: parameter %s.%s: dim %d of size %lld is not piece %d of %d of blocks "
+                        "%s",
+                        m->path, name, split->dim, (long long)local, split->part, split->parts,
+                        blocks_str(split, local * split->parts, blocks, sizeof blocks));
+    p->split = *split;
+    return BT_OK;
+}
+
+struct nn_split nn_param_split(const struct nn_param_list *list, int64_t i) {
+    if (!list || !list->splits || i < 0 || i >= list->count) return (struct nn_split){0};
+    return list->splits[i];
+}
+
+void nn_split_full_shape(const struct nn_split *s, const bt_tensor *local, int64_t *shape) {
+    for (int d = 0; d < local->ndim; d++)
+        shape[d] = local->shape[d] * (nn_split_is_cut(s) && d == s->dim ? s->parts : 1);
+}
+
+/* Copies between piece `part` of full and `local`, which holds rows [rows0, rows0 + its rows) of
+ * that piece, in the direction given: the cut dim is a run of segments (one per block), each a
+ * contiguous range of the piece and of the full tensor. */
+static bt_status split_copy(const char *op, const struct nn_split *s, int part, bt_tensor *full,
+                            bt_tensor *local, int64_t rows0, bool to_local) {
+    char a[96], b[96], blocks[96];
+    struct nn_split whole = {.parts = 1};
+    if (!nn_split_is_cut(s)) s = &whole;
+    if (!full || !local) return bt_error("nn: %s: tensor is NULL", op);
+    if (full->dtype != local->dtype || !bt_is_contiguous(full) || !bt_is_contiguous(local) ||
+        full->storage->device.type != BT_DEVICE_CPU || local->storage->device.type != BT_DEVICE_CPU)
+        return bt_error("nn: %s: expected contiguous CPU tensors of one dtype, got %s and %s", op,
+                        bt_dtype_name(full->dtype), bt_dtype_name(local->dtype));
+    int ndim = full->ndim, dim = s->dim;
+    bool fits = local->ndim == ndim && ndim > 0 && split_fits(s, ndim, full->shape[dim]);
+    int64_t piece_rows = fits ? full->shape[0] / (dim == 0 ? s->parts : 1) : 0;
+    for (int d = 0; fits && d < ndim; d++) {
+        int64_t want = d == dim ? full->shape[d] / s->parts : full->shape[d];
+        fits = d == 0 ? rows0 >= 0 && rows0 + local->shape[0] <= piece_rows : local->shape[d] == want;
+    }
+    if (!fits)
+        return bt_error("nn: %s: %s is not rows [%lld, ...) of piece %d of %d along dim %d of %s "
+                        "(blocks %s)",
+                        op, bt_shape_str(local, a, sizeof a), (long long)rows0, part, s->parts,
+                        dim, bt_shape_str(full, b, sizeof b),
+                        blocks_str(s, full->shape[dim], blocks, sizeof blocks));
+    int nb = split_blocks(s);
+    int64_t local_start[NN_SPLIT_MAX_BLOCKS], full_start[NN_SPLIT_MAX_BLOCKS],
+        len[NN_SPLIT_MAX_BLOCKS];
+    for (int k = 0, lo = 0, fo = 0; k < nb; k++) {
+        int64_t n = split_block_size(s, k, full->shape[dim]), per = n / s->parts;
+        local_start[k] = lo;
+        full_start[k] = fo + (int64_t)part * per;
+        len[k] = per;
+        lo += (int)per;
+        fo += (int)n;
+    }
+    size_t esize = bt_dtype_size(full->dtype);
+    char *fd = bt_data(full), *ld = bt_data(local);
+    int64_t inner = 1; /* elements after dim */
+    for (int d = dim + 1; d < ndim; d++)
+        inner *= full->shape[d];
+    int64_t rows = local->shape[0];
+    if (dim == 0) { /* a local row r is piece row rows0 + r: find its block */
+        for (int64_t r = 0; r < rows; r++) {
+            int64_t i = rows0 + r;
+            int k = 0;
+            while (k + 1 < nb && i >= local_start[k + 1])
+                k++;
+            char *f = fd + (size_t)((full_start[k] + i - local_start[k]) * inner) * esize;
+            char *l = ld + (size_t)(r * inner) * esize;
+            memcpy(to_local ? l : f, to_local ? f : l, (size_t)inner * esize);
+        }
+        return BT_OK;
+    }
+    int64_t mid = 1; /* elements of the dims between 0 and dim (exclusive) */
+    for (int d = 1; d < dim; d++)
+        mid *= full->shape[d];
+    int64_t full_dim = full->shape[dim], local_dim = full_dim / s->parts;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t j = 0; j < mid; j++) {
+            int64_t o = (rows0 + r) * mid + j, ol = r * mid + j;
+            for (int k = 0; k < nb; k++) {
+                char *f = fd + (size_t)((o * full_dim + full_start[k]) * inner) * esize;
+                char *l = ld + (size_t)((ol * local_dim + local_start[k]) * inner) * esize;
+                memcpy(to_local ? l : f, to_local ? f : l, (size_t)(len[k] * inner) * esize);
+            }
+        }
+    return BT_OK;
+}
+
+bt_status nn_split_take(const struct nn_split *s, const bt_tensor *full, bt_tensor *local,
+                        int64_t rows0) {
+    return split_copy("split_take", s, s && nn_split_is_cut(s) ? s->part : 0, (bt_tensor *)full,
+                      local, rows0 < 0 ? 0 : rows0, true);
+}
+
+bt_status nn_split_place(const struct nn_split *s, int part, const bt_tensor *piece,
+                         bt_tensor *full) {
+    return split_copy("split_place", s, part, full, (bt_tensor *)piece, 0, false);
+}
+
 /* ---- named parameters ---- */
 
 static bool list_contains(const struct nn_param_list *l, const bt_tensor *t) {
@@ -230,14 +377,17 @@ static bool list_contains(const struct nn_param_list *l, const bt_tensor *t) {
 }
 
 static bt_status list_push(struct nn_param_list *l, int64_t *cap, const char *prefix,
-                           const char *name, bt_tensor *t) {
+                           const struct nn_param *p) {
+    const char *name = p->name;
     if (l->count == *cap) {
         int64_t grown_cap = *cap ? 2 * *cap : 16;
         char **names = realloc(l->names, (size_t)grown_cap * sizeof(*names));
         if (names) l->names = names;
         bt_tensor **tensors = realloc(l->tensors, (size_t)grown_cap * sizeof(*tensors));
         if (tensors) l->tensors = tensors;
-        if (!names || !tensors) return bt_error("nn: out of memory listing parameters");
+        struct nn_split *splits = realloc(l->splits, (size_t)grown_cap * sizeof(*splits));
+        if (splits) l->splits = splits;
+        if (!names || !tensors || !splits) return bt_error("nn: out of memory listing parameters");
         *cap = grown_cap;
     }
     size_t n = strlen(prefix) + strlen(name) + 1;
@@ -245,7 +395,8 @@ static bt_status list_push(struct nn_param_list *l, int64_t *cap, const char *pr
     if (!full) return bt_error("nn: out of memory listing parameters");
     snprintf(full, n, "%s%s", prefix, name);
     l->names[l->count] = full;
-    l->tensors[l->count] = t;
+    l->tensors[l->count] = p->tensor;
+    l->splits[l->count] = p->split;
     l->count++;
     return BT_OK;
 }
@@ -255,7 +406,7 @@ static bt_status collect(const struct nn_module *m, const char *prefix, struct n
                          int64_t *cap) {
     for (int k = 0; k < m->n_params; k++) {
         if (list_contains(l, m->params[k].tensor)) continue; /* tied: first name wins */
-        if (list_push(l, cap, prefix, m->params[k].name, m->params[k].tensor) != BT_OK)
+        if (list_push(l, cap, prefix, &m->params[k]) != BT_OK)
             return BT_ERR;
     }
     for (int k = 0; k < m->n_children; k++) {
@@ -288,6 +439,7 @@ void nn_param_list_free(struct nn_param_list *list) {
         free(list->names[k]);
     free(list->names);
     free(list->tensors);
+    free(list->splits);
     *list = (struct nn_param_list){0};
 }
 

@@ -21,10 +21,24 @@ typedef enum {
     NN_DROPOUT,
 } nn_kind;
 
+/* How a parameter this process holds relates to its full logical tensor (tensor parallelism,
+ * docs/tp.md): the full tensor is cut into `parts` pieces along `dim` and this is piece `part`. The
+ * dim may be made of stacked blocks (GPT-2's c_attn: q, k, v), each cut the same way: piece r
+ * holds rows [r*n_b/parts, (r+1)*n_b/parts) of every block b, block after block. parts <= 1: the
+ * tensor is whole. Checkpoints write the full tensor and read any piece of it. */
+#define NN_SPLIT_MAX_BLOCKS 4
+struct nn_split {
+    int parts, part;
+    int dim;
+    int n_blocks;                        /* 0 means one block: the whole dim */
+    int64_t blocks[NN_SPLIT_MAX_BLOCKS]; /* full sizes along dim, summing to its full size */
+};
+
 struct nn_param {
-    char *name;        /* local name: "weight" */
-    bt_tensor *tensor; /* persistent, requires_grad; one reference held by the module */
-    bt_tensor **field; /* the concrete module's pointer to it (kept in step by set_parameter) */
+    char *name;            /* local name: "weight" */
+    bt_tensor *tensor;     /* persistent, requires_grad; one reference held by the module */
+    bt_tensor **field;     /* the concrete module's pointer to it (kept in step by set_parameter) */
+    struct nn_split split; /* zero: whole */
 };
 
 struct nn_module {
@@ -91,6 +105,10 @@ bt_tensor *nn_module_add_parameter(struct nn_module *m, const char *name, int nd
 /* Replaces m's parameter `name` with `t` (same shape; one more reference to t is taken): weight
  * tying, e.g. the LM head sharing the token embedding. */
 bt_status nn_module_set_parameter(struct nn_module *m, const char *name, bt_tensor *t);
+/* Marks m's parameter `name` as a piece of a larger logical tensor (struct nn_split); checked
+ * against the parameter's shape: `nn: parameter attn.c_attn.weight: dim 0 of 96 rows is not piece
+ * 1 of 2 of blocks (64, 64, 64)`. */
+bt_status nn_module_set_split(struct nn_module *m, const char *name, const struct nn_split *split);
 /* Frees m, its subtree and their parameters (each parameter drops one reference); a module with a
  * parent is removed from it first. */
 void nn_module_free(struct nn_module *m);
@@ -102,13 +120,28 @@ struct nn_module *nn_module_child(const struct nn_module *m, const char *name);
 /* ---- parameters ---- */
 struct nn_param_list {
     int64_t count;
-    char **names;        /* full dotted names relative to the module asked */
-    bt_tensor **tensors; /* the parameters themselves (owned by the modules, not the list) */
+    char **names;            /* full dotted names relative to the module asked */
+    bt_tensor **tensors;     /* the parameters themselves (owned by the modules, not the list) */
+    struct nn_split *splits; /* count entries (nn_named_parameters fills it), or NULL: all whole */
 };
 /* Every parameter of m's tree, each once (a tied parameter under its first name), in order: a
  * module's own parameters in registration order, then its children's, depth first. */
 bt_status nn_named_parameters(const struct nn_module *m, struct nn_param_list *out);
 void nn_param_list_free(struct nn_param_list *list);
+/* The split of list entry i (a whole one when the list has none). */
+struct nn_split nn_param_split(const struct nn_param_list *list, int64_t i);
+/* Whether split s cuts its tensor (parts > 1). */
+bool nn_split_is_cut(const struct nn_split *s);
+/* The full logical shape of `local` (ndim entries into shape). */
+void nn_split_full_shape(const struct nn_split *s, const bt_tensor *local, int64_t *shape);
+/* local = piece s->part of full (full has the full logical shape; any float dtypes, contiguous
+ * CPU tensors); with rows0 >= 0, local holds only rows [rows0, rows0 + local's rows) of the piece
+ * (a ZeRO-1 shard of it). No autograd. Shapes are checked and named. */
+bt_status nn_split_take(const struct nn_split *s, const bt_tensor *full, bt_tensor *local,
+                        int64_t rows0);
+/* The reverse: writes piece `part` (shape of s's piece) into its place in full. */
+bt_status nn_split_place(const struct nn_split *s, int part, const bt_tensor *piece,
+                         bt_tensor *full);
 /* Number of parameter elements (tied parameters counted once). */
 int64_t nn_num_parameters(const struct nn_module *m);
 /* The parameter with this dotted name relative to m, or NULL with a message naming it. */

@@ -123,6 +123,11 @@ static bt_status check_batch(const struct model *m, const bt_tensor *idx,
                         (long long)m->config.block_size);
     if (idx->shape[0] < 1 || T < 1)
         return bt_error("%s: idx %s is empty", arch, bt_shape_str(idx, a, sizeof a));
+    int tp = model_tp_size(&m->config);
+    if (model_sequence_parallel(&m->config) && T % tp != 0)
+        return bt_error("%s: idx %s has sequence length %lld, not divisible by parallel.tp=%d "
+                        "(parallel.sequence_parallel splits the sequence across the tp ranks)",
+                        arch, bt_shape_str(idx, a, sizeof a), (long long)T, tp);
     if (targets && !bt_same_shape(idx, targets))
         return bt_error("%s: targets %s must have the shape of idx %s", arch,
                         bt_shape_str(targets, b, sizeof b), bt_shape_str(idx, a, sizeof a));
@@ -150,6 +155,51 @@ bt_tensor *model_finish_forward(bt_tensor *logits, bt_tensor *targets, struct co
     if (tp_group && comm_size(tp_group) > 1)
         return tp_cross_entropy(flat_logits, flat_targets, tp_group);
     return bt_cross_entropy(flat_logits, flat_targets);
+}
+
+/* ---- sequence parallelism ---- */
+
+bt_tensor *model_sp_param(const struct model_config *c, bt_tensor *w) {
+    return w && model_sequence_parallel(c) ? tp_copy(w, c->tp_group) : w;
+}
+
+bt_tensor *model_layernorm(const struct model_config *c, struct nn_layernorm *ln, bt_tensor *x) {
+    if (!model_sequence_parallel(c)) return nn_layernorm_forward(ln, x);
+    bt_scope_push(ln->base.path);
+    bt_tensor *y =
+        bt_layernorm(x, model_sp_param(c, ln->weight), model_sp_param(c, ln->bias), ln->eps);
+    bt_scope_pop();
+    return y;
+}
+
+bt_tensor *model_rmsnorm(const struct model_config *c, struct nn_rmsnorm *n, bt_tensor *x) {
+    if (!model_sequence_parallel(c)) return nn_rmsnorm_forward(n, x);
+    bt_scope_push(n->base.path);
+    bt_tensor *y = bt_rmsnorm(x, model_sp_param(c, n->weight), n->eps);
+    bt_scope_pop();
+    return y;
+}
+
+int64_t model_sp_offset(const struct model_config *c, int64_t T) {
+    if (!model_sequence_parallel(c)) return 0;
+    return comm_rank(c->tp_group) * (T / comm_size(c->tp_group));
+}
+
+bt_tensor *model_dropout(const struct model_config *c, struct nn_dropout *d, bt_tensor *x) {
+    if (!model_sequence_parallel(c) || !x || !d->base.training || d->p == 0.0)
+        return nn_dropout_forward(d, x);
+    bt_scope_push(d->base.path);
+    /* the whole tensor's mask (scaled by 1/(1-p)), drawn as tp=1 draws it, then this rank's
+     * slice of it: x * mask has the gradient grad * mask */
+    int64_t shape[BT_MAX_DIMS];
+    for (int k = 0; k < x->ndim; k++)
+        shape[k] = x->shape[k];
+    int P = comm_size(c->tp_group);
+    shape[1] *= P;
+    bt_tensor *mask = bt_dropout(bt_ones(x->ndim, shape, x->dtype, bt_cpu()), d->p, true);
+    bt_tensor *y = bt_mul(x, bt_narrow(mask, 1, comm_rank(c->tp_group) * x->shape[1], x->shape[1]));
+    bt_scope_pop();
+    return y;
 }
 
 void model_train(struct model *m, bool training) {

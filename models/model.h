@@ -26,6 +26,11 @@ struct model_config {
      * vocabulary rows), and every rank of the group must run the same calls. Not owned: it must
      * outlive the model. */
     struct comm *tp_group;
+    /* Sequence parallelism (Megatron-SP, docs/tp.md), with a tp group of P > 1: the norms,
+     * dropout and residual adds run on this rank's slice T/P of the sequence (all-gathered in
+     * front of each column-parallel layer, reduce-scattered after each row-parallel one); T must
+     * be divisible by P. The same losses as without. */
+    bool sequence_parallel;
 };
 
 struct model {

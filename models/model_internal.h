@@ -30,6 +30,24 @@ static inline int model_tp_size(const struct model_config *c) {
     return c->tp_group ? comm_size(c->tp_group) : 1;
 }
 
+/* ---- sequence parallelism (model_config.sequence_parallel) ----
+ * Between a row-parallel layer's reduce-scatter and the next column-parallel layer's all-gather,
+ * each rank holds its slice r of the residual stream along dim 1, (B, T/P, C). */
+static inline bool model_sequence_parallel(const struct model_config *c) {
+    return c->sequence_parallel && model_tp_size(c) > 1;
+}
+/* A replicated parameter w used on this rank's sequence slice gets a partial gradient: under SP
+ * it goes through tp_copy (identity forward, gradient summed over the tp group); else w. */
+bt_tensor *model_sp_param(const struct model_config *c, bt_tensor *w);
+/* Norms with their weights through model_sp_param. */
+bt_tensor *model_layernorm(const struct model_config *c, struct nn_layernorm *ln, bt_tensor *x);
+bt_tensor *model_rmsnorm(const struct model_config *c, struct nn_rmsnorm *n, bt_tensor *x);
+/* Dropout of x; under SP x is this rank's slice along dim 1 of a (B, T, ...) tensor and its mask
+ * is that slice of the mask the whole tensor would draw, so the run draws what tp=1 draws. */
+bt_tensor *model_dropout(const struct model_config *c, struct nn_dropout *d, bt_tensor *x);
+/* This rank's first position of the sequence slice of T positions (0 without SP). */
+int64_t model_sp_offset(const struct model_config *c, int64_t T);
+
 /* logits (B, T, V), targets (B, T) or NULL: the mean cross-entropy over (B*T, V), or NULL without
  * error when there are no targets; *logits_out receives logits when not NULL. With tp_group of
  * P > 1, logits are this rank's vocabulary slice (B, T, V/P) and the loss is tp_cross_entropy's. */

@@ -90,7 +90,7 @@ struct tp_row_linear {
     /* set after creation (defaults true, false, 1): */
     bool input_is_parallel; /* x is (..., in/P), this rank's block; false: x is full, tp_split */
     bool sequence_parallel; /* reduce-scatter the output along seq_dim instead of all-reducing it;
-                             * the bias gradient is then partial: sum it over the group */
+                             * the bias then goes through tp_copy: its gradient is summed */
     int seq_dim;
 };
 

@@ -134,6 +134,11 @@ struct tp_column_linear *tp_column_linear_create_fused(const char *name, int64_t
         return give_up(&m->base);
     if (bias && !nn_module_add_parameter(&m->base, "bias", BT_SHAPE(out_per_rank), &m->bias))
         return give_up(&m->base);
+    struct nn_split rows = {.parts = P, .part = m->tp_rank, .dim = 0, .n_blocks = n_blocks};
+    memcpy(rows.blocks, block_sizes, (size_t)n_blocks * sizeof(int64_t));
+    if (nn_module_set_split(&m->base, "weight", &rows) != BT_OK ||
+        (bias && nn_module_set_split(&m->base, "bias", &rows) != BT_OK))
+        return give_up(&m->base);
     if (rng) { /* draw the full layer as nn_linear would, keep this rank's rows */
         struct nn_linear *full = nn_linear_create(name, in_features, out_features, bias, rng);
         bt_status st = full ? tp_column_linear_load_full(m, full->weight, full->bias) : BT_ERR;
@@ -216,6 +221,9 @@ struct tp_row_linear *tp_row_linear_create(const char *name, int64_t in_features
         return give_up(&m->base);
     if (bias && !nn_module_add_parameter(&m->base, "bias", BT_SHAPE(out_features), &m->bias))
         return give_up(&m->base);
+    /* the bias is whole and replicated */
+    struct nn_split columns = {.parts = P, .part = m->tp_rank, .dim = 1};
+    if (nn_module_set_split(&m->base, "weight", &columns) != BT_OK) return give_up(&m->base);
     if (rng) {
         struct nn_linear *full = nn_linear_create(name, in_features, out_features, bias, rng);
         bt_status st = full ? tp_row_linear_load_full(m, full->weight, full->bias) : BT_ERR;
@@ -250,7 +258,9 @@ bt_tensor *tp_row_linear_forward(struct tp_row_linear *m, bt_tensor *x) {
     if (!m->input_is_parallel) x = tp_split(x, m->group, -1); /* (..., in) -> (..., in/P) */
     y = bt_linear(x, m->weight, NULL);                        /* a partial sum (..., out) */
     y = m->sequence_parallel ? tp_scatter_seq(y, m->group, m->seq_dim) : tp_reduce(y, m->group);
-    if (m->bias) y = bt_add(y, m->bias); /* once, after the sum */
+    /* once, after the sum; under SP on this rank's slice only, so its gradient is partial and
+     * tp_copy sums it over the group */
+    if (m->bias) y = bt_add(y, m->sequence_parallel ? tp_copy(m->bias, m->group) : m->bias);
 done:
     bt_scope_pop();
     return y;
@@ -278,7 +288,10 @@ struct tp_vocab_embedding *tp_vocab_embedding_create(const char *name, int64_t n
     m->tp_rank = comm_rank(group);
     m->vocab_start = m->tp_rank * per_rank;
     m->seq_dim = 1;
-    if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(per_rank, embedding_dim), &m->weight))
+    struct nn_split rows = {.parts = P, .part = m->tp_rank, .dim = 0};
+    if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(per_rank, embedding_dim),
+                                 &m->weight) ||
+        nn_module_set_split(&m->base, "weight", &rows) != BT_OK)
         return give_up(&m->base);
     if (rng) {
         struct nn_embedding *full = nn_embedding_create(name, num_embeddings, embedding_dim, rng);

@@ -359,6 +359,102 @@ START_TEST(test_custom_module) {
 }
 END_TEST
 
+/* full (rows, cols) with full[i][j] = 100 i + j */
+static bt_tensor *numbered(int64_t rows, int64_t cols) {
+    bt_tensor *t = bt_tensor_new(BT_SHAPE(rows, cols), BT_F32, bt_cpu());
+    float *d = bt_data(t);
+    for (int64_t i = 0; i < rows; i++)
+        for (int64_t j = 0; j < cols; j++)
+            d[i * cols + j] = (float)(100 * i + j);
+    return t;
+}
+
+START_TEST(test_split_blocks_take_place) {
+    /* a fused (q, k, v) weight of 3 blocks of 4 rows, piece 1 of 2: rows 2-3, 6-7, 10-11 */
+    struct nn_module *m = nn_module_create("attn");
+    bt_tensor *w = nn_module_add_parameter(m, "weight", BT_SHAPE(6, 3), NULL);
+    struct nn_split s = {.parts = 2, .part = 1, .dim = 0, .n_blocks = 3, .blocks = {4, 4, 4}};
+    ck_assert_int_eq(nn_module_set_split(m, "weight", &s), BT_OK);
+    struct nn_param_list l;
+    ck_assert_int_eq(nn_named_parameters(m, &l), BT_OK);
+    struct nn_split got = nn_param_split(&l, 0);
+    ck_assert(nn_split_is_cut(&got));
+    int64_t shape[2];
+    nn_split_full_shape(&got, w, shape);
+    ck_assert_int_eq(shape[0], 12);
+    ck_assert_int_eq(shape[1], 3);
+    bt_tensor *full = numbered(12, 3);
+    ck_assert_int_eq(nn_split_take(&got, full, w, 0), BT_OK);
+    const float *d = bt_data(w);
+    int want_rows[6] = {2, 3, 6, 7, 10, 11};
+    for (int r = 0; r < 6; r++)
+        for (int j = 0; j < 3; j++)
+            ck_assert_float_eq(d[r * 3 + j], (float)(100 * want_rows[r] + j));
+    /* a ZeRO shard: rows 3..4 of the piece are full rows 7 and 10 */
+    bt_tensor *shard = bt_tensor_new(BT_SHAPE(2, 3), BT_F32, bt_cpu());
+    ck_assert_int_eq(nn_split_take(&got, full, shard, 3), BT_OK);
+    ck_assert_float_eq(((float *)bt_data(shard))[0], 700.0f);
+    ck_assert_float_eq(((float *)bt_data(shard))[3], 1000.0f);
+    /* place both pieces into a zeroed full tensor: it comes back whole */
+    bt_tensor *rebuilt = bt_tensor_new(BT_SHAPE(12, 3), BT_F32, bt_cpu());
+    bt_tensor *piece = bt_tensor_new(BT_SHAPE(6, 3), BT_F32, bt_cpu());
+    for (int part = 0; part < 2; part++) {
+        struct nn_split p = got;
+        p.part = part;
+        ck_assert_int_eq(nn_split_take(&p, full, piece, 0), BT_OK);
+        ck_assert_int_eq(nn_split_place(&got, part, piece, rebuilt), BT_OK);
+    }
+    ck_assert_mem_eq(bt_data(rebuilt), bt_data(full), 12 * 3 * sizeof(float));
+    /* a shard past the piece's end, and a split that does not fit the parameter */
+    ck_assert_int_eq(nn_split_take(&got, full, shard, 5), BT_ERR);
+    ck_assert_error_contains("is not rows [5, ...) of piece 1 of 2 along dim 0");
+    struct nn_split bad = {.parts = 2, .part = 0, .dim = 0, .n_blocks = 2, .blocks = {4, 4}};
+    ck_assert_int_eq(nn_module_set_split(m, "weight", &bad), BT_ERR);
+    ck_assert_error_contains("nn: parameter attn.weight: dim 0 of size 6 is not piece 0 of 2 of "
+                             "blocks (4, 4)");
+    nn_param_list_free(&l);
+    bt_tensor_free(piece);
+    bt_tensor_free(rebuilt);
+    bt_tensor_free(shard);
+    bt_tensor_free(full);
+    nn_module_free(m);
+}
+END_TEST
+
+START_TEST(test_split_columns) {
+    /* a row-parallel weight (4, 6): piece 2 of 3 holds columns 4-5 */
+    struct nn_split s = {.parts = 3, .part = 2, .dim = 1};
+    bt_tensor *full = numbered(4, 6);
+    bt_tensor *local = bt_tensor_new(BT_SHAPE(4, 2), BT_F32, bt_cpu());
+    ck_assert_int_eq(nn_split_take(&s, full, local, 0), BT_OK);
+    const float *d = bt_data(local);
+    for (int i = 0; i < 4; i++) {
+        ck_assert_float_eq(d[i * 2], (float)(100 * i + 4));
+        ck_assert_float_eq(d[i * 2 + 1], (float)(100 * i + 5));
+    }
+    bt_tensor *shard = bt_tensor_new(BT_SHAPE(1, 2), BT_F32, bt_cpu()); /* row 3 of the piece */
+    ck_assert_int_eq(nn_split_take(&s, full, shard, 3), BT_OK);
+    ck_assert_float_eq(((float *)bt_data(shard))[1], 305.0f);
+    bt_tensor *zeros = bt_zeros(BT_SHAPE(4, 6), BT_F32, bt_cpu());
+    bt_tensor *rebuilt = bt_tensor_new(BT_SHAPE(4, 6), BT_F32, bt_cpu());
+    ck_assert_int_eq(bt_copy_(rebuilt, zeros), BT_OK);
+    ck_assert_int_eq(nn_split_place(&s, 2, local, rebuilt), BT_OK);
+    ck_assert_float_eq(((float *)bt_data(rebuilt))[6 + 5], 105.0f);
+    ck_assert_float_eq(((float *)bt_data(rebuilt))[6 + 3], 0.0f);
+    /* a whole (uncut) split copies everything */
+    struct nn_split whole = {0};
+    bt_tensor *copy = bt_tensor_new(BT_SHAPE(4, 6), BT_F32, bt_cpu());
+    ck_assert_int_eq(nn_split_take(&whole, full, copy, 0), BT_OK);
+    ck_assert_mem_eq(bt_data(copy), bt_data(full), 24 * sizeof(float));
+    bt_step_end();
+    bt_tensor_free(copy);
+    bt_tensor_free(rebuilt);
+    bt_tensor_free(shard);
+    bt_tensor_free(local);
+    bt_tensor_free(full);
+}
+END_TEST
+
 static Suite *nn_suite(void) {
     Suite *s = suite_create("nn");
     bt_suite_add(s, test_named_parameters_and_paths);
@@ -371,6 +467,8 @@ static Suite *nn_suite(void) {
     bt_suite_add(s, test_error_scope_names_module);
     bt_suite_add(s, test_bad_modules);
     bt_suite_add(s, test_custom_module);
+    bt_suite_add(s, test_split_blocks_take_place);
+    bt_suite_add(s, test_split_columns);
     return s;
 }
 

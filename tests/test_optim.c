@@ -373,11 +373,11 @@ START_TEST(test_bad_optimizer_parameters) {
     cfg = optim_config_default(OPTIM_ADAMW);
     bt_tensor *twice[] = {f.W, f.W};
     char *twice_names[] = {"a", "b"};
-    struct nn_param_list dup = {2, twice_names, twice};
+    struct nn_param_list dup = {.count = 2, .names = twice_names, .tensors = twice};
     ck_assert_ptr_null(optim_create(&cfg, &dup));
     ck_assert_error_contains("adamw: parameter b appears more than once");
     bt_tensor *step_tensor[] = {bt_zeros(BT_SHAPE(2), BT_F32, bt_cpu())};
-    struct nn_param_list steps = {1, NULL, step_tensor};
+    struct nn_param_list steps = {.count = 1, .tensors = step_tensor};
     ck_assert_ptr_null(optim_create(&cfg, &steps));
     ck_assert_error_contains("adamw: parameter 0 is a step tensor");
 
