@@ -6,7 +6,10 @@
  * NH/P heads of c_attn (column-parallel, q/k/v blocks) and the matching columns of attn.c_proj
  * (row-parallel), F/P of mlp.c_fc (column) and mlp.c_proj (row), V/P rows of wte (vocab-parallel,
  * also the tied LM head) and the loss is tp_cross_entropy; wpe and the LayerNorms are replicated.
- * Exactly one of each layer's single-rank and `_tp` pointers is set. */
+ * Exactly one of each layer's single-rank and `_tp` pointers is set. With sequence parallelism
+ * the residual stream is this rank's slice (B, T/P, C) of the sequence (models/model_internal.h):
+ * the norms, dropout and adds run on it, the column layers all-gather it and the row layers and
+ * the embedding reduce-scatter back to it. */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -43,6 +46,7 @@ struct gpt_block {
 };
 
 struct gpt {
+    const struct model_config *config; /* the model's: sequence parallelism, the tp group */
     struct nn_embedding *wte;          /* (V, C) */
     struct tp_vocab_embedding *wte_tp; /* tp: (V/P, C) */
     struct nn_embedding *wpe;          /* (block_size, C) */
@@ -59,14 +63,19 @@ struct gpt {
 
 /* x (B, T, C) -> (B, T, C): causal self-attention, dropout on the projected output. With a
  * cache, x holds positions len..len+T-1 and attends to the cached ones too (model_cache_attend). */
-static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x,
-                                    struct model_cache *cache, int64_t layer) {
+static bt_tensor *attention_forward(const struct model_config *c, struct gpt_attention *a,
+                                    bt_tensor *x, struct model_cache *cache, int64_t layer) {
     if (!x) return NULL; /* an earlier op failed: keep its message */
     bt_scope_push(a->base.path);
-    /* with tp, NH is this rank's NH/P heads and "3C" below its 3C/P features */
-    int64_t B = x->shape[0], T = x->shape[1], NH = a->n_head, hs = a->head_size;
+    /* with tp, NH is this rank's NH/P heads and "3C" below its 3C/P features; under SP x is
+     * (B, T/P, C) and c_attn all-gathers it: T is the whole sequence from here to c_proj */
     bt_tensor *qkv = a->c_attn_tp ? tp_column_linear_forward(a->c_attn_tp, x)
                                   : nn_linear_forward(a->c_attn, x); /* (B, T, 3C) */
+    if (!qkv) {
+        bt_scope_pop();
+        return NULL;
+    }
+    int64_t B = qkv->shape[0], T = qkv->shape[1], NH = a->n_head, hs = a->head_size;
     /* (B, T, 3*NH, hs) split into q, k, v, each (B, T, NH, hs): views, no copy */
     bt_tensor *heads[3] = {NULL, NULL, NULL};
     bt_tensor *qkv_heads = bt_view(qkv, BT_SHAPE(B, T, 3 * NH, hs));
@@ -79,31 +88,32 @@ static bt_tensor *attention_forward(struct gpt_attention *a, bt_tensor *x,
                          : bt_attention(q, k, v, true, 0.0); /* (B, NH, T, hs), scale 1/sqrt(hs) */
     y = bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, NH * hs)); /* heads side by side */
     y = a->c_proj_tp ? tp_row_linear_forward(a->c_proj_tp, y)
-                     : nn_linear_forward(a->c_proj, y); /* (B, T, C), replicated with tp */
-    y = nn_dropout_forward(a->resid_dropout, y);
+                     : nn_linear_forward(a->c_proj, y); /* (B, T, C), replicated with tp (SP:
+                                                         * this rank's (B, T/P, C)) */
+    y = model_dropout(c, a->resid_dropout, y);
     bt_scope_pop();
     return y;
 }
 
 /* x (B, T, C) -> (B, T, C): c_proj(gelu(c_fc(x))), then dropout */
-static bt_tensor *mlp_forward(struct gpt_mlp *mlp, bt_tensor *x) {
+static bt_tensor *mlp_forward(const struct model_config *c, struct gpt_mlp *mlp, bt_tensor *x) {
     bt_scope_push(mlp->base.path);
     bt_tensor *h = mlp->c_fc_tp ? tp_column_linear_forward(mlp->c_fc_tp, x)
                                 : nn_linear_forward(mlp->c_fc, x); /* (B, T, F), F/P with tp */
     h = bt_gelu(h, mlp->gelu);
     h = mlp->c_proj_tp ? tp_row_linear_forward(mlp->c_proj_tp, h)
                        : nn_linear_forward(mlp->c_proj, h); /* (B, T, C) */
-    h = nn_dropout_forward(mlp->dropout, h);
+    h = model_dropout(c, mlp->dropout, h);
     bt_scope_pop();
     return h;
 }
 
 /* x (B, T, C) -> (B, T, C): x + attn(ln_1(x)), then + mlp(ln_2(x)) */
-static bt_tensor *block_forward(struct gpt_block *blk, bt_tensor *x, struct model_cache *cache,
-                                int64_t layer) {
+static bt_tensor *block_forward(const struct model_config *c, struct gpt_block *blk, bt_tensor *x,
+                                struct model_cache *cache, int64_t layer) {
     bt_scope_push(blk->base.path);
-    x = bt_add(x, attention_forward(blk->attn, nn_layernorm_forward(blk->ln_1, x), cache, layer));
-    x = bt_add(x, mlp_forward(blk->mlp, nn_layernorm_forward(blk->ln_2, x)));
+    x = bt_add(x, attention_forward(c, blk->attn, model_layernorm(c, blk->ln_1, x), cache, layer));
+    x = bt_add(x, mlp_forward(c, blk->mlp, model_layernorm(c, blk->ln_2, x)));
     bt_scope_pop();
     return x;
 }
@@ -114,18 +124,28 @@ static bt_tensor *block_forward(struct gpt_block *blk, bt_tensor *x, struct mode
 static bt_tensor *gpt_logits(struct model *m, bt_tensor *idx, int64_t pos0,
                              struct model_cache *cache) {
     struct gpt *g = m->impl;
-    int64_t T = idx->shape[1];
-    bt_tensor *pos = bt_empty(BT_SHAPE(T), BT_I64, bt_cpu()); /* (T): pos0..pos0+T-1 */
+    const struct model_config *c = g->config;
+    /* under SP this rank embeds and carries positions t0..t0+T/P-1 of the T */
+    int64_t T = idx->shape[1], t0 = model_sp_offset(c, T);
+    int64_t Tl = model_sequence_parallel(c) ? T / model_tp_size(c) : T;
+    if (model_sequence_parallel(c) && cache) {
+        bt_error("gpt: parallel.sequence_parallel does not support the cached forward (build the "
+                 "model without it to generate)");
+        return NULL;
+    }
+    bt_tensor *pos = bt_empty(BT_SHAPE(Tl), BT_I64, bt_cpu()); /* (Tl): positions */
     if (!pos) return NULL;
-    for (int64_t t = 0; t < T; t++)
-        ((int64_t *)bt_data(pos))[t] = pos0 + t;
+    for (int64_t t = 0; t < Tl; t++)
+        ((int64_t *)bt_data(pos))[t] = pos0 + t0 + t;
     bt_tensor *tok_emb = g->wte_tp ? tp_vocab_embedding_forward(g->wte_tp, idx)
-                                   : nn_embedding_forward(g->wte, idx); /* (B, T, C) */
-    bt_tensor *pos_emb = nn_embedding_forward(g->wpe, pos); /* (T, C), broadcast over B */
-    bt_tensor *x = nn_dropout_forward(g->drop, bt_add(tok_emb, pos_emb));
+                                   : nn_embedding_forward(g->wte, idx); /* (B, Tl, C) */
+    bt_scope_push(g->wpe->base.path);
+    bt_tensor *pos_emb = bt_embedding(model_sp_param(c, g->wpe->weight), pos); /* (Tl, C) */
+    bt_scope_pop();
+    bt_tensor *x = model_dropout(c, g->drop, bt_add(tok_emb, pos_emb));
     for (int64_t l = 0; l < g->n_layer; l++)
-        x = block_forward(g->h[l], x, cache, l);
-    x = nn_layernorm_forward(g->ln_f, x);
+        x = block_forward(c, g->h[l], x, cache, l);
+    x = model_layernorm(c, g->ln_f, x);
     if (g->lm_head_tp) return tp_column_linear_forward(g->lm_head_tp, x); /* (B, T, V/P) */
     if (g->wte_tp) return tp_vocab_embedding_attend(g->wte_tp, x);        /* (B, T, V/P) */
     return nn_linear_forward(g->lm_head, x);                              /* (B, T, V) */
@@ -263,6 +283,18 @@ static bt_status load_from_full(struct gpt *g, const struct gpt *full) {
     return BT_OK;
 }
 
+/* Sequence parallelism: the embedding (and the tied head's attend) and every tp linear take or
+ * give this rank's sequence slice along dim 1 */
+static void set_sequence_parallel(struct gpt *g) {
+    g->wte_tp->sequence_parallel = true;
+    if (g->lm_head_tp) g->lm_head_tp->sequence_parallel = true;
+    for (int64_t l = 0; l < g->n_layer; l++) {
+        struct gpt_block *b = g->h[l];
+        b->attn->c_attn_tp->sequence_parallel = b->attn->c_proj_tp->sequence_parallel = true;
+        b->mlp->c_fc_tp->sequence_parallel = b->mlp->c_proj_tp->sequence_parallel = true;
+    }
+}
+
 /* The tp model starts from the single-rank model's weights: that model is built whole on every
  * rank from the same rng (so with the same draws, in the same order, tie included) and its
  * tensors are sliced into this one, then freed. Costs the full model's memory once, at build. */
@@ -284,6 +316,7 @@ bt_status gpt_build(struct model *m, struct bt_rng *rng) {
     struct gpt *g = calloc(1, sizeof(*g) + (size_t)c->n_layer * sizeof(g->h[0]));
     if (!g) return bt_error("gpt: out of memory for %lld layers", (long long)c->n_layer);
     m->impl = g;
+    g->config = &m->config;
     g->n_layer = c->n_layer;
     struct comm *tp = model_tp_size(c) > 1 ? c->tp_group : NULL;
     g->tp_group = tp;
@@ -316,6 +349,7 @@ bt_status gpt_build(struct model *m, struct bt_rng *rng) {
                   model_attach(m->root, tp_column_linear_create("lm_head", c->n_embd, c->vocab_size,
                                                                 false, tp, NULL))))
             return BT_ERR;
+        if (model_sequence_parallel(c)) set_sequence_parallel(g);
         return init_from_single_rank(m, rng);
     }
     g->lm_head =

@@ -20,15 +20,15 @@ static bt_status check_divisible_by_tp(const char *key, int64_t v, int tp) {
     return bt_error("model.%s=%lld is not divisible by parallel.tp=%d", key, (long long)v, tp);
 }
 
-/* With a tp group of P > 1: gpt only, and every split count divisible by P (n_embd follows from
- * n_head) */
+/* With a tp group of P > 1: every split count divisible by P (n_embd follows from n_head). Each
+ * rank holds whole query heads and whole key/value heads (llama's grouped-query attention: the
+ * query heads of rank r use exactly its kv heads), so n_kv_head too; replicating kv heads when
+ * P > n_kv_head is not supported. */
 static bt_status check_tensor_parallel(const struct model_config *c) {
     int tp = model_tp_size(c);
     if (tp == 1) return BT_OK;
-    if (c->arch != MODEL_GPT)
-        return bt_error("model.arch=%s does not support tensor parallelism yet (parallel.tp=%d)",
-                        arch_name(c->arch), tp);
     if (check_divisible_by_tp("n_head", c->n_head, tp) != BT_OK ||
+        check_divisible_by_tp("n_kv_head", c->n_kv_head, tp) != BT_OK ||
         check_divisible_by_tp("vocab_size", c->vocab_size, tp) != BT_OK ||
         check_divisible_by_tp("ffn_hidden", c->ffn_hidden, tp) != BT_OK)
         return BT_ERR;

@@ -157,8 +157,9 @@ static void assert_same_on_every_rank(const char *name, const bt_tensor *grad) {
 
 /* ---- one step: loss, logits and gradients ---- */
 
-static void check_one_step(bool bias, bool tied) {
+static void check_one_step(bool bias, bool tied, bool sequence_parallel) {
     struct model_config cf = tiny_gpt(bias, tied, NULL), ct = tiny_gpt(bias, tied, comm_world());
+    ct.sequence_parallel = sequence_parallel;
     struct model *full = create_ok(&cf, 1234), *tp = create_ok(&ct, 1234);
     struct nn_param_list pf, pt;
     params_of(full, tp, &pf, &pt);
@@ -195,14 +196,25 @@ static void check_one_step(bool bias, bool tied) {
 
 /* tied LM head (tp_vocab_embedding_attend) with biases; untied (column-parallel lm_head) without */
 MPI_TEST(test_loss_and_gradients) {
-    check_one_step(true, true);
-    check_one_step(false, false);
+    check_one_step(true, true, false);
+    check_one_step(false, false, false);
+}
+
+/* sequence parallelism: the same loss, logits and gradients; the replicated parameters (norms,
+ * wpe, row-parallel biases) see only this rank's positions and their gradients are summed */
+MPI_TEST(test_sequence_parallel_gradients) {
+    check_one_step(true, true, true);
+    check_one_step(false, false, true);
 }
 
 /* ---- training: 15 AdamW steps on each model's own parameters ---- */
 
-MPI_TEST(test_adamw_steps) {
+/* 15 steps of both models on the same batches; with dropout both draw their masks from the same
+ * stream, set before each forward (under SP each rank keeps its slice of the whole mask) */
+static void check_adamw_steps(bool sequence_parallel, double dropout) {
     struct model_config cf = tiny_gpt(true, true, NULL), ct = tiny_gpt(true, true, comm_world());
+    cf.dropout = ct.dropout = dropout;
+    ct.sequence_parallel = sequence_parallel;
     struct model *full = create_ok(&cf, 77), *tp = create_ok(&ct, 77);
     struct nn_param_list pf, pt;
     params_of(full, tp, &pf, &pt);
@@ -215,15 +227,17 @@ MPI_TEST(test_adamw_steps) {
         bt_tensor *idx = tokens(step % 3), *targets = tokens(step % 3 + 1);
         optim_zero_grad(of);
         optim_zero_grad(ot);
+        bt_runtime()->dropout_rng = bt_rng_make(500 + (uint64_t)step);
         bt_tensor *loss_full = model_forward(full, idx, targets, NULL);
         ck_assert_msg(loss_full && bt_backward(loss_full) == BT_OK, "%s", bt_last_error());
+        bt_runtime()->dropout_rng = bt_rng_make(500 + (uint64_t)step);
         bt_tensor *loss_tp = model_forward(tp, idx, targets, NULL);
         ck_assert_msg(loss_tp && bt_backward(loss_tp) == BT_OK, "%s", bt_last_error());
         char what[32];
         snprintf(what, sizeof what, "loss at step %d", step);
         double lf = bt_item(loss_full), lt = bt_item(loss_tp);
         assert_rel(what, lt, lf, 1e-4);
-        /* without sequence parallelism the replicated parameters' gradients need no reduce */
+        /* replicated parameters' gradients are the same everywhere (summed under SP) */
         for (int64_t i = 0; i < pt.count; i++)
             if (bt_same_shape(pt.tensors[i], pf.tensors[i]))
                 assert_same_on_every_rank(pt.names[i], pt.tensors[i]->grad);
@@ -247,6 +261,22 @@ MPI_TEST(test_adamw_steps) {
     nn_param_list_free(&pt);
     model_free(full);
     model_free(tp);
+}
+
+MPI_TEST(test_adamw_steps) {
+    check_adamw_steps(false, 0.0);
+}
+
+MPI_TEST(test_adamw_steps_dropout) {
+    check_adamw_steps(false, 0.1);
+}
+
+MPI_TEST(test_sequence_parallel_adamw_steps) {
+    check_adamw_steps(true, 0.0);
+}
+
+MPI_TEST(test_sequence_parallel_adamw_steps_dropout) {
+    check_adamw_steps(true, 0.1);
 }
 
 /* ---- generation: the cached forward gathers the vocabulary slices ---- */
@@ -307,18 +337,34 @@ MPI_TEST(test_config_errors) {
     snprintf(want, sizeof want, "model.ffn_hidden=%d is not divisible by parallel.tp=%d", 4 * P + 1,
              P);
     assert_create_fails(&c, want);
-    c = tiny_gpt(false, true, comm_world());
-    c.arch = MODEL_LLAMA;
-    c.rope_theta = 10000.0;
-    snprintf(want, sizeof want,
-             "model.arch=llama does not support tensor parallelism yet (parallel.tp=%d)", P);
-    assert_create_fails(&c, want);
+    if (P > 1) { /* SP splits the sequence: T must divide; generation needs the model without */
+        c = tiny_gpt(true, true, comm_world());
+        c.sequence_parallel = true;
+        struct model *m = create_ok(&c, 3);
+        ck_assert_ptr_null(model_forward(m, tokens_at(0, 0, 2 * P + 1), NULL, NULL));
+        snprintf(want, sizeof want,
+                 "has sequence length %d, not divisible by parallel.tp=%d (parallel.sequence_"
+                 "parallel splits the sequence across the tp ranks)",
+                 2 * P + 1, P);
+        ck_assert_error_contains(want);
+        struct model_cache *cache = model_cache_create(m, B);
+        ck_assert_ptr_nonnull(cache);
+        ck_assert_ptr_null(model_forward_cached(m, cache, tokens_at(0, 0, 4)));
+        ck_assert_error_contains("parallel.sequence_parallel does not support the cached forward");
+        bt_step_end();
+        model_cache_free(cache);
+        model_free(m);
+    }
 }
 
 static Suite *gpt_tp_suite(void) {
     Suite *s = suite_create("gpt_tp");
     bt_suite_add(s, test_loss_and_gradients);
+    bt_suite_add(s, test_sequence_parallel_gradients);
     bt_suite_add(s, test_adamw_steps);
+    bt_suite_add(s, test_adamw_steps_dropout);
+    bt_suite_add(s, test_sequence_parallel_adamw_steps);
+    bt_suite_add(s, test_sequence_parallel_adamw_steps_dropout);
     bt_suite_add(s, test_cached_forward);
     bt_suite_add(s, test_config_errors);
     return s;
