@@ -78,6 +78,7 @@ static const struct cfg_key keys[] = {
     DERIVED(parallel, microbatches, CFG_INT, "train.grad_accum"),
     ENUM(parallel, schedule, "1f1b, gpipe"),
     KEY(parallel, bucket_mb, CFG_FLOAT),
+    KEY(parallel, sequence_parallel, CFG_BOOL),
     KEY(data, train, CFG_STRING),
     KEY(data, val, CFG_STRING),
     KEY(data, shuffle, CFG_BOOL),
@@ -897,6 +898,17 @@ static bt_status check_layout(const struct braid_config *cfg, int world_size) {
         return key_error(cfg, &p->tp, "does not divide", &m->n_kv_head, NULL);
     if (m->ffn_hidden % p->tp != 0)
         return key_error(cfg, &p->tp, "does not divide", &m->ffn_hidden, NULL);
+    if (m->vocab_size % p->tp != 0) { /* resolved from the tokenizer by now when it was 0 */
+        char note[160];
+        snprintf(note, sizeof note,
+                 "set model.vocab_size to a multiple of %lld (ids above the tokenizer's are "
+                 "never seen), e.g. %lld",
+                 (long long)p->tp, (long long)((m->vocab_size + p->tp - 1) / p->tp * p->tp));
+        return key_error(cfg, &p->tp, "does not divide", &m->vocab_size, note);
+    }
+    if (p->sequence_parallel && cfg->train.seq_len % p->tp != 0)
+        return key_error(cfg, &p->tp, "does not divide", &cfg->train.seq_len,
+                         "parallel.sequence_parallel splits the sequence across the tp ranks");
     if (p->pp > m->n_layer)
         return key_error(cfg, &p->pp, "must be <=", &m->n_layer, "each stage needs a layer");
     if (p->microbatches != cfg->train.grad_accum)

@@ -11,7 +11,7 @@
 #include "core/error.h"
 
 #define CFG_STR 256   /* longest string value (paths, globs), including the terminator */
-#define CFG_N_KEYS 52 /* keys of docs/config.md, all sections */
+#define CFG_N_KEYS 53 /* keys of docs/config.md, all sections */
 
 /* Where a key's value came from (struct braid_config.origin): a line (>= 1) of `source`, or: */
 #define CFG_FROM_DEFAULT 0
@@ -53,6 +53,7 @@ struct cfg_parallel {
     int64_t dp, tp, pp, zero, microbatches; /* microbatches 0 = train.grad_accum */
     char schedule[16];                      /* 1f1b, gpipe */
     double bucket_mb;                       /* data-parallel gradient bucket size */
+    bool sequence_parallel;                 /* Megatron-SP inside the tensor-parallel group */
 };
 
 struct cfg_data {

@@ -194,6 +194,10 @@ static bt_status setup(struct run *r) {
     if (read_tokenizer_yaml(r) != BT_OK) return BT_ERR;
 
     struct model_config mc = job_model_config(&cfg->model);
+    if (r->grid.tp > 1) { /* this rank builds its shards; its tp peers train the same batches */
+        mc.tp_group = r->grid.tp_group;
+        mc.sequence_parallel = cfg->parallel.sequence_parallel;
+    }
     r->model = model_create(&mc, (uint64_t)cfg->train.seed);
     if (!r->model || model_parameters(r->model, &r->params) != BT_OK) return BT_ERR;
     if (!resuming && cfg->model.init_from[0]) {
@@ -232,6 +236,12 @@ static bt_status setup(struct run *r) {
            cfg->model.arch, (long long)model_num_parameters(r->model),
            (long long)data_loader_tokens(r->train_data),
            (long long)data_loader_windows(r->train_data), (long long)T, r->peak_flops / 1e9);
+    if (r->grid.tp > 1)
+        printf("tensor parallel: tp=%d, %lld of the parameters on each rank%s\n", r->grid.tp,
+               (long long)model_num_local_parameters(r->model),
+               cfg->parallel.sequence_parallel ? ", sequence parallel" : "");
+    else if (cfg->parallel.sequence_parallel)
+        printf("parallel.sequence_parallel has no effect at parallel.tp=1\n");
     if (r->dp)
         printf("data parallel: dp=%lld, %lld gradient buckets of about %g MB%s\n",
                (long long)cfg->parallel.dp, (long long)dp_stats(r->dp)->buckets,
@@ -334,11 +344,16 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
     if (r->dp && dp_finish(r->dp) != BT_OK) return BT_ERR;
     if (dp > 1 && comm_allreduce_doubles(r->grid.dp_group, sums, 2, COMM_SUM) != BT_OK)
         return BT_ERR;
+    /* tp peers hold the same loss; a signal may have reached any rank: every rank must stop */
+    if (r->grid.world > dp && comm_allreduce_doubles(r->grid.world_group, &sums[1], 1, COMM_MAX) !=
+                                  BT_OK)
+        return BT_ERR;
     *loss_out = sums[0] / (double)r->micro_per_step;
     *stop = sums[1] > 0.0;
     double max_norm = t->grad_clip > 0.0 ? t->grad_clip : INFINITY;
-    *norm_out = r->dp ? dp_clip_grad_norm(r->dp, max_norm)
-                      : optim_clip_grad_norm(r->params.tensors, r->params.count, max_norm);
+    *norm_out = grid_clip_grad_norm(r->dp ? dp_optim_params(r->dp) : &r->params,
+                                    r->dp && r->cfg.parallel.zero ? r->grid.dp_group : NULL,
+                                    r->grid.tp_group, max_norm);
     if (*norm_out < 0.0) return BT_ERR;
     if (!isfinite(*loss_out)) {
         error_everywhere = true; /* the loss was averaged: every rank sees it */

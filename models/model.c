@@ -215,6 +215,18 @@ bt_status model_parameters(const struct model *m, struct nn_param_list *out) {
 }
 
 int64_t model_num_parameters(const struct model *m) {
+    struct nn_param_list l;
+    if (!m || nn_named_parameters(m->root, &l) != BT_OK) return -1;
+    int64_t n = 0;
+    for (int64_t i = 0; i < l.count; i++) {
+        struct nn_split s = nn_param_split(&l, i);
+        n += bt_numel(l.tensors[i]) * (nn_split_is_cut(&s) ? s.parts : 1);
+    }
+    nn_param_list_free(&l);
+    return n;
+}
+
+int64_t model_num_local_parameters(const struct model *m) {
     return m ? nn_num_parameters(m->root) : -1;
 }
 

@@ -74,7 +74,10 @@ void model_train(struct model *m, bool training);
 /* Parameters with their public names, in a fixed order (caller frees the list). With a tp group
  * of P > 1 the names are the same and the tensors this rank's shards (or replicated copies). */
 bt_status model_parameters(const struct model *m, struct nn_param_list *out);
+/* Parameters of the whole model (with tp, of the full logical tensors: pieces times parts), and
+ * those this rank holds. Tied parameters count once. */
 int64_t model_num_parameters(const struct model *m);
+int64_t model_num_local_parameters(const struct model *m);
 
 /* Model FLOPs for one token of a forward+backward at sequence length T: 6*N (N without the
  * position embedding) + 12*n_layer*n_embd*T (attention scores and values; PaLM appendix B). */

@@ -10,6 +10,7 @@
 #include "comm/shard.h"
 #include "core/autograd.h"
 #include "core/optim.h"
+#include "parallel/grid.h"
 
 #define DEFAULT_BUCKET_BYTES (25 << 20)
 
@@ -124,13 +125,14 @@ static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
     struct nn_param_list *list = &d->optim_params;
     list->names = calloc((size_t)d->n, sizeof *list->names);
     list->tensors = calloc((size_t)d->n, sizeof *list->tensors);
+    list->splits = calloc((size_t)d->n, sizeof *list->splits);
     d->optim_row0 = calloc((size_t)d->n, sizeof *d->optim_row0);
     d->gather_counts = calloc((size_t)d->n, sizeof *d->gather_counts);
     /* where each parameter's rows sit in its bucket's received buffer: members in bucket order */
     int64_t *at = calloc((size_t)d->n, sizeof *at),
             *fill = calloc((size_t)d->n_buckets, sizeof *fill);
     bt_status st = BT_ERR;
-    if (!list->names || !list->tensors || !d->optim_row0 || !d->gather_counts || !at || !fill) {
+    if (!list->names || !list->tensors || !list->splits || !d->optim_row0 || !d->gather_counts || !at || !fill) {
         bt_error("data parallel: out of memory");
         goto done;
     }
@@ -171,6 +173,7 @@ static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
         shard->grad_owned = true;
         list->tensors[list->count] = shard; /* owned by the list from here (dp_free) */
         list->names[list->count] = strdup(params->names[i]);
+        list->splits[list->count] = nn_param_split(params, i); /* rows of the same piece */
         d->optim_row0[list->count] = lo / p->row_elems;
         list->count++;
         if (!list->names[list->count - 1]) {
@@ -188,9 +191,12 @@ done:
 static bt_status copy_list(struct nn_param_list *dst, const struct nn_param_list *src) {
     dst->names = calloc((size_t)(src->count ? src->count : 1), sizeof *dst->names);
     dst->tensors = calloc((size_t)(src->count ? src->count : 1), sizeof *dst->tensors);
-    if (!dst->names || !dst->tensors) return bt_error("data parallel: out of memory");
+    dst->splits = calloc((size_t)(src->count ? src->count : 1), sizeof *dst->splits);
+    if (!dst->names || !dst->tensors || !dst->splits)
+        return bt_error("data parallel: out of memory");
     for (int64_t i = 0; i < src->count; i++) {
         dst->names[i] = strdup(src->names[i]);
+        dst->splits[i] = nn_param_split(src, i);
         dst->tensors[i] = bt_tensor_retain(src->tensors[i]);
         dst->count++;
         if (!dst->names[i]) return bt_error("data parallel: out of memory");
@@ -377,29 +383,7 @@ bt_status dp_finish(struct dp *d) {
 }
 
 double dp_clip_grad_norm(struct dp *d, double max_norm) {
-    const struct nn_param_list *list = &d->optim_params;
-    /* every rank holds the same full gradients: the single-rank computation, unchanged */
-    if (!d->zero1) return optim_clip_grad_norm(list->tensors, list->count, max_norm);
-    /* ZeRO-1: each rank has its rows only; the squares are summed over the group */
-    double sumsq = 0.0;
-    for (int64_t i = 0; i < list->count; i++) {
-        const bt_tensor *g = list->tensors[i]->grad;
-        const float *x = bt_f32(g);
-        double s = 0.0;
-        for (int64_t k = 0, n = bt_numel(g); k < n; k++)
-            s += (double)x[k] * (double)x[k];
-        sumsq += s;
-    }
-    if (comm_allreduce_doubles(d->group, &sumsq, 1, COMM_SUM) != BT_OK) return -1.0;
-    double norm = sqrt(sumsq), scale = max_norm / (norm + 1e-6);
-    if (!isfinite(norm) || scale >= 1.0) return norm;
-    const float fscale = (float)scale; /* as optim_clip_grad_norm */
-    for (int64_t i = 0; i < list->count; i++) {
-        float *x = bt_f32(list->tensors[i]->grad);
-        for (int64_t k = 0, n = bt_numel(list->tensors[i]->grad); k < n; k++)
-            x[k] *= fscale;
-    }
-    return norm;
+    return grid_clip_grad_norm(&d->optim_params, d->zero1 ? d->group : NULL, NULL, max_norm);
 }
 
 bt_status dp_gather_params(struct dp *d) {

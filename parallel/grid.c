@@ -1,7 +1,10 @@
-/* The dp × tp × pp process grid and its groups (grid.h). */
+/* The dp × tp × pp process grid and its groups, and gradient clipping across them (grid.h). */
 #include "parallel/grid.h"
 
+#include <math.h>
 #include <string.h>
+
+#include "core/optim.h"
 
 void grid_coords(int rank, int dp, int tp, int pp, int *dp_rank, int *tp_rank, int *pp_rank) {
     (void)pp;
@@ -48,4 +51,36 @@ void grid_free(struct grid *g) {
     comm_free(g->tp_group);
     comm_free(g->dp_group);
     g->pp_group = g->tp_group = g->dp_group = NULL;
+}
+
+/* sum of squares of g's elements, in double */
+static double sum_squares(const bt_tensor *g) {
+    const float *x = bt_f32(g);
+    double s = 0.0;
+    for (int64_t k = 0, n = bt_numel(g); k < n; k++)
+        s += (double)x[k] * (double)x[k];
+    return s;
+}
+
+double grid_clip_grad_norm(const struct nn_param_list *params, struct comm *row_group,
+                           struct comm *tp_group, double max_norm) {
+    bool rows = row_group && comm_size(row_group) > 1, tp = tp_group && comm_size(tp_group) > 1;
+    if (!rows && !tp) return optim_clip_grad_norm(params->tensors, params->count, max_norm);
+    /* [0]: the pieces of cut tensors, summed over tp; [1]: replicated ones, counted once */
+    double sumsq[2] = {0.0, 0.0};
+    for (int64_t i = 0; i < params->count; i++) {
+        struct nn_split s = nn_param_split(params, i);
+        sumsq[nn_split_is_cut(&s) ? 0 : 1] += sum_squares(params->tensors[i]->grad);
+    }
+    if (rows && comm_allreduce_doubles(row_group, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;
+    if (tp && comm_allreduce_doubles(tp_group, &sumsq[0], 1, COMM_SUM) != BT_OK) return -1.0;
+    double norm = sqrt(sumsq[0] + sumsq[1]), scale = max_norm / (norm + 1e-6);
+    if (!isfinite(norm) || scale >= 1.0) return norm;
+    const float fscale = (float)scale; /* as optim_clip_grad_norm */
+    for (int64_t i = 0; i < params->count; i++) {
+        float *x = bt_f32(params->tensors[i]->grad);
+        for (int64_t k = 0, n = bt_numel(params->tensors[i]->grad); k < n; k++)
+            x[k] *= fscale;
+    }
+    return norm;
 }

@@ -6,6 +6,7 @@
 #define BRAID_PARALLEL_GRID_H
 
 #include "comm/comm.h"
+#include "core/nn.h"
 
 struct grid {
     int dp, tp, pp;                /* sizes */
@@ -27,5 +28,15 @@ int grid_rank_of(int dp_rank, int tp_rank, int pp_rank, int dp, int tp);
  * `parallel.dp=3 × tp=1 × pp=1 = 3 but mpirun started 2 ranks`. */
 bt_status grid_init(struct grid *g, struct comm *world, int dp, int tp, int pp);
 void grid_free(struct grid *g);
+
+/* torch.nn.utils.clip_grad_norm_ over the whole model, wherever its pieces are: the global L2 norm
+ * of the gradients of params (the optimizer's list; .splits marks the tensor-parallel pieces),
+ * which are scaled by max_norm / (norm + 1e-6) when that is below 1 (max_norm = INFINITY: never).
+ * row_group: the list holds ZeRO-1 row shards spread over it (NULL: whole tensors); tp_group: the
+ * cut pieces are spread over it, the uncut tensors replicated on it (NULL or size 1: no tensor
+ * parallelism). Collective over both groups. Returns the norm, or -1 on error. With neither
+ * group the result is optim_clip_grad_norm's, bit for bit. */
+double grid_clip_grad_norm(const struct nn_param_list *params, struct comm *row_group,
+                           struct comm *tp_group, double max_norm);
 
 #endif
