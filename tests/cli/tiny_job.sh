@@ -1,4 +1,4 @@
-# Sourced by tests/cli/dp.sh and tests/cli/launch.sh with their arguments (CASE BRAID REPO_DIR
+# Sourced by tests/cli/dp.sh, tp.sh and launch.sh with their arguments (CASE BRAID REPO_DIR
 # OUT_DIR): sets case_name, braid, repo and out (OUT_DIR/CASE, emptied), the root and thread
 # variables Open MPI and the ranks need, prepares tinyshakespeare (char) in $out/data, defines the
 # tiny job's arguments in `job`, and same_losses, which needs a fail() function.
