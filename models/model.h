@@ -21,7 +21,7 @@ struct model_config {
     double norm_eps;   /* layernorm (gpt) / rmsnorm (llama) epsilon */
     double rope_theta; /* llama */
     bool tie_embeddings;
-    /* Tensor parallelism (gpt only; docs/models.md): NULL or a group of one builds the whole
+    /* Tensor parallelism (docs/tp.md): NULL or a group of one builds the whole
      * model; a group of P > 1 ranks builds this rank's shards (attention heads, MLP columns,
      * vocabulary rows), and every rank of the group must run the same calls. Not owned: it must
      * outlive the model. */

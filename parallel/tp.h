@@ -75,6 +75,8 @@ struct tp_column_linear {
     bool gather_output;     /* all-gather the output to (..., out_features); one block only */
     bool sequence_parallel; /* x is this rank's slice along seq_dim: tp_gather_seq, not tp_copy */
     int seq_dim;
+    bool input_is_gathered; /* x already went through tp_column_input: several column layers
+                             * reading the same x (LLaMA's q/k/v, gate/up) share one collective */
 };
 
 /* Row-parallel: y = x @ W^T + b with W (out, in) split by columns; the partial products are summed
@@ -135,6 +137,11 @@ struct tp_vocab_embedding *tp_vocab_embedding_create(const char *name, int64_t n
  * attend: the tied LM head, x (..., C) replicated [SP: slice] -> logits (..., V/P), this rank's
  *         vocabulary slice, ready for tp_cross_entropy. */
 bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x);
+/* The input collective of column layer m alone: tp_copy(x), or tp_gather_seq under SP. Run it once
+ * for several column layers of the same settings that read the same x, with their
+ * input_is_gathered set: one all-reduce in the backward (or one all-gather and one
+ * reduce-scatter under SP) instead of one per layer. */
+bt_tensor *tp_column_input(const struct tp_column_linear *m, bt_tensor *x);
 bt_tensor *tp_row_linear_forward(struct tp_row_linear *m, bt_tensor *x);
 bt_tensor *tp_vocab_embedding_forward(struct tp_vocab_embedding *m, bt_tensor *idx);
 bt_tensor *tp_vocab_embedding_attend(struct tp_vocab_embedding *m, bt_tensor *x);

@@ -176,6 +176,11 @@ bt_status tp_column_linear_load_full(struct tp_column_linear *m, const bt_tensor
     return BT_OK;
 }
 
+bt_tensor *tp_column_input(const struct tp_column_linear *m, bt_tensor *x) {
+    if (!m) return no_module("column-parallel linear");
+    return m->sequence_parallel ? tp_gather_seq(x, m->group, m->seq_dim) : tp_copy(x, m->group);
+}
+
 bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x) {
     if (!m) return no_module("column-parallel linear");
     bt_scope_push(m->base.path);
@@ -186,7 +191,7 @@ bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x) {
                  m->n_blocks);
         goto done;
     }
-    x = m->sequence_parallel ? tp_gather_seq(x, m->group, m->seq_dim) : tp_copy(x, m->group);
+    if (!m->input_is_gathered) x = tp_column_input(m, x);
     y = bt_linear(x, m->weight, m->bias); /* (..., out/P) */
     if (m->gather_output) y = tp_gather(y, m->group, -1);
 done:

@@ -502,6 +502,52 @@ MPI_TEST(test_mlp_sequence_parallel) {
     check_mlp(tp_group(), 31, true);
 }
 
+/* two column layers reading the same x (LLaMA's gate and up) share one input collective through
+ * tp_column_input: one tp_copy (or tp_gather_seq) on the tape, and the gradient of x is the sum of
+ * both layers' (its backward all-reduces the sum once) */
+static void check_shared_input(bool sequence_parallel) {
+    struct comm *g = tp_group();
+    int P = tp_size();
+    struct bt_rng rng = bt_rng_make(91);
+    struct nn_linear *gate = made(nn_linear_create("gate", C, F, false, &rng), "nn_linear");
+    struct nn_linear *up = made(nn_linear_create("up", C, F, false, &rng), "nn_linear");
+    rng = bt_rng_make(91);
+    struct tp_column_linear *tgate =
+        made(tp_column_linear_create("gate", C, F, false, g, &rng), "");
+    struct tp_column_linear *tup = made(tp_column_linear_create("up", C, F, false, g, &rng), "");
+    tgate->input_is_gathered = tup->input_is_gathered = true;
+    tgate->sequence_parallel = tup->sequence_parallel = sequence_parallel;
+    int64_t Tp = T / P, t0 = tp_rank() * Tp;
+    bt_tensor *x = uniform(BT_SHAPE(B, T, C), 92, true);
+    bt_tensor *x_values = uniform(BT_SHAPE(B, T, C), 92, false);
+    bt_tensor *xt = leaf_copy(sequence_parallel ? slice(x_values, 1, t0, Tp) : x_values, true);
+    bt_tensor *xin = made(tp_column_input(tgate, xt), "tp_column_input");
+    bt_tensor *yt =
+        bt_mul(tp_column_linear_forward(tgate, xin), tp_column_linear_forward(tup, xin));
+    char nodes[128];
+    ck_assert_str_eq(tp_nodes_on_tape(nodes, sizeof nodes), P == 1              ? ""
+                                                            : sequence_parallel ? "tp_gather_seq"
+                                                                                : "tp_copy");
+    bt_tensor *y = bt_mul(nn_linear_forward(gate, x), nn_linear_forward(up, x));
+    assert_close("output", yt, my_block(y, -1));
+    bt_tensor *gy = uniform(BT_SHAPE(B, T, F), 93, false);
+    assert_ok(bt_backward_ex(y, gy, false), "twin backward");
+    assert_ok(bt_backward_ex(yt, leaf_copy(my_block(gy, -1), false), false), "backward");
+    assert_close("dx", xt->grad, sequence_parallel ? slice(x->grad, 1, t0, Tp) : x->grad);
+    assert_close("gate dweight", tgate->weight->grad, my_block(gate->weight->grad, 0));
+    assert_close("up dweight", tup->weight->grad, my_block(up->weight->grad, 0));
+    nn_module_free(&tgate->base);
+    nn_module_free(&tup->base);
+    nn_module_free(&gate->base);
+    nn_module_free(&up->base);
+    bt_step_end();
+}
+
+MPI_TEST(test_column_shared_input) {
+    check_shared_input(false);
+    check_shared_input(true);
+}
+
 /* a dp × tp grid (tp = 2 where the world is even): each tp group runs its own MLP on its own
  * input (seeded by dp_rank) while the other group does the same */
 MPI_TEST(test_grid_subgroups) {
@@ -799,6 +845,7 @@ static Suite *tp_suite(void) {
     bt_suite_add(s, test_mlp_pair);
     bt_suite_add(s, test_mlp_sequence_parallel);
     bt_suite_add(s, test_grid_subgroups);
+    bt_suite_add(s, test_column_shared_input);
     bt_suite_add(s, test_vocab_embedding);
     bt_suite_add(s, test_vocab_cross_entropy);
     bt_suite_add(s, test_cross_entropy_gradcheck);
