@@ -40,17 +40,29 @@ bt_status ckpt_save(const char *dir, const struct nn_param_list *params, const s
                     const struct ckpt_meta *meta, int64_t keep);
 
 /* How the ranks that write one file together hold the state (DESIGN.md: every rank writes its own
- * slices, the file has the full logical tensors whatever the layout). */
+ * slices, the file has the full logical tensors whatever the layout). With tensor parallelism
+ * (pp = 1) the group is split_group × replica_group: a parameter whose split (params->splits,
+ * core/nn.h) is cut is piece comm_rank(split_group) of its full tensor, and the ranks of
+ * replica_group hold the same pieces. */
 struct ckpt_layout {
     struct comm *group; /* every rank of it calls ckpt_save_layout; NULL: this process alone */
+    /* The tensor-parallel group: a cut parameter must be piece comm_rank(split_group) of
+     * comm_size(split_group). NULL when no parameter is cut. */
+    struct comm *split_group;
+    /* The ranks holding the same pieces (the dp group); they share the writing of the pieces.
+     * With split_group set, size(group) must be size(split_group) * size(replica_group) (NULL: a
+     * group of one). Unused when split_group is NULL. */
+    struct comm *replica_group;
     /* ZeRO-1: optimizer parameter i holds rows [opt_row0[i], opt_row0[i] + its rows) of the state
-     * of the parameter of the same name in params (comm/shard.h splits them); a parameter this
-     * rank holds no rows of is absent from its optimizer. NULL: each rank's optimizer holds the
-     * full state, like its params. */
+     * of this rank's piece of the parameter of the same name in params (the full parameter when it
+     * is not cut; comm/shard.h splits them); a parameter this rank holds no rows of is absent from
+     * its optimizer. NULL: each rank's optimizer holds the state of its whole piece, like its
+     * params. */
     const int64_t *opt_row0;
 };
 
 /* ckpt_save for a group of ranks (collective): replicated tensors are written in row shares,
+ * pieces of cut tensors into their place in the full tensor (in row shares among the replicas),
  * sharded optimizer state as the slices each rank holds; rank 0 commits the file and `latest`;
  * every rank returns the same status (a rank that did not fail says another did). */
 bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
@@ -96,14 +108,18 @@ const struct ckpt_tensor_info *ckpt_tensor(const struct ckpt_file *f, int64_t i)
 bt_tensor *ckpt_read_tensor(struct ckpt_file *f, int64_t i);
 
 /* Reads /model/<name> into every parameter of params. Every parameter's dataset must exist with
- * its shape and dtype, and every /model dataset must be a parameter: checked before any is read.
+ * its full logical shape (a cut parameter, params->splits, receives its piece of it: the tensor is
+ * read whole, one at a time) and dtype, and every /model dataset must be a parameter: checked
+ * before any is read.
  * Checksums are verified as each tensor is read: on a mismatch the error is returned and the
  * parameters read so far keep their new values (callers stop the run). */
 bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *params);
 /* Reads the optimizer state of every parameter of opt (same checks) and its step count; the file's
- * optimizer must be the same kind. With opt_row0 (ZeRO-1, see struct ckpt_layout), parameter i of
- * opt holds rows [opt_row0[i], +its rows) of the file's full tensor, which must have the shape of
- * the parameter of the same name in params; NULL: full tensors (params may be NULL then). */
+ * optimizer must be the same kind. The state of a parameter that is cut in params (params->splits)
+ * is that piece of the file's full tensor. With opt_row0 (ZeRO-1, see struct ckpt_layout),
+ * parameter i of opt holds rows [opt_row0[i], +its rows) of the piece of the parameter of the same
+ * name in params (the full tensor when it is not cut); NULL: whole pieces. params may be NULL when
+ * nothing is cut and opt_row0 is NULL. No communication. */
 bt_status ckpt_read_optim(struct ckpt_file *f, struct optim *opt);
 bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
                                const struct nn_param_list *params, const int64_t *opt_row0);

@@ -554,8 +554,9 @@ bt_tensor *ckpt_read_tensor(struct ckpt_file *f, int64_t i) {
     return t;
 }
 
-/* Index of tensor `full`, checked to have t's dtype and shape; -1 with a message. */
-static int64_t expect_tensor(struct ckpt_file *f, const char *full, const bt_tensor *t) {
+/* Index of tensor `full`, checked to have dtype and shape (ndim, shape); -1 with a message. */
+static int64_t expect_dataset(struct ckpt_file *f, const char *full, bt_dtype dtype, int ndim,
+                              const int64_t *shape) {
     char got[160], want[160];
     int64_t i = find_tensor(f, full);
     if (i < 0) {
@@ -563,25 +564,37 @@ static int64_t expect_tensor(struct ckpt_file *f, const char *full, const bt_ten
         return -1;
     }
     const struct ckpt_tensor_info *info = &f->tensors[i].info;
-    if (info->dtype != t->dtype) {
+    if (info->dtype != dtype) {
         bt_error("%s: dataset %s has dtype %s, expected %s", f->label, full,
-                 bt_dtype_name(info->dtype), bt_dtype_name(t->dtype));
+                 bt_dtype_name(info->dtype), bt_dtype_name(dtype));
         return -1;
     }
-    bool same = info->ndim == t->ndim;
-    for (int d = 0; same && d < t->ndim; d++)
-        same = info->shape[d] == t->shape[d];
+    bool same = info->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++)
+        same = info->shape[d] == shape[d];
     if (!same) {
         bt_error("%s: dataset %s has shape %s, expected %s", f->label, full,
                  shape_words(info->ndim, info->shape, got, sizeof got),
-                 shape_words(t->ndim, t->shape, want, sizeof want));
-        return -1;
-    }
-    if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t)) {
-        bt_error("%s: %s: the tensor to read into must be contiguous on the CPU", f->label, full);
+                 shape_words(ndim, shape, want, sizeof want));
         return -1;
     }
     return i;
+}
+
+static bool is_cpu_contiguous(struct ckpt_file *f, const char *full, const bt_tensor *t) {
+    if (t->storage->device.type == BT_DEVICE_CPU && bt_is_contiguous(t)) return true;
+    bt_error("%s: %s: the tensor to read into must be contiguous on the CPU", f->label, full);
+    return false;
+}
+
+/* Index of tensor `full`, checked to have the dtype of t and the full logical shape of t (t is
+ * piece split->part of it when the split is cut); -1 with a message. */
+static int64_t expect_tensor(struct ckpt_file *f, const char *full, const bt_tensor *t,
+                             const struct nn_split *split) {
+    int64_t shape[BT_MAX_DIMS];
+    nn_split_full_shape(split, t, shape);
+    int64_t i = expect_dataset(f, full, t->dtype, t->ndim, shape);
+    return i >= 0 && is_cpu_contiguous(f, full, t) ? i : -1;
 }
 
 /* Every tensor under `prefix` ("/model/") must be one of the names the caller takes. */
@@ -603,19 +616,35 @@ static bool is_param(const char *rest, const void *ctx) {
     return false;
 }
 
+/* Reads tensor i into dest: rows [row0, +rows of dest) of piece split->part of it (row0 < 0: the
+ * whole piece; the whole tensor when the split is not cut). A part of a tensor is read through a
+ * temporary full tensor, one at a time, whose checksum is verified before its rows are taken. */
+static bt_status read_piece(struct ckpt_file *f, int64_t i, const struct nn_split *split,
+                            bt_tensor *dest, int64_t row0) {
+    if (!nn_split_is_cut(split) && row0 < 0) return read_into(f, i, dest);
+    bt_tensor *whole = ckpt_read_tensor(f, i);
+    if (!whole) return BT_ERR;
+    bt_status st = nn_split_take(split, whole, dest, row0 < 0 ? 0 : row0);
+    bt_tensor_free(whole);
+    return st == BT_OK ? BT_OK : bt_error_prefix(f->label);
+}
+
 bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *params) {
     char full[CKPT_LABEL_MAX];
     int64_t *index = malloc((size_t)(params->count ? params->count : 1) * sizeof *index);
     bt_status st = BT_ERR;
     if (!index) return bt_error("%s: out of memory", f->label);
     for (int64_t p = 0; p < params->count; p++) {
+        struct nn_split split = nn_param_split(params, p);
         snprintf(full, sizeof full, "/model/%s", params->names[p]);
-        if ((index[p] = expect_tensor(f, full, params->tensors[p])) < 0) goto done;
+        if ((index[p] = expect_tensor(f, full, params->tensors[p], &split)) < 0) goto done;
     }
     if (check_no_extra(f, "/model/", "a parameter of this model", is_param, params) != BT_OK)
         goto done;
-    for (int64_t p = 0; p < params->count; p++)
-        if (read_into(f, index[p], params->tensors[p]) != BT_OK) goto done;
+    for (int64_t p = 0; p < params->count; p++) {
+        struct nn_split split = nn_param_split(params, p);
+        if (read_piece(f, index[p], &split, params->tensors[p], -1) != BT_OK) goto done;
+    }
     st = BT_OK;
 done:
     free(index);
@@ -667,40 +696,40 @@ static bool is_params_state(const char *rest, const void *ctx) {
     return false;
 }
 
-static const bt_tensor *param_named(const struct nn_param_list *params, const char *name) {
+static int64_t param_index(const struct nn_param_list *params, const char *name) {
     for (int64_t p = 0; params && p < params->count; p++)
-        if (strcmp(params->names[p], name) == 0) return params->tensors[p];
-    return NULL;
+        if (strcmp(params->names[p], name) == 0) return p;
+    return -1;
 }
 
-/* Index of the full tensor `full` whose rows [row0, +rows of dest) dest receives: the file's shape
- * must be whole's (the full parameter). */
+/* Index of the full tensor `full` of which dest receives rows [row0, +rows of dest) of the piece
+ * `piece` (piece split->part of it; the whole parameter when the split is not cut): the file's
+ * shape must be the parameter's full one. With whole_piece, dest must hold all the piece's rows. */
 static int64_t expect_rows(struct ckpt_file *f, const char *full, const bt_tensor *dest,
-                           const bt_tensor *whole, int64_t row0) {
+                           const bt_tensor *piece, const struct nn_split *split, int64_t row0,
+                           bool whole_piece) {
     char got[160], want[160];
-    if (!whole) {
-        bt_error("%s: %s: no parameter of that name to shard", f->label, full);
+    if (!piece) {
+        bt_error("%s: %s: no parameter of that name in the model", f->label, full);
         return -1;
     }
-    int64_t i = expect_tensor(f, full, whole); /* dtype float32, the full shape */
-    if (i < 0) return -1;
-    if (dest->ndim != whole->ndim || row0 < 0 || row0 + dest->shape[0] > whole->shape[0]) {
-        bt_error("%s: %s: rows [%lld, +%s) do not fit its shape %s", f->label, full,
-                 (long long)row0, bt_shape_str(dest, got, sizeof got),
-                 bt_shape_str(whole, want, sizeof want));
+    int64_t shape[BT_MAX_DIMS];
+    nn_split_full_shape(split, piece, shape);
+    int64_t i = expect_dataset(f, full, dest->dtype, piece->ndim, shape);
+    if (i < 0 || !is_cpu_contiguous(f, full, dest)) return -1;
+    bool fits = dest->ndim == piece->ndim && row0 >= 0 &&
+                row0 + dest->shape[0] <= piece->shape[0] &&
+                (!whole_piece || dest->shape[0] == piece->shape[0]);
+    for (int d = 1; fits && d < dest->ndim; d++)
+        fits = dest->shape[d] == piece->shape[d];
+    if (!fits) {
+        bt_error("%s: %s: rows [%lld, +%s) do not fit %s %s", f->label, full, (long long)row0,
+                 bt_shape_str(dest, got, sizeof got),
+                 nn_split_is_cut(split) ? "this rank's piece" : "its shape",
+                 bt_shape_str(piece, want, sizeof want));
         return -1;
     }
     return i;
-}
-
-/* Reads tensor i whole (its checksum verified) and copies rows [row0, +rows of dest) into dest. */
-static bt_status read_rows_into(struct ckpt_file *f, int64_t i, bt_tensor *dest, int64_t row0) {
-    bt_tensor *whole = ckpt_read_tensor(f, i);
-    if (!whole) return BT_ERR;
-    size_t row_bytes = bt_nbytes(whole) / (size_t)(whole->shape[0] ? whole->shape[0] : 1);
-    memcpy(bt_data(dest), (const char *)bt_data(whole) + (size_t)row0 * row_bytes, bt_nbytes(dest));
-    bt_tensor_free(whole);
-    return BT_OK;
 }
 
 bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
@@ -717,36 +746,44 @@ bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
     int64_t *index = malloc((size_t)(n ? n : 1) * sizeof *index);
     int64_t *row0 = malloc((size_t)(n ? n : 1) * sizeof *row0);
     bt_tensor **dest = malloc((size_t)(n ? n : 1) * sizeof *dest);
+    struct nn_split *split = malloc((size_t)(n ? n : 1) * sizeof *split);
     char full[CKPT_LABEL_MAX];
     bt_status st = BT_ERR;
-    if (!index || !dest || !row0) {
+    if (!index || !dest || !row0 || !split) {
         bt_error("%s: out of memory", f->label);
         goto done;
     }
-    for (int64_t i = 0; i < optim_num_params(opt); i++)
+    for (int64_t i = 0; i < optim_num_params(opt); i++) {
+        const char *pname = optim_param_name(opt, i);
+        int64_t p = param_index(params, pname);
+        struct nn_split param_split = nn_param_split(params, p);
+        bool cut = nn_split_is_cut(&param_split);
         for (int s = 0; s < n_states; s++, k++) {
-            const char *pname = optim_param_name(opt, i);
             snprintf(full, sizeof full, "/optimizer/%s/%s", pname, states[s]);
             if (!(dest[k] = optim_state(opt, i, states[s]))) goto done;
-            /* a scalar state (AdamW's step) and unsharded state are read whole */
-            row0[k] = opt_row0 && dest[k]->ndim > 0 ? opt_row0[i] : -1;
+            /* a scalar state (AdamW's step) is read whole, and so is the state of a whole
+             * parameter without ZeRO-1; otherwise rows of this rank's piece */
+            bool scalar = dest[k]->ndim == 0;
+            split[k] = scalar ? (struct nn_split){0} : param_split;
+            row0[k] = !scalar && opt_row0 ? opt_row0[i] : !scalar && cut ? 0 : -1;
             index[k] = row0[k] < 0
-                           ? expect_tensor(f, full, dest[k])
-                           : expect_rows(f, full, dest[k], param_named(params, pname), row0[k]);
+                           ? expect_tensor(f, full, dest[k], &split[k])
+                           : expect_rows(f, full, dest[k], p >= 0 ? params->tensors[p] : NULL,
+                                         &split[k], row0[k], !opt_row0);
             if (index[k] < 0) goto done;
         }
+    }
     struct state_of_params sp = {params, opt};
     if (opt_row0 ? check_no_extra(f, "/optimizer/", "state of a parameter of this model",
                                   is_params_state, &sp)
                  : check_no_extra(f, "/optimizer/", "state of this optimizer", is_optim_state, opt))
         goto done;
     for (k = 0; k < n; k++)
-        if ((row0[k] < 0 ? read_into(f, index[k], dest[k])
-                         : read_rows_into(f, index[k], dest[k], row0[k])) != BT_OK)
-            goto done;
+        if (read_piece(f, index[k], &split[k], dest[k], row0[k]) != BT_OK) goto done;
     optim_set_step_count(opt, f->optimizer_steps);
     st = BT_OK;
 done:
+    free(split);
     free(dest);
     free(row0);
     free(index);

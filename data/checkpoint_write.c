@@ -1,7 +1,9 @@
 /* Writing HDF5 checkpoints (docs/checkpoint.md): the whole training state to
  * <dir>/.step_<8-digit step>.h5.tmp — /model, /optimizer, the run's attributes, config and
  * tokenizer, each tensor with its CRC-32 — then fsync, rename into place, fsync the directory,
- * point <dir>/latest at it the same way and prune old files. */
+ * point <dir>/latest at it the same way and prune old files. In a group every rank writes its
+ * slices of the full tensors (row shares, ZeRO-1 rows, tensor-parallel pieces) through parallel
+ * HDF5, and the CRC-32s of the byte ranges the ranks wrote are combined into each tensor's. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -64,24 +66,65 @@ static bt_status commit_rename(const char *dir, const char *tmp, const char *fin
 
 /* ---- datasets and attributes ---- */
 
-/* One save in progress: the file, the ranks writing it together, and the tensors written so far
- * with the CRC-32 and byte count of this rank's part of each, for their crc32 attributes. */
+/* This rank's place in the layout (struct ckpt_layout): rank of size in the group, piece
+ * split_rank of split_size, replica replica_rank of replica_size; a group of one where the layout
+ * has none. */
+struct place {
+    int rank, size;
+    int split_rank, split_size;
+    int replica_rank, replica_size;
+};
+
+static struct place place_of(const struct ckpt_layout *layout) {
+    struct place p = {0, 1, 0, 1, 0, 1};
+    if (layout && layout->group) {
+        p.rank = comm_rank(layout->group);
+        p.size = comm_size(layout->group);
+    }
+    if (layout && layout->split_group) {
+        p.split_rank = comm_rank(layout->split_group);
+        p.split_size = comm_size(layout->split_group);
+        if (layout->replica_group) {
+            p.replica_rank = comm_rank(layout->replica_group);
+            p.replica_size = comm_size(layout->replica_group);
+        }
+    }
+    return p;
+}
+
+/* A contiguous byte range [offset, offset + length) of tensor `tensor` (the index of its dataset
+ * in the writer's list) that this rank wrote, with its CRC-32: four int64 so that the ranks can
+ * exchange them as a tensor. */
+struct crc_run {
+    int64_t tensor, offset, crc, length;
+};
+
+/* One save in progress: the file, the ranks writing it together, the tensors written so far with
+ * their sizes, and the byte ranges of them this rank wrote with their CRC-32s, for the crc32
+ * attributes. */
 struct writer {
     char label[CKPT_LABEL_MAX]; /* "checkpoint <tmp path>" */
     hid_t file;
     struct comm *group; /* NULL: this process alone */
-    int rank, size;
+    struct place at;
     /* a failed data write (disk full): the collective calls go on, the outcome is agreed after */
     bool data_failed;
     char data_error[2 * CKPT_LABEL_MAX + 300];
     int64_t n, cap;
     char **paths;
-    uint32_t *crc;
     int64_t *nbytes;
+    struct crc_run *runs;
+    int64_t n_runs, cap_runs;
 };
 
-/* Records the first failed data write (independent I/O: the other ranks do not wait for it) and
- * carries on, so that every rank still makes the same collective calls. */
+/* Records the first failure of this rank's data (independent I/O: the other ranks do not wait for
+ * it) and carries on, so that every rank still makes the same collective calls. */
+static void note_data_failure(struct writer *w, const char *path, const char *what) {
+    if (!w->data_failed)
+        snprintf(w->data_error, sizeof w->data_error, "%s: %s %s", w->label, path, what);
+    w->data_failed = true;
+}
+
 static void data_write_failed(struct writer *w, const char *path) {
     char reason[256];
     h5_reason(reason, sizeof reason);
@@ -91,40 +134,159 @@ static void data_write_failed(struct writer *w, const char *path) {
     w->data_failed = true;
 }
 
-static bt_status remember(struct writer *w, const char *path, uint32_t crc, int64_t nbytes) {
+/* Adds dataset `path` of nbytes bytes to the list; *index is its place in it, the same on every
+ * rank (the datasets are created collectively, in one order). */
+static bt_status remember(struct writer *w, const char *path, int64_t nbytes, int64_t *index) {
     if (w->n == w->cap) {
         int64_t cap = w->cap ? 2 * w->cap : 256;
         char **paths = realloc(w->paths, (size_t)cap * sizeof *paths);
         if (paths) w->paths = paths;
-        uint32_t *crcs = paths ? realloc(w->crc, (size_t)cap * sizeof *crcs) : NULL;
-        if (crcs) w->crc = crcs;
-        int64_t *sizes = crcs ? realloc(w->nbytes, (size_t)cap * sizeof *sizes) : NULL;
+        int64_t *sizes = paths ? realloc(w->nbytes, (size_t)cap * sizeof *sizes) : NULL;
         if (!sizes) return bt_error("%s: out of memory", w->label);
         w->nbytes = sizes;
         w->cap = cap;
     }
     if (!(w->paths[w->n] = strdup(path))) return bt_error("%s: out of memory", w->label);
-    w->crc[w->n] = crc;
     w->nbytes[w->n] = nbytes;
-    w->n++;
+    *index = w->n++;
     return BT_OK;
 }
 
-/* Dataset `name` of obj (full logical shape ndim/shape, float32 or int64), created by every rank;
- * this rank writes rows [row0, row0 + rows) from `data` (contiguous). */
-static bt_status write_rows(struct writer *w, hid_t obj, const char *path, const char *name,
-                            bt_dtype dtype, int ndim, const int64_t *shape, const void *data,
-                            int64_t row0, int64_t rows) {
+/* Notes that this rank wrote `length` bytes from `data` at byte `offset` of tensor `tensor`; a
+ * range that continues the previous one is merged into it. */
+static bt_status add_run(struct writer *w, int64_t tensor, int64_t offset, const void *data,
+                         int64_t length) {
+    if (length <= 0) return BT_OK;
+    uint32_t crc = ckpt_crc32(data, (size_t)length);
+    struct crc_run *last = w->n_runs ? &w->runs[w->n_runs - 1] : NULL;
+    if (last && last->tensor == tensor && last->offset + last->length == offset) {
+        last->crc = (int64_t)crc32_combine((uLong)last->crc, crc, (z_off_t)length);
+        last->length += length;
+        return BT_OK;
+    }
+    if (w->n_runs == w->cap_runs) {
+        int64_t cap = w->cap_runs ? 2 * w->cap_runs : 1024;
+        struct crc_run *runs = realloc(w->runs, (size_t)cap * sizeof *runs);
+        if (!runs) return bt_error("%s: out of memory", w->label);
+        w->runs = runs;
+        w->cap_runs = cap;
+    }
+    w->runs[w->n_runs++] = (struct crc_run){tensor, offset, (int64_t)crc, length};
+    return BT_OK;
+}
+
+/* Where piece split->part of a tensor lies along its cut dim: block k of the piece is indices
+ * [local[k], +len[k]) of the piece and [full[k], +len[k]) of the full tensor (core/nn.h: each
+ * block of the full dim is cut into `parts` equal pieces). A tensor that is not cut is one block:
+ * the whole of dim 0. */
+struct piece_blocks {
+    int dim, n;
+    int64_t local[NN_SPLIT_MAX_BLOCKS], full[NN_SPLIT_MAX_BLOCKS], len[NN_SPLIT_MAX_BLOCKS];
+};
+
+static void piece_blocks_of(const struct nn_split *s, const int64_t *full_shape,
+                            struct piece_blocks *b) {
+    bool cut = nn_split_is_cut(s);
+    int parts = cut ? s->parts : 1, part = cut ? s->part : 0;
+    b->dim = cut ? s->dim : 0;
+    b->n = cut && s->n_blocks > 0 ? s->n_blocks : 1;
+    int64_t full_start = 0, local_start = 0;
+    for (int k = 0; k < b->n; k++) {
+        int64_t size = cut && s->n_blocks > 0 ? s->blocks[k] : full_shape[b->dim];
+        b->len[k] = size / parts;
+        b->local[k] = local_start;
+        b->full[k] = full_start + part * b->len[k];
+        local_start += b->len[k];
+        full_start += size;
+    }
+}
+
+/* Bytes of one row (dim-0 index) of this rank's piece of a tensor of shape full_shape; a 0-d
+ * tensor is one row. */
+static int64_t piece_row_bytes(const struct nn_split *s, bt_dtype dtype, int ndim,
+                               const int64_t *full_shape) {
+    int64_t bytes = (int64_t)bt_dtype_size(dtype);
+    for (int d = 1; d < ndim; d++)
+        bytes *= full_shape[d] / (nn_split_is_cut(s) && d == s->dim ? s->parts : 1);
+    return bytes;
+}
+
+/* Selects in fspace (the full tensor's dataspace) rows [row0, row0 + rows) of piece split->part,
+ * and notes the byte ranges they are in the file with their CRC-32s from `data` (those rows of the
+ * piece, contiguous). HDF5 transfers a selection in row-major order of the dataset, which is the
+ * order of the piece's elements in memory: a piece's row r, block after block. */
+static bt_status select_piece(struct writer *w, hid_t fspace, int64_t tensor, bt_dtype dtype,
+                              int ndim, const int64_t *full_shape, const struct nn_split *split,
+                              const char *data, int64_t row0, int64_t rows) {
+    struct piece_blocks b;
+    hsize_t start[BT_MAX_DIMS], count[BT_MAX_DIMS];
+    int64_t esize = (int64_t)bt_dtype_size(dtype);
+    bool any = false;
+    piece_blocks_of(split, full_shape, &b);
+    int64_t inner = 1; /* elements after the cut dim */
+    for (int d = b.dim + 1; d < ndim; d++)
+        inner *= full_shape[d];
+    for (int k = 0; k < b.n; k++) {
+        for (int d = 0; d < ndim; d++) {
+            start[d] = 0;
+            count[d] = (hsize_t)full_shape[d];
+        }
+        int64_t lo = row0, hi = row0 + rows; /* rows of the piece */
+        if (b.dim == 0) {                    /* block k's rows of the piece, as rows of the file */
+            lo = lo > b.local[k] ? lo : b.local[k];
+            hi = hi < b.local[k] + b.len[k] ? hi : b.local[k] + b.len[k];
+            if (lo >= hi) continue;
+            start[0] = (hsize_t)(b.full[k] + lo - b.local[k]);
+            count[0] = (hsize_t)(hi - lo);
+            if (add_run(w, tensor, (int64_t)start[0] * inner * esize,
+                        data + (lo - row0) * inner * esize, (hi - lo) * inner * esize) != BT_OK)
+                return BT_ERR;
+        } else { /* the piece's columns of block k in rows [row0, row0 + rows) */
+            start[0] = (hsize_t)row0;
+            count[0] = (hsize_t)rows;
+            start[b.dim] = (hsize_t)b.full[k];
+            count[b.dim] = (hsize_t)b.len[k];
+        }
+        H5_CHECK(w->label, H5Sselect_hyperslab(fspace, any ? H5S_SELECT_OR : H5S_SELECT_SET, start,
+                                               NULL, count, NULL));
+        any = true;
+    }
+    if (b.dim > 0) { /* a run per row, per index of the dims between 0 and the cut one, per block */
+        int64_t mid = 1, full_dim = full_shape[b.dim], local_dim = full_dim / split->parts;
+        for (int d = 1; d < b.dim; d++)
+            mid *= full_shape[d];
+        for (int64_t r = 0; r < rows; r++)
+            for (int64_t j = 0; j < mid; j++)
+                for (int k = 0; k < b.n; k++) {
+                    int64_t file = (((row0 + r) * mid + j) * full_dim + b.full[k]) * inner;
+                    int64_t mine = ((r * mid + j) * local_dim + b.local[k]) * inner;
+                    if (add_run(w, tensor, file * esize, data + mine * esize,
+                                b.len[k] * inner * esize) != BT_OK)
+                        return BT_ERR;
+                }
+    }
+    return BT_OK;
+fail:
+    return BT_ERR;
+}
+
+/* Dataset `name` of obj with the full logical shape (ndim, full_shape), float32 or int64, created
+ * by every rank; this rank writes rows [row0, row0 + rows) of its piece split->part of it (the
+ * whole tensor when the split is not cut) from `data` (contiguous), with independent I/O. */
+static bt_status write_piece(struct writer *w, hid_t obj, const char *path, const char *name,
+                             bt_dtype dtype, int ndim, const int64_t *full_shape,
+                             const struct nn_split *split, const void *data, int64_t row0,
+                             int64_t rows) {
     hid_t fspace = -1, mspace = -1, dset = -1;
-    hsize_t dims[BT_MAX_DIMS], start[BT_MAX_DIMS] = {0}, count[BT_MAX_DIMS];
+    hsize_t dims[BT_MAX_DIMS];
+    int64_t tensor = -1, nbytes = (int64_t)bt_dtype_size(dtype);
     bool f32 = dtype == BT_F32;
     if (!f32 && dtype != BT_I64)
         return bt_error("%s: %s must be float32 or int64 (got %s)", w->label, path,
                         bt_dtype_name(dtype));
-    int64_t row_elems = 1;
     for (int d = 0; d < ndim; d++) {
-        dims[d] = count[d] = (hsize_t)shape[d];
-        if (d > 0) row_elems *= shape[d];
+        dims[d] = (hsize_t)full_shape[d];
+        nbytes *= full_shape[d];
     }
     if (ndim == 0)
         H5_CHECK(w->label, fspace = H5Screate(H5S_SCALAR));
@@ -132,15 +294,17 @@ static bt_status write_rows(struct writer *w, hid_t obj, const char *path, const
         H5_CHECK(w->label, fspace = H5Screate_simple(ndim, dims, NULL));
     H5_CHECK(w->label, dset = H5Dcreate2(obj, name, f32 ? H5T_IEEE_F32LE : H5T_STD_I64LE, fspace,
                                          H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    int64_t nbytes = rows * row_elems * (int64_t)bt_dtype_size(dtype);
+    if (remember(w, path, nbytes, &tensor) != BT_OK) goto fail;
     if (rows > 0) {
         if (ndim > 0) {
-            start[0] = (hsize_t)row0;
-            count[0] = (hsize_t)rows;
-            H5_CHECK(w->label,
-                     H5Sselect_hyperslab(fspace, H5S_SELECT_SET, start, NULL, count, NULL));
-            H5_CHECK(w->label, mspace = H5Screate_simple(ndim, count, NULL));
+            hsize_t n = (hsize_t)(rows * piece_row_bytes(split, dtype, ndim, full_shape) /
+                                  (int64_t)bt_dtype_size(dtype));
+            if (select_piece(w, fspace, tensor, dtype, ndim, full_shape, split, data, row0, rows) !=
+                BT_OK)
+                goto fail;
+            H5_CHECK(w->label, mspace = H5Screate_simple(1, &n, NULL));
         } else {
+            if (add_run(w, tensor, 0, data, nbytes) != BT_OK) goto fail;
             H5_CHECK(w->label, mspace = H5Screate(H5S_SCALAR));
         }
         if (H5Dwrite(dset, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_INT64, mspace, fspace, H5P_DEFAULT,
@@ -151,12 +315,26 @@ static bt_status write_rows(struct writer *w, hid_t obj, const char *path, const
     }
     H5_CHECK(w->label, H5Dclose(dset));
     H5_CHECK(w->label, H5Sclose(fspace));
-    return remember(w, path, rows > 0 ? ckpt_crc32(data, (size_t)nbytes) : 0, nbytes);
+    return BT_OK;
 fail:
     h5_close_quietly(mspace);
     h5_close_quietly(dset);
     h5_close_quietly(fspace);
     return BT_ERR;
+}
+
+/* Rows [held_row0, held_row0 + held_rows) of this rank's piece of a tensor (the whole tensor when
+ * split is not cut), at `data`, which `share_size` ranks hold alike: this one, the share_rank-th of
+ * them, writes its share of those rows (comm_rows_of). */
+static bt_status write_shared(struct writer *w, hid_t obj, const char *path, const char *name,
+                              bt_dtype dtype, int ndim, const int64_t *full_shape,
+                              const struct nn_split *split, const void *data, int64_t held_row0,
+                              int64_t held_rows, int share_rank, int share_size) {
+    int64_t lo, hi;
+    comm_rows_of(held_rows, share_rank, share_size, &lo, &hi);
+    const char *mine = (const char *)data + lo * piece_row_bytes(split, dtype, ndim, full_shape);
+    return write_piece(w, obj, path, name, dtype, ndim, full_shape, split, mine, held_row0 + lo,
+                       hi - lo);
 }
 
 static bt_status check_tensor(struct writer *w, const char *path, const bt_tensor *t) {
@@ -165,42 +343,93 @@ static bt_status check_tensor(struct writer *w, const char *path, const bt_tenso
     return BT_OK;
 }
 
-/* A tensor every rank holds whole: each rank writes its share of the rows. */
-static bt_status write_replicated(struct writer *w, hid_t obj, const char *path, const char *name,
-                                  const bt_tensor *t) {
-    if (check_tensor(w, path, t) != BT_OK) return BT_ERR;
-    int64_t n = t->ndim ? t->shape[0] : 1, lo, hi;
-    comm_rows_of(n, w->rank, w->size, &lo, &hi);
-    int64_t row_bytes = t->ndim ? (int64_t)bt_nbytes(t) / (n ? n : 1) : (int64_t)bt_nbytes(t);
-    return write_rows(w, obj, path, name, t->dtype, t->ndim, t->shape,
-                      (const char *)bt_data(t) + lo * row_bytes, lo, hi - lo);
+static int compare_runs(const void *a, const void *b) {
+    const struct crc_run *x = a, *y = b;
+    if (x->tensor != y->tensor) return (x->tensor > y->tensor) - (x->tensor < y->tensor);
+    return (x->offset > y->offset) - (x->offset < y->offset);
 }
 
-/* One crc32 attribute per tensor: every rank's part's CRC-32, combined in rank order (zlib's
- * crc32_combine), is the CRC-32 of the whole tensor. */
-static bt_status write_checksums(struct writer *w) {
-    int64_t n = w->n;
+/* Every rank's byte ranges of every tensor: the ranks exchange them (allgather of the counts, then
+ * of the ranges) and sort them by tensor and offset. *all is malloc'd (or the writer's own list).
+ */
+static bt_status gather_runs(struct writer *w, struct crc_run **all, int64_t *n_all) {
+    bt_tensor *mine = NULL, *counts = NULL, *runs = NULL;
+    int64_t *elems = NULL, total = 0, before = 0;
     bt_status st = BT_ERR;
-    bt_tensor *mine = bt_empty(BT_SHAPE(2 * (n ? n : 1)), BT_I64, bt_cpu());
-    bt_tensor *all = bt_empty(BT_SHAPE(2 * (n ? n : 1) * w->size), BT_I64, bt_cpu());
-    hid_t dset = -1, space = -1, attr = -1;
-    if (!mine || !all) return BT_ERR;
-    int64_t *m = bt_data(mine), *a = bt_data(all);
-    for (int64_t i = 0; i < n; i++) {
-        m[2 * i] = w->crc[i];
-        m[2 * i + 1] = w->nbytes[i];
+    *all = NULL;
+    *n_all = 0;
+    if (w->at.size == 1) {
+        qsort(w->runs, (size_t)w->n_runs, sizeof *w->runs, compare_runs);
+        *all = w->runs;
+        *n_all = w->n_runs;
+        return BT_OK;
     }
-    if (w->size > 1) {
-        if (comm_allgather(w->group, mine, all) != BT_OK) return bt_error_prefix(w->label);
-    } else {
-        memcpy(a, m, (size_t)(2 * n) * sizeof *a);
+    mine = bt_tensor_new(BT_SHAPE(1), BT_I64, bt_cpu());
+    counts = bt_tensor_new(BT_SHAPE(w->at.size), BT_I64, bt_cpu());
+    elems = malloc((size_t)w->at.size * sizeof *elems);
+    if (!mine || !counts || !elems) {
+        bt_error("%s: out of memory", w->label);
+        goto done;
     }
-    for (int64_t i = 0; i < n; i++) {
-        uLong crc = (uLong)a[2 * i];
-        for (int r = 1; r < w->size; r++) {
-            const int64_t *part = a + (int64_t)r * 2 * (n ? n : 1) + 2 * i;
-            crc = crc32_combine(crc, (uLong)part[0], (z_off_t)part[1]);
+    *(int64_t *)bt_data(mine) = w->n_runs;
+    if (comm_allgather(w->group, mine, counts) != BT_OK) {
+        bt_error_prefix(w->label);
+        goto done;
+    }
+    const int64_t *count = bt_data(counts);
+    for (int r = 0; r < w->at.size; r++) {
+        elems[r] = 4 * count[r];
+        if (r < w->at.rank) before += count[r];
+        total += count[r];
+    }
+    if (total > 0) {
+        if (!(runs = bt_tensor_new(BT_SHAPE(4 * total), BT_I64, bt_cpu()))) goto done;
+        memcpy((struct crc_run *)bt_data(runs) + before, w->runs,
+               (size_t)w->n_runs * sizeof *w->runs);
+        if (comm_allgather_v(w->group, runs, elems) != BT_OK) {
+            bt_error_prefix(w->label);
+            goto done;
         }
+        if (!(*all = malloc((size_t)total * sizeof **all))) {
+            bt_error("%s: out of memory", w->label);
+            goto done;
+        }
+        memcpy(*all, bt_data(runs), (size_t)total * sizeof **all);
+        qsort(*all, (size_t)total, sizeof **all, compare_runs);
+    }
+    *n_all = total;
+    st = BT_OK;
+done:
+    bt_tensor_free(runs);
+    bt_tensor_free(counts);
+    bt_tensor_free(mine);
+    free(elems);
+    return st;
+}
+
+/* One crc32 attribute per tensor: the ranks' byte ranges of it, in file order, must cover it
+ * exactly once, and their CRC-32s combined in that order (zlib's crc32_combine) are the CRC-32 of
+ * the whole tensor. Every rank computes the same values and writes the attributes together. */
+static bt_status write_checksums(struct writer *w) {
+    struct crc_run *all = NULL;
+    int64_t n_all = 0;
+    hid_t dset = -1, space = -1, attr = -1;
+    bt_status st = BT_ERR;
+    if (gather_runs(w, &all, &n_all) != BT_OK) goto fail;
+    for (int64_t i = 0, j = 0; i < w->n; i++) {
+        uLong crc = 0; /* crc32 of no bytes */
+        int64_t covered = 0;
+        bool exact = true;
+        for (; j < n_all && all[j].tensor == i; j++) {
+            exact = exact && all[j].offset == covered;
+            crc = crc32_combine(crc, (uLong)all[j].crc, (z_off_t)all[j].length);
+            covered = all[j].offset + all[j].length;
+        }
+        if (!exact || covered != w->nbytes[i]) /* every rank sees it: agreed as a data failure */
+            note_data_failure(
+                w, w->paths[i],
+                "is not covered exactly once by the ranks' parts (the layout's groups "
+                "do not match the parameters' pieces)");
         uint32_t value = (uint32_t)crc;
         H5_CHECK(w->label, dset = H5Dopen2(w->file, w->paths[i], H5P_DEFAULT));
         H5_CHECK(w->label, space = H5Screate(H5S_SCALAR));
@@ -217,6 +446,7 @@ fail:
     h5_close_quietly(attr);
     h5_close_quietly(space);
     h5_close_quietly(dset);
+    if (all != w->runs) free(all);
     return st;
 }
 
@@ -291,13 +521,33 @@ fail:
 
 /* ---- the file's parts ---- */
 
+/* The tensor of params entry p (this rank's piece of it when its split is cut): its full shape
+ * into full_shape; *cut says whether it is a piece. */
+static struct nn_split split_of(const struct nn_param_list *params, int64_t p, int64_t *full_shape,
+                                bool *cut) {
+    struct nn_split s = nn_param_split(params, p);
+    nn_split_full_shape(&s, params->tensors[p], full_shape);
+    *cut = nn_split_is_cut(&s);
+    return s;
+}
+
+/* Every parameter: a whole one in row shares among the group's ranks, a piece in row shares among
+ * the replicas holding it. */
 static bt_status write_model(struct writer *w, const struct nn_param_list *params) {
     hid_t model = -1;
     char path[CKPT_LABEL_MAX];
+    int64_t full[BT_MAX_DIMS];
+    bool cut;
     H5_CHECK(w->label, model = H5Gcreate2(w->file, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
     for (int64_t i = 0; i < params->count; i++) {
+        const bt_tensor *t = params->tensors[i];
+        struct nn_split split = split_of(params, i, full, &cut);
         snprintf(path, sizeof path, "/model/%s", params->names[i]);
-        if (write_replicated(w, model, path, params->names[i], params->tensors[i]) != BT_OK)
+        if (check_tensor(w, path, t) != BT_OK ||
+            write_shared(w, model, path, params->names[i], t->dtype, t->ndim, full, &split,
+                         bt_data(t), 0, t->ndim ? t->shape[0] : 1,
+                         cut ? w->at.replica_rank : w->at.rank,
+                         cut ? w->at.replica_size : w->at.size) != BT_OK)
             goto fail;
     }
     H5_CHECK(w->label, H5Gclose(model));
@@ -313,29 +563,42 @@ static int64_t optim_index(const struct optim *opt, const char *name) {
     return -1;
 }
 
-/* State `state` of parameter p (full tensor `full`): every rank creates the dataset; with
- * opt_row0, this rank's optimizer holds rows [opt_row0[i], +rows) of it (or none, i < 0),
- * otherwise the whole of it, of which it writes its share. */
+/* State `state` of params entry p: every rank creates the dataset (the parameter's full shape, or
+ * a scalar). Without opt_row0 this rank's optimizer holds the state of its whole piece, written in
+ * shares like the parameter. With opt_row0 it holds rows [opt_row0[i], +rows) of the piece (or
+ * none, i < 0): of a cut parameter no other rank holds them; of a whole one the ranks of the split
+ * group hold the same rows and share them. A scalar state (AdamW's step) is the same on every rank
+ * that holds it: one writes it. */
 static bt_status write_state(struct writer *w, hid_t group, const char *path, const char *state,
-                             const bt_tensor *full, const struct optim *opt, int64_t i,
-                             const int64_t *opt_row0) {
+                             const struct nn_param_list *params, int64_t p, const struct optim *opt,
+                             int64_t i, const int64_t *opt_row0) {
+    const struct nn_split whole = {0};
+    int64_t full[BT_MAX_DIMS];
+    bool cut;
+    struct nn_split split = split_of(params, p, full, &cut);
     bt_tensor *t = i >= 0 ? optim_state(opt, i, state) : NULL;
+    const bt_tensor *param = params->tensors[p];
     if (i >= 0 && !t) return BT_ERR;
     if (t && check_tensor(w, path, t) != BT_OK) return BT_ERR;
-    if (!opt_row0) {
-        if (!t) return bt_error("%s: the optimizer has no state for %s", w->label, path);
-        return write_replicated(w, group, path, state, t);
+    if (!opt_row0 && !t) return bt_error("%s: the optimizer has no state for %s", w->label, path);
+    if (t && t->ndim == 0) {
+        int64_t held = !opt_row0 || opt_row0[i] == 0 ? 1 : 0; /* rows: row 0's owner has it */
+        return write_shared(w, group, path, state, t->dtype, 0, NULL, &whole, bt_data(t), 0, held,
+                            opt_row0 ? w->at.split_rank : w->at.rank,
+                            opt_row0 ? w->at.split_size : w->at.size);
     }
-    if (t && t->ndim == 0) /* a per-parameter scalar (AdamW's step): row 0's owner writes it */
-        return write_rows(w, group, path, state, t->dtype, 0, NULL, bt_data(t), 0,
-                          opt_row0[i] == 0 ? 1 : 0);
     if (!t) { /* a shard of no rows on this rank; the dataset is still created collectively */
         bool scalar = strcmp(state, "step") == 0;
-        return write_rows(w, group, path, state, scalar ? BT_I64 : BT_F32, scalar ? 0 : full->ndim,
-                          full->shape, NULL, 0, 0);
+        return write_piece(w, group, path, state, scalar ? BT_I64 : BT_F32,
+                           scalar ? 0 : param->ndim, full, &split, NULL, 0, 0);
     }
-    return write_rows(w, group, path, state, t->dtype, full->ndim, full->shape, bt_data(t),
-                      opt_row0[i], t->ndim ? t->shape[0] : 1);
+    if (!opt_row0)
+        return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, bt_data(t),
+                            0, t->shape[0], cut ? w->at.replica_rank : w->at.rank,
+                            cut ? w->at.replica_size : w->at.size);
+    return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, bt_data(t),
+                        opt_row0[i], t->shape[0], cut ? 0 : w->at.split_rank,
+                        cut ? 1 : w->at.split_size);
 }
 
 /* /optimizer: attributes name and step_count, then a group per parameter holding its state.
@@ -349,7 +612,7 @@ static bt_status write_optimizer(struct writer *w, const struct nn_param_list *p
     const char *name = !opt ? "" : optim_get_config(opt)->kind == OPTIM_ADAMW ? "adamw" : "sgd";
     H5_CHECK(w->label,
              group = H5Gcreate2(w->file, "optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    if (write_string(w->label, group, "name", name, false, w->rank) != BT_OK ||
+    if (write_string(w->label, group, "name", name, false, w->at.rank) != BT_OK ||
         write_i64(w->label, group, "step_count", opt ? optim_step_count(opt) : 0) != BT_OK)
         goto fail;
     for (int64_t p = 0; opt && n_states > 0 && p < params->count; p++) {
@@ -359,8 +622,7 @@ static bt_status write_optimizer(struct writer *w, const struct nn_param_list *p
                                               H5P_DEFAULT));
         for (int s = 0; s < n_states; s++) {
             snprintf(path, sizeof path, "/optimizer/%s/%s", params->names[p], states[s]);
-            if (write_state(w, param, path, states[s], params->tensors[p], opt, i, opt_row0) !=
-                BT_OK)
+            if (write_state(w, param, path, states[s], params, p, opt, i, opt_row0) != BT_OK)
                 goto fail;
         }
         H5_CHECK(w->label, H5Gclose(param));
@@ -423,8 +685,8 @@ static void writer_free(struct writer *w) {
     for (int64_t i = 0; i < w->n; i++)
         free(w->paths[i]);
     free(w->paths);
-    free(w->crc);
     free(w->nbytes);
+    free(w->runs);
 }
 
 /* Opens `path` for writing: by this process alone, or by every rank of the group together through
@@ -433,7 +695,7 @@ static hid_t create_file(struct writer *w, const char *path) {
     hid_t fapl = -1, file = -1;
     MPI_Comm mpi;
     H5_CHECK(w->label, fapl = H5Pcreate(H5P_FILE_ACCESS));
-    if (w->size > 1) {
+    if (w->at.size > 1) {
         if (!comm_mpi_handle(w->group, &mpi)) {
             bt_error("%s: group %s has no MPI communicator", w->label, comm_name(w->group));
             goto fail;
@@ -453,15 +715,11 @@ fail:
 static bt_status write_file(const char *path, const struct nn_param_list *params,
                             const struct optim *opt, const struct ckpt_meta *meta,
                             const struct ckpt_layout *layout, bool *collective_failed) {
-    struct writer w = {.file = -1, .group = layout ? layout->group : NULL, .size = 1};
-    if (w.group) {
-        w.rank = comm_rank(w.group);
-        w.size = comm_size(w.group);
-    }
+    struct writer w = {.file = -1, .group = layout ? layout->group : NULL, .at = place_of(layout)};
     snprintf(w.label, sizeof w.label, "checkpoint %s", path);
     bt_status st = BT_ERR;
     if ((w.file = create_file(&w, path)) < 0) goto done;
-    if (write_run_state(w.label, w.file, meta, w.rank) != BT_OK ||
+    if (write_run_state(w.label, w.file, meta, w.at.rank) != BT_OK ||
         write_model(&w, params) != BT_OK ||
         write_optimizer(&w, params, opt, layout ? layout->opt_row0 : NULL) != BT_OK ||
         write_checksums(&w) != BT_OK)
@@ -480,11 +738,49 @@ done:
     return st;
 }
 
-/* The tensors a rank writes must be contiguous CPU tensors of float32 or int64, and every state
- * the optimizer names must exist: checked before the file is created, so that no rank fails
+/* With a split group the layout's group is split group × replica group, and every cut parameter
+ * is piece comm_rank(split_group) of comm_size(split_group) of its full tensor. */
+static bt_status check_layout(const struct nn_param_list *params, const struct ckpt_layout *layout,
+                              const struct place *at, const char *label) {
+    struct comm *split = layout ? layout->split_group : NULL;
+    if (split && at->size != at->split_size * at->replica_size)
+        return bt_error("%s: layout: group %s has %d ranks, but split group %s × replica group %s "
+                        "= %d × %d",
+                        label, layout->group ? comm_name(layout->group) : "(this process)",
+                        at->size, comm_name(split),
+                        layout->replica_group ? comm_name(layout->replica_group) : "(none)",
+                        at->split_size, at->replica_size);
+    for (int64_t i = 0; i < params->count; i++) {
+        struct nn_split s = nn_param_split(params, i);
+        if (!nn_split_is_cut(&s)) continue;
+        if (!split)
+            return bt_error("%s: /model/%s is piece %d of %d of its full tensor, but the layout "
+                            "has no split group",
+                            label, params->names[i], s.part, s.parts);
+        if (s.part != at->split_rank || s.parts != at->split_size)
+            return bt_error("%s: /model/%s is piece %d of %d of its full tensor, but this rank is "
+                            "rank %d of %d of split group %s",
+                            label, params->names[i], s.part, s.parts, at->split_rank,
+                            at->split_size, comm_name(split));
+    }
+    return BT_OK;
+}
+
+static int64_t param_index(const struct nn_param_list *params, const char *name) {
+    for (int64_t p = 0; p < params->count; p++)
+        if (strcmp(params->names[p], name) == 0) return p;
+    return -1;
+}
+
+/* The tensors a rank writes must be contiguous CPU tensors of float32 or int64, every state the
+ * optimizer names must exist and be its parameter's piece (with opt_row0, rows of it), and the
+ * layout must describe this rank: checked before the file is created, so that no rank fails
  * half-way through the collective calls for a reason it could have seen before. */
 static bt_status precheck(const struct nn_param_list *params, const struct optim *opt,
+                          const struct ckpt_layout *layout, const struct place *at,
                           const char *label) {
+    char got[96], want[96];
+    const int64_t *opt_row0 = layout ? layout->opt_row0 : NULL;
     for (int64_t i = 0; i < params->count; i++) {
         const bt_tensor *t = params->tensors[i];
         if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t) ||
@@ -492,16 +788,33 @@ static bt_status precheck(const struct nn_param_list *params, const struct optim
             return bt_error("%s: /model/%s must be a contiguous float32 or int64 CPU tensor", label,
                             params->names[i]);
     }
+    if (check_layout(params, layout, at, label) != BT_OK) return BT_ERR;
     const char *const *states = NULL;
     int n_states = opt ? optim_state_names(opt, &states) : 0;
-    for (int64_t i = 0; opt && i < optim_num_params(opt); i++)
+    for (int64_t i = 0; opt && i < optim_num_params(opt); i++) {
+        int64_t p = param_index(params, optim_param_name(opt, i));
         for (int s = 0; s < n_states; s++) {
             const bt_tensor *t = optim_state(opt, i, states[s]);
             if (!t) return bt_error_prefix(label);
             if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t))
                 return bt_error("%s: /optimizer/%s/%s must be a contiguous CPU tensor", label,
                                 optim_param_name(opt, i), states[s]);
+            if (p < 0 || t->ndim == 0) continue; /* not written / a scalar */
+            const bt_tensor *piece = params->tensors[p];
+            int64_t row0 = opt_row0 ? opt_row0[i] : 0;
+            bool fits = t->ndim == piece->ndim && row0 >= 0 &&
+                        row0 + t->shape[0] <= piece->shape[0] &&
+                        (opt_row0 || t->shape[0] == piece->shape[0]);
+            for (int d = 1; fits && d < t->ndim; d++)
+                fits = t->shape[d] == piece->shape[d];
+            if (!fits)
+                return bt_error("%s: /optimizer/%s/%s has shape %s, which is not rows [%lld, ...) "
+                                "of its parameter's %s",
+                                label, optim_param_name(opt, i), states[s],
+                                bt_shape_str(t, got, sizeof got), (long long)row0,
+                                bt_shape_str(piece, want, sizeof want));
         }
+    }
     return BT_OK;
 }
 
@@ -623,7 +936,8 @@ bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
     h5_silence();
     char label[CKPT_LABEL_MAX];
     snprintf(label, sizeof label, "checkpoint %s", tmp);
-    bt_status st = precheck(params, opt, label);
+    struct place at = place_of(layout);
+    bt_status st = precheck(params, opt, layout, &at, label);
     if (st == BT_OK && leader) st = make_dirs(dir);
     if (agree(group, st, tmp) != BT_OK) return BT_ERR;
     bool collective_failed = false;

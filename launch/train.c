@@ -390,7 +390,10 @@ static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
         .config_yaml = r->config_yaml,
         .tokenizer_yaml = r->tokenizer_yaml,
     };
+    /* every rank writes its own pieces; the file holds the full tensors whatever the layout */
     struct ckpt_layout layout = {.group = r->grid.world_group,
+                                 .split_group = r->grid.tp > 1 ? r->grid.tp_group : NULL,
+                                 .replica_group = r->grid.dp_group,
                                  .opt_row0 = r->dp ? dp_optim_row0(r->dp) : NULL};
     if (ckpt_save_layout(cfg->checkpoint.dir, &r->params, r->opt, &meta, cfg->checkpoint.keep,
                          &layout) != BT_OK) {
