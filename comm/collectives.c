@@ -138,6 +138,19 @@ static void copy_elements(void *dst, const void *src, int64_t n, bt_dtype dtype)
     if (n > 0) memcpy(dst, src, (size_t)n * bt_dtype_size(dtype));
 }
 
+/* The bytes of t's elements. */
+static int64_t tensor_bytes(const bt_tensor *t) {
+    return bt_numel(t) * (int64_t)bt_dtype_size(t->dtype);
+}
+
+/* r has started on c: counted in c's traffic (comm.h), then handed to the caller. */
+static struct comm_request *count_started(struct comm *c, struct comm_request *r, comm_kind kind,
+                                          int64_t bytes) {
+    c->traffic[kind].calls++;
+    c->traffic[kind].bytes += bytes;
+    return comm_request_started(r);
+}
+
 /* ---- non-blocking operations ---- */
 
 struct comm_request *comm_iallreduce(struct comm *c, bt_tensor *t, comm_op op) {
@@ -150,7 +163,7 @@ struct comm_request *comm_iallreduce(struct comm *c, bt_tensor *t, comm_op op) {
     if (!buf) return discard(r);
     if (!c->local && comm_mpi_iallreduce(r, c, buf, n, t->dtype, op) != BT_OK) return discard(r);
     if (op == COMM_AVG && c->size > 1) comm_request_average_f32(r, buf, n, c->size);
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_ALLREDUCE, tensor_bytes(t));
 }
 
 struct comm_request *comm_ireduce_scatter(struct comm *c, const bt_tensor *in, bt_tensor *out,
@@ -175,7 +188,7 @@ struct comm_request *comm_ireduce_scatter(struct comm *c, const bt_tensor *in, b
     else if (comm_mpi_ireduce_scatter(r, c, send, recv, n, out->dtype, op) != BT_OK)
         return discard(r);
     if (op == COMM_AVG && c->size > 1) comm_request_average_f32(r, recv, n, c->size);
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_REDUCE_SCATTER, tensor_bytes(in));
 }
 
 struct comm_request *comm_ireduce_scatter_v(struct comm *c, const bt_tensor *in, bt_tensor *out,
@@ -200,7 +213,7 @@ struct comm_request *comm_ireduce_scatter_v(struct comm *c, const bt_tensor *in,
              BT_OK)
         return discard(r);
     if (op == COMM_AVG && c->size > 1) comm_request_average_f32(r, bt_data(out), n, c->size);
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_REDUCE_SCATTER, tensor_bytes(in));
 }
 
 /* in is exactly this rank's block of out: MPI_IN_PLACE (MPI forbids aliasing otherwise). */
@@ -233,7 +246,7 @@ struct comm_request *comm_iallgather(struct comm *c, const bt_tensor *in, bt_ten
     } else if (comm_mpi_iallgather(r, c, send, recv, n, in->dtype) != BT_OK) {
         return discard(r);
     }
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_ALLGATHER, tensor_bytes(out));
 }
 
 struct comm_request *comm_iallgather_v(struct comm *c, bt_tensor *buf, const int64_t *counts) {
@@ -245,7 +258,7 @@ struct comm_request *comm_iallgather_v(struct comm *c, bt_tensor *buf, const int
     /* local: this rank's block is the whole buffer, already in place */
     if (!c->local && comm_mpi_iallgather_v(r, c, bt_data(buf), counts, buf->dtype) != BT_OK)
         return discard(r);
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_ALLGATHER, tensor_bytes(buf));
 }
 
 struct comm_request *comm_ibroadcast(struct comm *c, bt_tensor *t, int root) {
@@ -257,7 +270,7 @@ struct comm_request *comm_ibroadcast(struct comm *c, bt_tensor *t, int root) {
     if (!buf) return discard(r);
     if (!c->local && comm_mpi_ibroadcast(r, c, buf, bt_numel(t), t->dtype, root) != BT_OK)
         return discard(r);
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_BROADCAST, tensor_bytes(t));
 }
 
 /* A group without MPI has one rank, so check_peer refuses every send and recv there. */
@@ -268,7 +281,7 @@ struct comm_request *comm_isend(struct comm *c, const bt_tensor *t, int peer, in
     void *buf = comm_request_stage(r, t, true, false);
     if (!buf || comm_mpi_isend(r, c, buf, bt_numel(t), t->dtype, peer, tag) != BT_OK)
         return discard(r);
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_SEND, tensor_bytes(t));
 }
 
 struct comm_request *comm_irecv(struct comm *c, bt_tensor *t, int peer, int tag) {
@@ -281,14 +294,14 @@ struct comm_request *comm_irecv(struct comm *c, bt_tensor *t, int peer, int tag)
     r->recv_expected = bt_numel(t);
     r->recv_dtype = t->dtype;
     r->peer = peer;
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_RECV, tensor_bytes(t));
 }
 
 struct comm_request *comm_ibarrier(struct comm *c) {
     struct comm_request *r = comm_request_new(c, "barrier");
     if (!r) return NULL;
     if (!c->local && comm_mpi_ibarrier(r, c) != BT_OK) return discard(r);
-    return comm_request_started(r);
+    return count_started(c, r, COMM_KIND_BARRIER, 0);
 }
 
 /* ---- blocking operations: start, then wait (a NULL request carries its error to comm_wait) ----
@@ -348,5 +361,5 @@ bt_status comm_allreduce_doubles(struct comm *c, double *vals, int n, comm_op op
         return BT_ERR;
     }
     if (op == COMM_AVG && c->size > 1) comm_request_average_f64(r, vals, n, c->size);
-    return comm_wait(comm_request_started(r));
+    return comm_wait(count_started(c, r, COMM_KIND_ALLREDUCE, 8 * (int64_t)n));
 }

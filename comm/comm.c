@@ -65,8 +65,7 @@ bt_status comm_mpi_error(const char *where, int rc, const char *call, const char
 /* mpirun/mpiexec (Open MPI, MPICH/Hydra) or srun (PMIx, PMI-2) set these in every rank. Not
  * SLURM_NTASKS: an sbatch script has it too, and a plain `braid train` there is a world of one. */
 static bool started_by_launcher(void) {
-    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK",
-                                       "PMI_RANK"};
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "PMI_RANK"};
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const char *v = getenv(vars[i]);
         if (v && *v) return true;
@@ -285,4 +284,30 @@ void comm_free(struct comm *c) {
     if (!c->local && MPI_Comm_free(&c->mpi) != MPI_SUCCESS)
         fprintf(stderr, "braid: warning: comm_free: MPI_Comm_free of group %s failed\n", c->name);
     free(c);
+}
+
+/* ---- traffic counters ---- */
+
+struct comm_traffic comm_traffic(const struct comm *c) {
+    struct comm_traffic total = {0, 0};
+    for (int k = 0; c && k < COMM_KIND_COUNT; k++) {
+        total.calls += c->traffic[k].calls;
+        total.bytes += c->traffic[k].bytes;
+    }
+    return total;
+}
+
+struct comm_traffic comm_traffic_of(const struct comm *c, comm_kind kind) {
+    if (!c || kind < 0 || kind >= COMM_KIND_COUNT) return (struct comm_traffic){0, 0};
+    return c->traffic[kind];
+}
+
+void comm_traffic_reset(struct comm *c) {
+    if (c) memset(c->traffic, 0, sizeof c->traffic);
+}
+
+const char *comm_kind_name(comm_kind kind) {
+    static const char *const names[COMM_KIND_COUNT] = {
+        "allreduce", "reduce_scatter", "allgather", "broadcast", "send", "recv", "barrier"};
+    return kind >= 0 && kind < COMM_KIND_COUNT ? names[kind] : "unknown";
 }

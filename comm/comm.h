@@ -62,9 +62,10 @@ bt_status comm_send(struct comm *c, const bt_tensor *t, int peer, int tag);
 bt_status comm_recv(struct comm *c, bt_tensor *t, int peer, int tag); /* t: the expected shape */
 bt_status comm_barrier(struct comm *c);
 
-/* Uneven variants for sharding (counts has comm_size(c) entries: counts[r] elements for rank r, summing to numel(in) / numel(buf);
- * contiguous tensors only): reduce-scatter where rank r receives counts[r] elements into out, and
- * an in-place allgather where rank r contributes buf's block at offset counts[0]+...+counts[r-1]. */
+/* Uneven variants for sharding (counts has comm_size(c) entries: counts[r] elements for rank r,
+ * summing to numel(in) / numel(buf); contiguous tensors only): reduce-scatter where rank r receives
+ * counts[r] elements into out, and an in-place allgather where rank r contributes buf's block at
+ * offset counts[0]+...+counts[r-1]. */
 bt_status comm_reduce_scatter_v(struct comm *c, const bt_tensor *in, bt_tensor *out,
                                 const int64_t *counts, comm_op op);
 bt_status comm_allgather_v(struct comm *c, bt_tensor *buf, const int64_t *counts);
@@ -94,5 +95,43 @@ bt_status comm_wait(struct comm_request *r);
 bt_status comm_test(struct comm_request *r, bool *done);
 /* Lets outstanding requests of this process progress (MPI_Testsome on them); cheap. */
 void comm_progress(void);
+
+/* ---- traffic counters ----
+ * Each group counts, on this rank, the operations started on it and their payload bytes, by kind.
+ * An operation counts once, when it starts (a blocking call starts one; a non-blocking one counts
+ * whether or not it is waited on yet; one refused by its argument checks does not count). Bytes
+ * are the payload as NCCL-tests' algbw defines it, independent of the group's size:
+ *   allreduce              the tensor's bytes; comm_allreduce_doubles: 8 * n
+ *   reduce_scatter(_v)     the input's bytes (every rank's block)
+ *   allgather(_v)          the gathered output's bytes (buf for allgather_v)
+ *   broadcast              the tensor's bytes, on the root and the others alike
+ *   send / recv            the bytes sent / received (the tensor's)
+ *   barrier                a call, 0 bytes
+ * What crosses the wire per rank with ring algorithms (NCCL-tests' busbw) is 2(P-1)/P of that for
+ * an allreduce and (P-1)/P for a reduce-scatter or allgather. A group without MPI (a world of one
+ * or its splits) counts the same way though it moves nothing. Not thread-safe (nor is the rest of
+ * comm: MPI_THREAD_FUNNELED). */
+typedef enum {
+    COMM_KIND_ALLREDUCE = 0, /* comm_allreduce, comm_allreduce_doubles and their starts */
+    COMM_KIND_REDUCE_SCATTER,
+    COMM_KIND_ALLGATHER,
+    COMM_KIND_BROADCAST,
+    COMM_KIND_SEND,
+    COMM_KIND_RECV,
+    COMM_KIND_BARRIER,
+    COMM_KIND_COUNT
+} comm_kind;
+
+struct comm_traffic {
+    int64_t calls; /* operations started */
+    int64_t bytes; /* their payload, as above */
+};
+
+/* Since the group was created or last reset: every kind together (zeros for a NULL group). */
+struct comm_traffic comm_traffic(const struct comm *c);
+/* The same for one kind (zeros for a NULL group or a kind out of range). */
+struct comm_traffic comm_traffic_of(const struct comm *c, comm_kind kind);
+void comm_traffic_reset(struct comm *c);
+const char *comm_kind_name(comm_kind kind); /* "allreduce", "reduce_scatter", ... */
 
 #endif

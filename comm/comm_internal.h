@@ -18,6 +18,7 @@ struct comm {
                      of it; every collective is then a local copy */
     int rank, size;
     char name[COMM_NAME_MAX];
+    struct comm_traffic traffic[COMM_KIND_COUNT]; /* comm_traffic: started on this rank */
 };
 
 /* The comm state of the process: set up by comm_init, torn down by comm_finalize. */

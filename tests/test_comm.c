@@ -1,9 +1,9 @@
 /* Communicators (comm/comm.h): every collective, blocking and non-blocking, against a serial
  * computation of the expected values (rank r fills element i with a known formula of r and i),
- * on odd sizes and non-contiguous views; send/recv, splits, scalar reductions and the messages of
- * bad arguments. The same binary runs alone (a world of one: collectives are copies) and under
- * mpirun -np 2, 3, 4 (tests/comm_tests.cmake); BRAID_COMM_TEST_MODE=watchdog makes rank 1 skip an
- * allreduce so that the watchdog must end the job. */
+ * on odd sizes and non-contiguous views; send/recv, splits, scalar reductions, the traffic counters
+ * and the messages of bad arguments. The same binary runs alone (a world of one: collectives are
+ * copies) and under mpirun -np 2, 3, 4 (tests/comm_tests.cmake); BRAID_COMM_TEST_MODE=watchdog
+ * makes rank 1 skip an allreduce so that the watchdog must end the job. */
 #define _POSIX_C_SOURCE 200809L /* nanosleep */
 #include <limits.h>
 #include <math.h>
@@ -698,6 +698,108 @@ MPI_TEST(test_errors_requests_and_split) {
     ck_assert_int_eq(comm_size(NULL), 0);
 }
 
+/* ---- traffic counters ---- */
+
+static void assert_traffic(const struct comm *c, comm_kind kind, int64_t calls, int64_t bytes) {
+    struct comm_traffic t = comm_traffic_of(c, kind);
+    ck_assert_msg(t.calls == calls && t.bytes == bytes,
+                  "%s on group %s: %lld calls, %lld bytes; expected %lld, %lld (rank %d of %d)",
+                  comm_kind_name(kind), comm_name(c), (long long)t.calls, (long long)t.bytes,
+                  (long long)calls, (long long)bytes, my_rank(), world_size());
+}
+
+MPI_TEST(test_traffic_counters) {
+    int size = world_size(), rank = my_rank();
+    struct comm *w = world();
+    comm_traffic_reset(w); /* the suite's earlier tests used the world too */
+    for (int k = 0; k < COMM_KIND_COUNT; k++)
+        assert_traffic(w, (comm_kind)k, 0, 0);
+
+    /* allreduce: the tensor's bytes, a view's too; doubles 8 each */
+    bt_tensor *t = bt_zeros(BT_SHAPE(7), BT_F32, bt_cpu());
+    assert_ok(comm_allreduce(w, t, COMM_SUM), "allreduce");
+    bt_tensor *m = bt_zeros(BT_SHAPE(3, 4), BT_I64, bt_cpu());
+    assert_ok(comm_allreduce(w, bt_transpose(m, 0, 1), COMM_MAX), "allreduce of a view");
+    double d[3] = {0, 0, 0};
+    assert_ok(comm_allreduce_doubles(w, d, 3, COMM_SUM), "allreduce_doubles");
+    int64_t allreduce_bytes = 7 * 4 + 12 * 8 + 3 * 8;
+    assert_traffic(w, COMM_KIND_ALLREDUCE, 3, allreduce_bytes);
+    /* non-blocking: counted when it starts */
+    struct comm_request *r = started(comm_iallreduce(w, t, COMM_AVG), "iallreduce");
+    assert_traffic(w, COMM_KIND_ALLREDUCE, 4, allreduce_bytes + 28);
+    assert_ok(comm_wait(r), "wait");
+    assert_traffic(w, COMM_KIND_ALLREDUCE, 4, allreduce_bytes + 28);
+
+    /* reduce-scatter: the input (every rank's block); allgather: the gathered output */
+    int64_t counts[MAX_RANKS], offsets[MAX_RANKS], total;
+    uneven_counts(size, counts, offsets, &total);
+    bt_tensor *blocks = bt_zeros(BT_SHAPE(size * 5), BT_F32, bt_cpu());
+    bt_tensor *block = bt_zeros(BT_SHAPE(5), BT_F32, bt_cpu());
+    assert_ok(comm_reduce_scatter(w, blocks, block, COMM_SUM), "reduce_scatter");
+    bt_tensor *all = bt_zeros(BT_SHAPE(total), BT_F32, bt_cpu());
+    bt_tensor *mine = bt_zeros(BT_SHAPE(counts[rank]), BT_F32, bt_cpu());
+    assert_ok(comm_reduce_scatter_v(w, all, mine, counts, COMM_SUM), "reduce_scatter_v");
+    assert_traffic(w, COMM_KIND_REDUCE_SCATTER, 2, size * 5 * 4 + total * 4);
+    assert_ok(comm_allgather(w, block, blocks), "allgather");
+    assert_ok(comm_allgather_v(w, all, counts), "allgather_v");
+    assert_traffic(w, COMM_KIND_ALLGATHER, 2, size * 5 * 4 + total * 4);
+
+    /* broadcast: the tensor's bytes on every rank; barrier: a call */
+    assert_ok(comm_broadcast(w, bt_zeros(BT_SHAPE(4), BT_I32, bt_cpu()), 0), "broadcast");
+    assert_traffic(w, COMM_KIND_BROADCAST, 1, 16);
+    assert_ok(comm_barrier(w), "barrier");
+    assert_traffic(w, COMM_KIND_BARRIER, 1, 0);
+
+    /* send/recv around the ring: the bytes sent, the bytes received */
+    int64_t p2p = 0;
+    if (size > 1) {
+        bt_tensor *out = bt_zeros(BT_SHAPE(6), BT_F32, bt_cpu());
+        bt_tensor *in = bt_zeros(BT_SHAPE(6), BT_F32, bt_cpu());
+        struct comm_request *rr = started(comm_irecv(w, in, (rank + size - 1) % size, 5), "irecv");
+        assert_ok(comm_send(w, out, (rank + 1) % size, 5), "send");
+        assert_ok(comm_wait(rr), "wait recv");
+        p2p = 1;
+    }
+    assert_traffic(w, COMM_KIND_SEND, p2p, 24 * p2p);
+    assert_traffic(w, COMM_KIND_RECV, p2p, 24 * p2p);
+
+    /* refused by its checks: not counted */
+    ck_assert_int_eq(comm_allreduce(w, NULL, COMM_SUM), BT_ERR);
+    ck_assert_int_eq(comm_allreduce(w, m, COMM_AVG), BT_ERR);
+    ck_assert_int_eq(comm_allgather(w, block, block), size > 1 ? BT_ERR : BT_OK);
+    assert_traffic(w, COMM_KIND_ALLREDUCE, 4, allreduce_bytes + 28);
+    assert_traffic(w, COMM_KIND_ALLGATHER, size > 1 ? 2 : 3,
+                   size * 5 * 4 + total * 4 + (size > 1 ? 0 : 20));
+
+    /* the total is the sum over kinds */
+    struct comm_traffic sum = {0, 0}, whole = comm_traffic(w);
+    for (int k = 0; k < COMM_KIND_COUNT; k++) {
+        sum.calls += comm_traffic_of(w, (comm_kind)k).calls;
+        sum.bytes += comm_traffic_of(w, (comm_kind)k).bytes;
+    }
+    ck_assert_int_eq(whole.calls, sum.calls);
+    ck_assert_int_eq(whole.bytes, sum.bytes);
+    ck_assert_int_eq(whole.calls, 10 + (size > 1 ? 2 : 1));
+
+    /* a split group counts its own operations; the world's counters do not move */
+    struct comm *g = comm_split(w, rank % 2, rank, "half");
+    ck_assert_ptr_nonnull(g);
+    ck_assert_int_eq(comm_traffic(g).calls, 0);
+    assert_ok(comm_allreduce(g, t, COMM_SUM), "allreduce in the group");
+    assert_traffic(g, COMM_KIND_ALLREDUCE, 1, 28);
+    ck_assert_int_eq(comm_traffic(w).calls, whole.calls);
+    ck_assert_int_eq(comm_traffic(w).bytes, whole.bytes);
+    comm_free(g);
+
+    comm_traffic_reset(w);
+    ck_assert_int_eq(comm_traffic(w).calls, 0);
+    ck_assert_int_eq(comm_traffic(w).bytes, 0);
+    ck_assert_int_eq(comm_traffic(NULL).calls, 0);
+    ck_assert_int_eq(comm_traffic_of(w, COMM_KIND_COUNT).bytes, 0);
+    ck_assert_str_eq(comm_kind_name(COMM_KIND_REDUCE_SCATTER), "reduce_scatter");
+    ck_assert_str_eq(comm_kind_name(COMM_KIND_COUNT), "unknown");
+}
+
 static Suite *comm_suite(void) {
     Suite *s = suite_create("comm");
     bt_suite_add(s, test_world);
@@ -722,6 +824,7 @@ static Suite *comm_suite(void) {
     bt_suite_add(s, test_errors_shapes);
     bt_suite_add(s, test_errors_counts);
     bt_suite_add(s, test_errors_requests_and_split);
+    bt_suite_add(s, test_traffic_counters);
     return s;
 }
 
