@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "comm/comm.h"
@@ -230,6 +231,13 @@ int main(int argc, char **argv) {
         calls += measured.calls[k];
         want_calls += a.per_kind.calls[k];
     }
+    /* memory: the largest rank's peak resident set (the kernel's high-water mark, all of it:
+     * weights, gradients, optimizer state, activations and the MPI library) */
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    double peak_rss_mb = (double)usage.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
+    if (comm_allreduce_doubles(comm_world(), &peak_rss_mb, 1, COMM_MAX) != BT_OK)
+        die("allreduce");
     if (rank == 0) {
         printf("model=gpt layers=%lld embd=%lld heads=%lld vocab=%lld seq=%lld batch=%lld "
                "params=%lld\n",
@@ -239,6 +247,7 @@ int main(int argc, char **argv) {
                omp_get_max_threads(), steps);
         printf("step_ms=%.1f step_min_ms=%.1f tokens_per_s=%.0f tokens_per_step=%lld\n", ms,
                best_ms, 1e3 * (double)(B * T) / ms, (long long)(B * T));
+        printf("peak_rss_mb=%.1f (the largest rank's, MiB)\n", peak_rss_mb);
         printf("bytes_per_step=%.0f calls_per_step=%.1f (tp group, payload as algbw)\n", total,
                calls);
         printf("analytic_bytes_per_step=%.0f analytic_calls_per_step=%.0f\n", want, want_calls);

@@ -54,11 +54,12 @@ echo "medians over $((steps - 1)) steps after a warm-up, each run's in brackets;
 echo "all runs (least disturbed by other work on the machine); speedup: against tp=1 on 1 thread, of"
 echo "the medians and of the bests; MB: payload bytes per step on the tp group as NCCL-tests' algbw"
 echo "counts them (all-reduce: the tensor; reduce-scatter: its input; all-gather: its output);"
-echo "wire: what a ring moves per rank (2(P-1)/P of an all-reduce's, (P-1)/P of the others')"
+echo "wire: what a ring moves per rank (2(P-1)/P of an all-reduce's, (P-1)/P of the others');"
+echo "peak_MiB: the largest rank's peak resident memory (getrusage ru_maxrss) in the last run"
 echo
-format='%-26s %8s %8s %9s %15s %11s %11s %8s %8s  %s\n'
+format='%-26s %8s %8s %9s %15s %11s %11s %8s %8s %8s  %s\n'
 printf "$format" layout step_ms best_ms tokens/s speedup measured_MB analytic_MB ratio wire_MB \
-  runs
+  peak_MiB runs
 base=$(median "${times[tp1_t1]}") base_best=$(minimum "${best[tp1_t1]}")
 row() { # label key
   local o=${out[$2]} ms fast
@@ -68,7 +69,8 @@ row() { # label key
     "$(awk -v a="$base" -v b="$ms" -v c="$base_best" -v d="$fast" \
       'BEGIN { printf "%.2fx / %.2fx", a / b, c / d }')" \
     "$(mb "$(field bytes_per_step "$o")")" "$(mb "$(field analytic_bytes_per_step "$o")")" \
-    "$(field ratio "$o")" "$(mb "$(field wire_bytes_per_step "$o")")" "[${times[$2]}]"
+    "$(field ratio "$o")" "$(mb "$(field wire_bytes_per_step "$o")")" \
+    "$(field peak_rss_mb "$o")" "[${times[$2]}]"
 }
 row "tp=1 (1 thread)" tp1_t1
 row "tp=1 ($cores threads)" tp1_tn
