@@ -12,30 +12,13 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "bench/bench.h"
 #include "core/optim.h"
 #include "core/runtime.h"
 #include "data/checkpoint.h"
 #include "models/model.h"
 
 #define MAX_REPEAT 16
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(const double *t, int n) {
-    double s[MAX_REPEAT];
-    memcpy(s, t, (size_t)n * sizeof *t);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-}
 
 static void die(const char *what) {
     fprintf(stderr, "bench_checkpoint: error: %s: %s\n", what, bt_last_error());
@@ -160,22 +143,22 @@ int main(int argc, char **argv) {
                                      .data_position = (1000LL + r) * 512,
                                      .config_yaml = "model:\n  arch: gpt\n",
                                      .tokenizer_yaml = "name: gpt2\n"};
-            double t0 = now_s();
+            double t0 = bench_now();
             if (ckpt_save(dir, &params, opt, &meta, 1) != BT_OK) die("ckpt_save");
-            total[r] = now_s() - t0;
+            total[r] = bench_now() - t0;
             continue;
         }
         if (drop) dropped = drop_page_cache() && dropped;
-        double t0 = now_s();
+        double t0 = bench_now();
         if (ckpt_resolve(dir, path, sizeof path) != BT_OK) die("ckpt_resolve");
         struct ckpt_file *f = ckpt_open(path);
         if (!f) die("ckpt_open");
-        double t1 = now_s();
+        double t1 = bench_now();
         if (ckpt_read_model(f, &params) != BT_OK) die("ckpt_read_model");
-        double t2 = now_s();
+        double t2 = bench_now();
         if (ckpt_read_optim(f, opt) != BT_OK) die("ckpt_read_optim");
         ckpt_close(f);
-        double t3 = now_s();
+        double t3 = bench_now();
         total[r] = t3 - t0;
         open_s[r] = t1 - t0;
         model_s[r] = t2 - t1;
@@ -187,17 +170,18 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_checkpoint: error: cannot stat %s\n", path);
         return 1;
     }
-    double seconds = median(total, repeat);
     printf("op=%s\nfile=%s\nparams=%lld\nbytes=%lld\nrepeat=%d\n", argv[1], path,
            (long long)model_num_parameters(m), (long long)st.st_size, repeat);
-    print_times("all_seconds", total, repeat);
+    print_times("all_seconds", total, repeat); /* in run order, before the median sorts them */
+    double seconds = bench_median(total, repeat);
     printf("seconds=%.3f\nmb_per_s=%.1f\n", seconds, (double)st.st_size / 1e6 / seconds);
     if (!save) {
         printf("page_cache=%s\n", !drop     ? "kept"
                                   : dropped ? "dropped"
                                             : "NOT dropped (no permission)");
         printf("open_seconds=%.3f\nmodel_seconds=%.3f\noptim_seconds=%.3f\n",
-               median(open_s, repeat), median(model_s, repeat), median(optim_s, repeat));
+               bench_median(open_s, repeat), bench_median(model_s, repeat),
+               bench_median(optim_s, repeat));
     }
     printf("digest=%08x\n", (unsigned)digest(&params, opt));
     optim_free(opt);

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "comm/comm.h"
 #include "core/autograd.h"
 #include "core/ops.h"
@@ -24,25 +25,9 @@
 #include "models/model.h"
 #include "parallel/dp.h"
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int die(const char *what) {
     fprintf(stderr, "bench_dp: %s: %s\n", what, bt_last_error());
     comm_abort(1);
-}
-
-static double median(double *v, int n) {
-    for (int i = 1; i < n; i++) /* insertion sort: n is small */
-        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 int main(int argc, char **argv) {
@@ -105,11 +90,11 @@ int main(int argc, char **argv) {
         bt_tensor *loss = model_forward(m, idx, tgt, NULL);
         comm_barrier(world); /* start the backward together: waits measure communication only */
         dp_arm(d);
-        double t0 = now();
+        double t0 = bench_now();
         if (!loss || bt_backward(loss) != BT_OK) return die("backward");
-        double t1 = now();
+        double t1 = bench_now();
         if (dp_finish(d) != BT_OK) return die("dp_finish");
-        double t2 = now();
+        double t2 = bench_now();
         bt_step_end();
         if (optim_step(opt, 1e-4) != BT_OK || dp_gather_params(d) != BT_OK) return die("step");
         /* a collective cannot end before the slowest rank's backward does: what is exposed is
@@ -127,7 +112,7 @@ int main(int argc, char **argv) {
     int64_t per_bucket = (int64_t)(bucket_mb * (1 << 20)) / 4, total = bytes / 4;
     for (int s = 0; s < steps; s++) {
         comm_barrier(world);
-        double t0 = now();
+        double t0 = bench_now();
         for (int64_t off = 0; off < total; off += per_bucket) {
             int64_t n = total - off < per_bucket ? total - off : per_bucket;
             bt_tensor *part = bt_narrow(buf, 0, off, n);
@@ -143,7 +128,7 @@ int main(int argc, char **argv) {
             free(counts);
             if (st != BT_OK) return die("blocking");
         }
-        blocking[s] = now() - t0;
+        blocking[s] = bench_now() - t0;
         bt_step_end();
     }
 
@@ -157,8 +142,8 @@ int main(int argc, char **argv) {
     double max_opt = opt_bytes;
     comm_allreduce_doubles(world, &max_opt, 1, COMM_MAX);
 
-    double mb = median(backward + 1, steps - 1), mw = median(wait + 1, steps - 1);
-    double mbl = median(blocking + 1, steps - 1);
+    double mb = bench_median(backward + 1, steps - 1), mw = bench_median(wait + 1, steps - 1);
+    double mbl = bench_median(blocking + 1, steps - 1);
     double hidden = mbl > 0 ? 1.0 - mw / mbl : 0.0;
     comm_allreduce_doubles(world, &hidden, 1, COMM_MIN); /* the worst rank */
     if (rank == 0) {

@@ -7,27 +7,12 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "core/ops.h"
 #include "core/runtime.h"
 
 #define WARMUP 3
 #define REPS 21
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *t, int n) {
-    qsort(t, (size_t)n, sizeof(double), cmp_double);
-    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
-}
 
 static void die(const char *what) {
     fprintf(stderr, "bench_ops: error: %s: %s\n", what, bt_last_error());
@@ -77,21 +62,21 @@ static void time_pair(bench_fn prepare, bench_fn braid, bench_fn raw, struct ben
     double tb[REPS], tr[REPS];
     for (int r = 0; r < WARMUP + REPS; r++) {
         if (prepare) prepare(s);
-        double t0 = now_s();
+        double t0 = bench_now();
         braid(s);
-        double t1 = now_s();
+        double t1 = bench_now();
         bt_step_end();
         /* raw sgemm gets OpenBLAS's own threads; braid splits GEMMs over OpenMP with OpenBLAS
          * single-threaded (core/cpu/matmul.c) */
         openblas_set_num_threads(omp_get_max_threads());
-        double t2 = now_s();
+        double t2 = bench_now();
         raw(s);
-        double t3 = now_s();
+        double t3 = bench_now();
         openblas_set_num_threads(1);
         if (r >= WARMUP) tb[r - WARMUP] = t1 - t0, tr[r - WARMUP] = t3 - t2;
     }
-    *t_braid = median(tb, REPS);
-    *t_raw = median(tr, REPS);
+    *t_braid = bench_median(tb, REPS);
+    *t_raw = bench_median(tr, REPS);
 }
 
 /* braid linear: out = x @ W^T, backward with a ones gradient of out's shape: dX, dW (3 GEMMs).
@@ -212,18 +197,18 @@ static void bench_attention(int64_t B, int64_t NH, int64_t NKV, int64_t T, int64
         s.ks = bt_requires_grad_(bt_detach(s.k), true);
         s.vs = bt_requires_grad_(bt_detach(s.v), true);
         s.grad = bt_ones(BT_SHAPE(B, NH, T, hs), BT_F32, bt_cpu());
-        double t0 = now_s();
+        double t0 = bench_now();
         bt_tensor *y = bt_attention(s.qs, s.ks, s.vs, causal, 0.0);
-        double t1 = now_s();
+        double t1 = bench_now();
         if (!y || bt_backward_ex(y, s.grad, false) != BT_OK) die("attention");
-        double t2 = now_s();
+        double t2 = bench_now();
         bt_step_end();
         if (r >= WARMUP) fwd[r - WARMUP] = t1 - t0, bwd[r - WARMUP] = t2 - t1;
     }
     /* flops counted as the unfused math: forward QK^T and PV, 4 B NH T^2 hs; backward QK^T, dV,
      * dP, dQ, dK, 10 B NH T^2 hs; both halved when causal (recomputation not counted) */
     double pairs = (double)B * NH * T * T * hs * (causal ? 0.5 : 1.0) * 1e-9;
-    double tf = median(fwd, REPS), tb = median(bwd, REPS);
+    double tf = bench_median(fwd, REPS), tb = bench_median(bwd, REPS);
     printf("attention %-6s B=%lld NH=%lld NKV=%lld T=%lld hs=%lld: forward %6.2f ms %5.1f GFLOP/s, "
            "backward %6.2f ms %5.1f GFLOP/s\n",
            causal ? "causal" : "full", (long long)B, (long long)NH, (long long)NKV, (long long)T,

@@ -16,6 +16,7 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "comm/comm.h"
 #include "core/autograd.h"
 #include "core/optim.h"
@@ -42,25 +43,9 @@ struct analytic {
     double position_embed; /* SP: wpe's gradient (block_size, C) */
 };
 
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int die(const char *what) {
     fprintf(stderr, "bench_tp: %s: %s\n", what, bt_last_error());
     comm_abort(1);
-}
-
-static double median(double *v, int n) {
-    for (int i = 1; i < n; i++) /* insertion sort: n is small */
-        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-            double t = v[j];
-            v[j] = v[j - 1];
-            v[j - 1] = t;
-        }
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 static void add(struct traffic *t, int kind, int64_t calls, double bytes) {
@@ -202,12 +187,12 @@ int main(int argc, char **argv) {
         if (comm_barrier(world) != BT_OK) return die("barrier"); /* start the step together */
         struct comm_traffic before[N_KINDS], after[N_KINDS];
         snapshot(world, before);
-        double t0 = now();
+        double t0 = bench_now();
         bt_tensor *loss = model_forward(m, idx, tgt, NULL);
         if (!loss || bt_backward(loss) != BT_OK) return die("forward/backward");
         bt_step_end();
         if (optim_step(opt, 1e-4) != BT_OK) return die("optim_step");
-        double t = now() - t0;
+        double t = bench_now() - t0;
         snapshot(world, after);
         if (comm_allreduce_doubles(world, &t, 1, COMM_MAX) != BT_OK) return die("max");
         step_s[s] = t;
@@ -222,7 +207,7 @@ int main(int argc, char **argv) {
         measured.bytes[k] /= timed;
     }
     struct analytic a = analytic(&mc, B, T, P, sp == 1);
-    double ms = 1e3 * median(step_s + 1, timed); /* sorts them: the fastest step is first */
+    double ms = 1e3 * bench_median(step_s + 1, timed); /* sorts them: the fastest step is first */
     double best_ms = 1e3 * step_s[1];
     double total = 0, want = 0, calls = 0, want_calls = 0;
     for (int k = 0; k < N_KINDS; k++) {
@@ -236,8 +221,7 @@ int main(int argc, char **argv) {
     struct rusage usage;
     getrusage(RUSAGE_SELF, &usage);
     double peak_rss_mb = (double)usage.ru_maxrss / 1024.0; /* ru_maxrss is in KiB on Linux */
-    if (comm_allreduce_doubles(comm_world(), &peak_rss_mb, 1, COMM_MAX) != BT_OK)
-        die("allreduce");
+    if (comm_allreduce_doubles(comm_world(), &peak_rss_mb, 1, COMM_MAX) != BT_OK) die("allreduce");
     if (rank == 0) {
         printf("model=gpt layers=%lld embd=%lld heads=%lld vocab=%lld seq=%lld batch=%lld "
                "params=%lld\n",

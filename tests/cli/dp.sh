@@ -14,22 +14,6 @@
 set -euo pipefail
 source "$(dirname "$0")/tiny_job.sh" "$@"
 
-fail() {
-  echo "FAIL: $*"
-  exit 1
-}
-
-# run NAME NP [overrides...]: the job on NP ranks (1 = no mpirun), metrics and checkpoints in NAME
-run() {
-  local name=$1 np=$2
-  shift 2
-  local cmd=("$braid" train "${job[@]}" --log.dir="$out/$name" --checkpoint.dir="$out/$name/ck" "$@")
-  if [ "$np" -gt 1 ]; then
-    cmd=(mpirun -np "$np" --oversubscribe "${cmd[@]}")
-  fi
-  timeout 300 "${cmd[@]}" > "$out/$name.log" 2>&1 || fail "$name failed: $(tail -5 "$out/$name.log")"
-}
-
 case $case_name in
 dp2)
   run single 1 --train.max_steps=10 --train.grad_accum=2

@@ -24,11 +24,6 @@ source "$(dirname "$0")/tiny_job.sh" "$@"
 slow=(--model.n_embd=128 --model.n_head=4 --model.block_size=64 --train.seq_len=64
   --train.batch_size=8 --train.max_steps=60 --checkpoint.every=5)
 
-fail() {
-  echo "FAIL: $*"
-  exit 1
-}
-
 # launch NAME [launch options and overrides...]: braid launch of the job, metrics and checkpoints
 # in NAME, output in NAME.log; sets $status
 launch() {

@@ -1,7 +1,7 @@
 # Sourced by tests/cli/dp.sh, tp.sh and launch.sh with their arguments (CASE BRAID REPO_DIR
 # OUT_DIR): sets case_name, braid, repo and out (OUT_DIR/CASE, emptied), the root and thread
 # variables Open MPI and the ranks need, prepares tinyshakespeare (char) in $out/data, defines the
-# tiny job's arguments in `job`, and same_losses, which needs a fail() function.
+# tiny job's arguments in `job`, and fail, run and same_losses.
 
 case_name=$1 braid=$2 repo=$3 out=$4/$1
 rm -rf "$out" && mkdir -p "$out"
@@ -14,6 +14,22 @@ job=("$repo/configs/shakespeare_char.yaml" --model.n_layer=2 --model.n_embd=32 -
   --data.shuffle=true --train.eval_every=5 --train.eval_steps=4 --log.every=1
   --schedule.warmup_steps=5 --schedule.decay_steps=20 --parallel.bucket_mb=0.01
   --data.train="$out/data/train_*.bin" --data.val="$out/data/val_*.bin")
+
+fail() {
+  echo "FAIL: $*"
+  exit 1
+}
+
+# run NAME NP [overrides...]: the job on NP ranks (1 = no mpirun), metrics and checkpoints in NAME
+run() {
+  local name=$1 np=$2
+  shift 2
+  local cmd=("$braid" train "${job[@]}" --log.dir="$out/$name" --checkpoint.dir="$out/$name/ck" "$@")
+  if [ "$np" -gt 1 ]; then
+    cmd=(mpirun -np "$np" --oversubscribe "${cmd[@]}")
+  fi
+  timeout 300 "${cmd[@]}" > "$out/$name.log" 2>&1 || fail "$name failed: $(tail -5 "$out/$name.log")"
+}
 
 # same_losses A B [FROM_STEP]: every loss and val_loss of rows >= FROM_STEP agree to 1e-5
 same_losses() {

@@ -15,22 +15,6 @@ set -euo pipefail
 source "$(dirname "$0")/tiny_job.sh" "$@"
 job+=(--model.vocab_size=66)
 
-fail() {
-  echo "FAIL: $*"
-  exit 1
-}
-
-# run NAME NP [overrides...]: the job on NP ranks (1 = no mpirun), metrics and checkpoints in NAME
-run() {
-  local name=$1 np=$2
-  shift 2
-  local cmd=("$braid" train "${job[@]}" --log.dir="$out/$name" --checkpoint.dir="$out/$name/ck" "$@")
-  if [ "$np" -gt 1 ]; then
-    cmd=(mpirun -np "$np" --oversubscribe "${cmd[@]}")
-  fi
-  timeout 300 "${cmd[@]}" > "$out/$name.log" 2>&1 || fail "$name failed: $(tail -5 "$out/$name.log")"
-}
-
 llama=(--model.arch=llama --model.n_head=4 --model.n_kv_head=2 --model.tie_embeddings=false)
 
 case $case_name in
