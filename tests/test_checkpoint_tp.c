@@ -20,44 +20,11 @@
 #include "parallel/grid.h"
 #include "tests/gradcheck.h"
 #include "tests/mpi_test.h"
+#include "tests/twin_check.h"
 
 /* every split size (NH, V, F) divisible by tp = 1, 2 and 4 */
 enum { V = 64, BLOCK = 16, NH = 4, C = 32, F = 128, B = 2, T = 16 };
 #define LR 1e-3
-
-static int world_size(void) {
-    return comm_size(comm_world());
-}
-
-static int world_rank(void) {
-    return comm_rank(comm_world());
-}
-
-static struct model_config tiny_gpt(bool tied, int64_t n_embd, struct comm *tp_group) {
-    return (struct model_config){.arch = MODEL_GPT,
-                                 .vocab_size = V,
-                                 .block_size = BLOCK,
-                                 .n_layer = 2,
-                                 .n_head = NH,
-                                 .n_kv_head = NH,
-                                 .n_embd = n_embd,
-                                 .ffn_hidden = F,
-                                 .dropout = 0.0,
-                                 .bias = true,
-                                 .gelu = BT_GELU_TANH,
-                                 .norm_eps = 1e-5,
-                                 .tie_embeddings = tied,
-                                 .tp_group = tp_group};
-}
-
-/* (B, T) token ids, the same on every rank: (b * 7 + t * 3 + t * t + shift) % V */
-static bt_tensor *tokens(int shift) {
-    bt_tensor *t = bt_empty(BT_SHAPE(B, T), BT_I64, bt_cpu());
-    for (int64_t b = 0; b < B; b++)
-        for (int64_t s = 0; s < T; s++)
-            bt_set(t, b * T + s, (double)((b * 7 + s * 3 + s * s + shift) % V));
-    return t;
-}
 
 /* ---- the shared directory: rank 0 makes it, every rank learns its name ---- */
 
@@ -66,7 +33,7 @@ static char dir[64];
 static void shared_dir_make(void) {
     bt_tensor *name = bt_tensor_new(BT_SHAPE(sizeof dir / sizeof(int64_t)), BT_I64, bt_cpu());
     memset(bt_data(name), 0, sizeof dir);
-    if (world_rank() == 0) {
+    if (twin_world_rank() == 0) {
         test_tmpdir_make(dir, sizeof dir, "ckpt_tp");
         memcpy(bt_data(name), dir, sizeof dir);
     }
@@ -78,7 +45,7 @@ static void shared_dir_make(void) {
 
 static void shared_dir_remove(void) {
     ck_assert(comm_barrier(comm_world()) == BT_OK); /* every rank is done reading */
-    if (world_rank() == 0) test_tmpdir_remove(dir);
+    if (twin_world_rank() == 0) test_tmpdir_remove(dir);
     H5close(); /* HDF5's globals, so LeakSanitizer sees only braid's memory */
 }
 
@@ -98,8 +65,8 @@ struct run {
     struct optim *opt;
 };
 
-/* A GPT with its AdamW; with a grid (dp × tp of the world), tensor-parallel over its tp group and,
- * with zero1, ZeRO-1 over its dp group. */
+/* A tiny GPT (biases on) with its AdamW; with a grid (dp × tp of the world), tensor-parallel over
+ * its tp group and, with zero1, ZeRO-1 over its dp group. */
 static void run_create(struct run *r, bool tied, int64_t n_embd, int dp, int tp, bool zero1,
                        uint64_t seed) {
     memset(r, 0, sizeof *r);
@@ -107,9 +74,11 @@ static void run_create(struct run *r, bool tied, int64_t n_embd, int dp, int tp,
         ck_assert_msg(grid_init(&r->grid, comm_world(), dp, tp, 1) == BT_OK, "%s", bt_last_error());
         r->has_grid = true;
     }
-    struct model_config cfg = tiny_gpt(tied, n_embd, r->has_grid ? r->grid.tp_group : NULL);
+    struct model_config cfg =
+        twin_tiny_gpt(V, BLOCK, NH, n_embd, F, true, tied, r->has_grid ? r->grid.tp_group : NULL);
     r->model = model_create(&cfg, seed);
-    ck_assert_msg(r->model != NULL, "model_create (rank %d): %s", world_rank(), bt_last_error());
+    ck_assert_msg(r->model != NULL, "model_create (rank %d): %s", twin_world_rank(),
+                  bt_last_error());
     ck_assert(model_parameters(r->model, &r->params) == BT_OK);
     const struct nn_param_list *optimized = &r->params;
     if (zero1) {
@@ -151,8 +120,9 @@ static void run_step(struct run *r, int dp) {
     if (r->dp) dp_zero_grad(r->dp);
     for (int m = 0; m < dp; m++) {
         if (r->has_grid && m != r->grid.dp_rank) continue;
-        bt_tensor *loss = model_forward(r->model, tokens(m), tokens(m + 1), NULL);
-        ck_assert_msg(loss != NULL, "forward (rank %d): %s", world_rank(), bt_last_error());
+        bt_tensor *loss =
+            model_forward(r->model, twin_tokens(B, T, V, m), twin_tokens(B, T, V, m + 1), NULL);
+        ck_assert_msg(loss != NULL, "forward (rank %d): %s", twin_world_rank(), bt_last_error());
         if (!r->has_grid && dp > 1) loss = bt_mul_scalar(loss, 1.0 / dp);
         if (r->dp) dp_arm(r->dp);
         ck_assert_msg(bt_backward(loss) == BT_OK, "%s", bt_last_error());
@@ -170,46 +140,21 @@ static void run_save(struct run *r, const char *sub, int64_t step) {
     struct ckpt_layout layout = run_layout(r);
     snprintf(path, sizeof path, "%s/%s", dir, sub);
     ck_assert_msg(ckpt_save_layout(path, &r->params, r->opt, &meta, 0, &layout) == BT_OK,
-                  "save (rank %d): %s", world_rank(), bt_last_error());
+                  "save (rank %d): %s", twin_world_rank(), bt_last_error());
 }
 
 /* Reads file `path` into r: its parameters and its optimizer state (ZeRO-1 rows where it has). */
 static void run_read(struct run *r, const char *path) {
     struct ckpt_file *f = ckpt_open(path);
     ck_assert_msg(f != NULL, "%s", bt_last_error());
-    ck_assert_msg(ckpt_read_model(f, &r->params) == BT_OK, "rank %d: %s", world_rank(),
+    ck_assert_msg(ckpt_read_model(f, &r->params) == BT_OK, "rank %d: %s", twin_world_rank(),
                   bt_last_error());
     ck_assert_msg(ckpt_read_optim_rows(f, r->opt, &r->params, run_row0(r)) == BT_OK, "rank %d: %s",
-                  world_rank(), bt_last_error());
+                  twin_world_rank(), bt_last_error());
     ckpt_close(f);
 }
 
 /* ---- comparisons ---- */
-
-/* got == want element by element: bitwise (tol < 0) or to tol times want's largest magnitude */
-static void assert_close(const char *what, const bt_tensor *got, const bt_tensor *want,
-                         double tol) {
-    char a[96], b[96];
-    ck_assert_msg(got && want, "%s: missing tensor on rank %d", what, world_rank());
-    ck_assert_msg(got->dtype == want->dtype && bt_same_shape(got, want),
-                  "%s: %s %s, expected %s %s (rank %d)", what, bt_dtype_name(got->dtype),
-                  bt_shape_str(got, a, sizeof a), bt_dtype_name(want->dtype),
-                  bt_shape_str(want, b, sizeof b), world_rank());
-    if (tol < 0) {
-        ck_assert_msg(memcmp(bt_data(got), bt_data(want), bt_nbytes(want)) == 0,
-                      "%s: not bitwise equal (rank %d of %d)", what, world_rank(), world_size());
-        return;
-    }
-    double scale = 0.0;
-    for (int64_t i = 0, n = bt_numel(want); i < n; i++)
-        scale = fmax(scale, fabs(bt_get(want, i)));
-    for (int64_t i = 0, n = bt_numel(want); i < n; i++) {
-        double g = bt_get(got, i), w = bt_get(want, i);
-        ck_assert_msg(fabs(g - w) <= tol * scale + 1e-12,
-                      "%s: element %lld is %.9g, expected %.9g (scale %.3g, rank %d of %d)", what,
-                      (long long)i, g, w, scale, world_rank(), world_size());
-    }
-}
 
 static bt_tensor *read_named(struct ckpt_file *f, const char *name) {
     for (int64_t i = 0; i < ckpt_num_tensors(f); i++)
@@ -241,11 +186,9 @@ static void assert_file_is(const char *path, const struct nn_param_list *twin,
         snprintf(name, sizeof name, "/model/%s", twin->names[p]);
         bt_tensor *got = read_named(f, name);
         if (tol < 0) {
-            assert_close(name, got, want, tol);
+            twin_assert_close(name, got, want, tol);
         } else {
-            double scale = 0.0;
-            for (int64_t i = 0; i < bt_numel(want); i++)
-                scale = fmax(scale, fabs(bt_get(want, i)));
+            double scale = twin_max_abs(want);
             for (int64_t i = 0; i < bt_numel(want); i++)
                 ck_assert_msg(fabs(bt_get(got, i) - bt_get(want, i)) <= tol * scale + 2.01 * LR,
                               "%s: element %lld is %.9g, expected %.9g", name, (long long)i,
@@ -255,8 +198,8 @@ static void assert_file_is(const char *path, const struct nn_param_list *twin,
         for (int s = 0; s < n_states; s++) {
             snprintf(name, sizeof name, "/optimizer/%s/%s", twin->names[p], states[s]);
             got = read_named(f, name);
-            assert_close(name, got, optim_state_by_name(twin_opt, twin->names[p], states[s]),
-                         got->dtype == BT_I64 ? -1.0 : tol);
+            twin_assert_close(name, got, optim_state_by_name(twin_opt, twin->names[p], states[s]),
+                              got->dtype == BT_I64 ? -1.0 : tol);
             bt_tensor_free(got);
         }
     }
@@ -269,13 +212,13 @@ static void assert_same_run(const struct run *r, const struct run *want) {
     int n_states = optim_state_names(r->opt, &states);
     ck_assert_int_eq(r->params.count, want->params.count);
     for (int64_t p = 0; p < r->params.count; p++)
-        assert_close(r->params.names[p], r->params.tensors[p], want->params.tensors[p], -1.0);
+        twin_assert_close(r->params.names[p], r->params.tensors[p], want->params.tensors[p], -1.0);
     ck_assert_int_eq(optim_num_params(r->opt), optim_num_params(want->opt));
     ck_assert_int_eq(optim_step_count(r->opt), optim_step_count(want->opt));
     for (int64_t i = 0; i < optim_num_params(r->opt); i++)
         for (int s = 0; s < n_states; s++)
-            assert_close(states[s], optim_state(r->opt, i, states[s]),
-                         optim_state(want->opt, i, states[s]), -1.0);
+            twin_assert_close(states[s], optim_state(r->opt, i, states[s]),
+                              optim_state(want->opt, i, states[s]), -1.0);
 }
 
 /* Piece (and ZeRO-1 rows) of `whole`'s tensor `full` that the same-named tensor `piece` of
@@ -284,12 +227,12 @@ static void assert_piece(const char *what, const struct run *tp, int64_t p, cons
                          const bt_tensor *piece, int64_t row0) {
     struct nn_split split = nn_param_split(&tp->params, p);
     if (piece->ndim == 0) {
-        assert_close(what, piece, full, -1.0);
+        twin_assert_close(what, piece, full, -1.0);
         return;
     }
     bt_tensor *taken = bt_tensor_new(piece->ndim, piece->shape, piece->dtype, bt_cpu());
     ck_assert_msg(nn_split_take(&split, full, taken, row0) == BT_OK, "%s", bt_last_error());
-    assert_close(what, piece, taken, -1.0);
+    twin_assert_close(what, piece, taken, -1.0);
     bt_tensor_free(taken);
 }
 
@@ -322,7 +265,7 @@ static void assert_pieces_of(const struct run *tp, const struct run *whole) {
  * fresh TP model (bitwise what was saved) and into a single-rank model (whose pieces are the TP
  * model's); the twin's own file reads into a TP model as its pieces. */
 static void check_tp_world(bool tied) {
-    int P = world_size();
+    int P = twin_world_size();
     char path[128];
     struct run tp, twin, again, whole;
     run_create(&tp, tied, C, 1, P, false, 1234);
@@ -378,7 +321,7 @@ MPI_TEST(test_tp_file_holds_full_tensors) {
  * file is its twin's (which took the whole batch); it reads back into the same layout bitwise and
  * into a single-rank model whose pieces (and ZeRO-1 rows of them) are the grid's. */
 MPI_TEST(test_grid_layouts_with_zero1) {
-    int P = world_size();
+    int P = twin_world_size();
     char sub[32], path[128];
     shared_dir_make();
     for (int tp_size = 1; tp_size <= P; tp_size++) {
@@ -415,7 +358,7 @@ static void assert_save_fails(struct run *r, const struct ckpt_layout *layout, c
     struct ckpt_meta meta = {.step = 1, .config_yaml = "", .tokenizer_yaml = ""};
     snprintf(path, sizeof path, "%s/bad", dir);
     ck_assert_msg(ckpt_save_layout(path, &r->params, r->opt, &meta, 0, layout) == BT_ERR,
-                  "a bad layout was saved (rank %d)", world_rank());
+                  "a bad layout was saved (rank %d)", twin_world_rank());
     ck_assert_error_contains(want);
     char latest[160];
     snprintf(latest, sizeof latest, "%s/latest", path);
@@ -427,7 +370,7 @@ static void assert_save_fails(struct run *r, const struct ckpt_layout *layout, c
  * refused before anything is written; so is a cut parameter without a split group; groups that
  * do not match the pieces leave a tensor uncovered, which the ranks agree on. */
 MPI_TEST(test_layout_errors) {
-    int P = world_size(), rank = world_rank();
+    int P = twin_world_size(), rank = twin_world_rank();
     char path[128], want[512], shape_file[64], shape_model[64];
     shared_dir_make();
     struct run tp, wide;
@@ -508,7 +451,7 @@ MPI_TEST(test_layout_errors) {
 /* A parameter marked as a piece in a process of its own: the world (one rank, or rank r of P) is
  * not 2 pieces, and a layout without a split group cannot place it. Runs at every world size. */
 MPI_TEST(test_piece_without_its_group) {
-    int P = world_size(), rank = world_rank();
+    int P = twin_world_size(), rank = twin_world_rank();
     char want[512];
     shared_dir_make();
     struct run r = {0};

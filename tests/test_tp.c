@@ -13,6 +13,7 @@
 #include "parallel/tp.h"
 #include "tests/gradcheck.h"
 #include "tests/mpi_test.h"
+#include "tests/twin_check.h"
 
 /* the sizes of the layers: every full size is divisible by tp = 1, 2 and 4 */
 enum { B = 2, T = 4, C = 6, F = 16, V = 16 };
@@ -48,15 +49,6 @@ static bt_tensor *uniform(int ndim, const int64_t *shape, uint64_t seed, bool re
     return bt_requires_grad_(test_param(ndim, shape, seed, -1.0f, 1.0f), requires_grad);
 }
 
-/* [start, start + n) of t along dim: a view without autograd */
-static bt_tensor *slice(bt_tensor *t, int dim, int64_t start, int64_t n) {
-    bool grad_mode = bt_set_grad_enabled(false);
-    bt_tensor *v = bt_narrow(t, dim, start, n);
-    bt_set_grad_enabled(grad_mode);
-    ck_assert_msg(v != NULL, "slice: %s", bt_last_error());
-    return v;
-}
-
 /* a contiguous copy of t as a new leaf */
 static bt_tensor *leaf_copy(const bt_tensor *t, bool requires_grad) {
     bt_tensor *c = bt_empty(t->ndim, t->shape, BT_F32, bt_cpu());
@@ -68,7 +60,7 @@ static bt_tensor *leaf_copy(const bt_tensor *t, bool requires_grad) {
 static bt_tensor *my_block(bt_tensor *t, int dim) {
     int d = bt_wrap_dim(dim, t->ndim);
     int64_t n = t->shape[d] / tp_size();
-    return slice(t, d, tp_rank() * n, n);
+    return twin_slice(t, d, tp_rank() * n, n);
 }
 
 static void assert_ok(bt_status st, const char *what) {
@@ -416,12 +408,13 @@ MPI_TEST(test_fused_column_blocks) {
         int64_t full_row = 0, local_row = 0;
         for (int b = 0; b < 3; b++) {
             int64_t n = blocks[b] / P, from = full_row + r * n;
-            assert_close("output block", slice(yt, -1, local_row, n), slice(y, -1, from, n));
-            assert_close("weight block", slice(m->weight, 0, local_row, n),
-                         slice(twin->weight, 0, from, n));
-            assert_close("bias block", slice(m->bias, 0, local_row, n),
-                         slice(twin->bias, 0, from, n));
-            gy_mine[b] = slice(gy, -1, from, n);
+            assert_close("output block", twin_slice(yt, -1, local_row, n),
+                         twin_slice(y, -1, from, n));
+            assert_close("weight block", twin_slice(m->weight, 0, local_row, n),
+                         twin_slice(twin->weight, 0, from, n));
+            assert_close("bias block", twin_slice(m->bias, 0, local_row, n),
+                         twin_slice(twin->bias, 0, from, n));
+            gy_mine[b] = twin_slice(gy, -1, from, n);
             full_row += blocks[b];
             local_row += n;
         }
@@ -431,10 +424,10 @@ MPI_TEST(test_fused_column_blocks) {
         full_row = local_row = 0;
         for (int b = 0; b < 3; b++) {
             int64_t n = blocks[b] / P, from = full_row + r * n;
-            assert_close("dweight block", slice(m->weight->grad, 0, local_row, n),
-                         slice(twin->weight->grad, 0, from, n));
-            assert_close("dbias block", slice(m->bias->grad, 0, local_row, n),
-                         slice(twin->bias->grad, 0, from, n));
+            assert_close("dweight block", twin_slice(m->weight->grad, 0, local_row, n),
+                         twin_slice(twin->weight->grad, 0, from, n));
+            assert_close("dbias block", twin_slice(m->bias->grad, 0, local_row, n),
+                         twin_slice(twin->bias->grad, 0, from, n));
             full_row += blocks[b];
             local_row += n;
         }
@@ -462,7 +455,7 @@ static void check_mlp(struct comm *group, uint64_t seed, bool sequence_parallel)
 
     bt_tensor *x = uniform(BT_SHAPE(B, T, C), seed + 1, true);
     bt_tensor *x_values = uniform(BT_SHAPE(B, T, C), seed + 1, false);
-    bt_tensor *xt = leaf_copy(sequence_parallel ? slice(x_values, 1, t0, Tp) : x_values, true);
+    bt_tensor *xt = leaf_copy(sequence_parallel ? twin_slice(x_values, 1, t0, Tp) : x_values, true);
     bt_tensor *yt =
         made(tp_row_linear_forward(tproj, bt_gelu(tp_column_linear_forward(tfc, xt), BT_GELU_TANH)),
              "tp forward");
@@ -477,16 +470,16 @@ static void check_mlp(struct comm *group, uint64_t seed, bool sequence_parallel)
         made(nn_linear_forward(proj, bt_gelu(nn_linear_forward(fc, x), BT_GELU_TANH)), "twin");
 
     bt_tensor *gy = uniform(BT_SHAPE(B, T, C), seed + 2, false);
-    assert_close("output", yt, sequence_parallel ? slice(y, 1, t0, Tp) : y);
+    assert_close("output", yt, sequence_parallel ? twin_slice(y, 1, t0, Tp) : y);
     assert_ok(bt_backward_ex(y, gy, false), "twin backward");
-    assert_ok(
-        bt_backward_ex(yt, sequence_parallel ? leaf_copy(slice(gy, 1, t0, Tp), false) : gy, false),
-        "backward");
-    assert_close("dx", xt->grad, sequence_parallel ? slice(x->grad, 1, t0, Tp) : x->grad);
+    assert_ok(bt_backward_ex(
+                  yt, sequence_parallel ? leaf_copy(twin_slice(gy, 1, t0, Tp), false) : gy, false),
+              "backward");
+    assert_close("dx", xt->grad, sequence_parallel ? twin_slice(x->grad, 1, t0, Tp) : x->grad);
     int64_t Fp = F / P, f0 = comm_rank(group) * Fp;
-    assert_close("c_fc dweight", tfc->weight->grad, slice(fc->weight->grad, 0, f0, Fp));
-    assert_close("c_fc dbias", tfc->bias->grad, slice(fc->bias->grad, 0, f0, Fp));
-    assert_close("c_proj dweight", tproj->weight->grad, slice(proj->weight->grad, 1, f0, Fp));
+    assert_close("c_fc dweight", tfc->weight->grad, twin_slice(fc->weight->grad, 0, f0, Fp));
+    assert_close("c_fc dbias", tfc->bias->grad, twin_slice(fc->bias->grad, 0, f0, Fp));
+    assert_close("c_proj dweight", tproj->weight->grad, twin_slice(proj->weight->grad, 1, f0, Fp));
     assert_close("c_proj dbias", tproj->bias->grad, proj->bias->grad); /* summed under SP */
     nn_module_free(&tfc->base);
     nn_module_free(&tproj->base);
@@ -520,7 +513,7 @@ static void check_shared_input(bool sequence_parallel) {
     int64_t Tp = T / P, t0 = tp_rank() * Tp;
     bt_tensor *x = uniform(BT_SHAPE(B, T, C), 92, true);
     bt_tensor *x_values = uniform(BT_SHAPE(B, T, C), 92, false);
-    bt_tensor *xt = leaf_copy(sequence_parallel ? slice(x_values, 1, t0, Tp) : x_values, true);
+    bt_tensor *xt = leaf_copy(sequence_parallel ? twin_slice(x_values, 1, t0, Tp) : x_values, true);
     bt_tensor *xin = made(tp_column_input(tgate, xt), "tp_column_input");
     bt_tensor *yt =
         bt_mul(tp_column_linear_forward(tgate, xin), tp_column_linear_forward(tup, xin));
@@ -533,7 +526,7 @@ static void check_shared_input(bool sequence_parallel) {
     bt_tensor *gy = uniform(BT_SHAPE(B, T, F), 93, false);
     assert_ok(bt_backward_ex(y, gy, false), "twin backward");
     assert_ok(bt_backward_ex(yt, leaf_copy(my_block(gy, -1), false), false), "backward");
-    assert_close("dx", xt->grad, sequence_parallel ? slice(x->grad, 1, t0, Tp) : x->grad);
+    assert_close("dx", xt->grad, sequence_parallel ? twin_slice(x->grad, 1, t0, Tp) : x->grad);
     assert_close("gate dweight", tgate->weight->grad, my_block(gate->weight->grad, 0));
     assert_close("up dweight", tup->weight->grad, my_block(up->weight->grad, 0));
     nn_module_free(&tgate->base);
@@ -581,11 +574,12 @@ MPI_TEST(test_vocab_embedding) {
         bt_tensor *y = made(nn_embedding_forward(twin, ids), "twin forward");
         bt_tensor *yt = made(tp_vocab_embedding_forward(m, ids32), "forward");
         int64_t Tp = T / P;
-        assert_close("output", yt, sp ? slice(y, 1, r * Tp, Tp) : y);
+        assert_close("output", yt, sp ? twin_slice(y, 1, r * Tp, Tp) : y);
         bt_tensor *gy = uniform(BT_SHAPE(B, T, C), 42, false);
         assert_ok(bt_backward_ex(y, gy, false), "twin backward");
-        assert_ok(bt_backward_ex(yt, sp ? leaf_copy(slice(gy, 1, r * Tp, Tp), false) : gy, false),
-                  "backward");
+        assert_ok(
+            bt_backward_ex(yt, sp ? leaf_copy(twin_slice(gy, 1, r * Tp, Tp), false) : gy, false),
+            "backward");
         /* whole under SP too: the backward all-gathers the output gradient of every position */
         assert_close("dweight", m->weight->grad, my_block(twin->weight->grad, 0));
         nn_module_free(&m->base);
