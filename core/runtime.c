@@ -11,6 +11,11 @@
 
 static struct bt_runtime *runtime_instance;
 
+struct bt_frame {
+    struct bt_arena *arena;
+    struct ag_node *tape; /* stale while the frame is current: the runtime's tape is live */
+};
+
 struct bt_runtime *bt_runtime(void) {
     if (!runtime_instance) {
         runtime_instance = calloc(1, sizeof(*runtime_instance));
@@ -18,11 +23,14 @@ struct bt_runtime *bt_runtime(void) {
             fprintf(stderr, "braid: error: out of memory creating the runtime\n");
             exit(1);
         }
-        runtime_instance->step_arena = bt_arena_create((size_t)1 << 20);
-        if (!runtime_instance->step_arena) {
+        struct bt_frame *root = calloc(1, sizeof *root);
+        if (root) root->arena = bt_arena_create((size_t)1 << 20);
+        if (!root || !root->arena) {
             fprintf(stderr, "braid: error: out of memory creating the step arena\n");
             exit(1);
         }
+        runtime_instance->root_frame = runtime_instance->frame = root;
+        runtime_instance->step_arena = root->arena;
         runtime_instance->grad_enabled = true;
         bt_cpu_threads_init();
         runtime_instance->dropout_rng = bt_rng_make(0);
@@ -38,9 +46,52 @@ void bt_step_end(void) {
 
 void bt_runtime_shutdown(void) {
     if (!runtime_instance) return;
-    bt_arena_destroy(runtime_instance->step_arena);
+    bt_arena_destroy(runtime_instance->root_frame->arena);
+    free(runtime_instance->root_frame);
     free(runtime_instance);
     runtime_instance = NULL;
+}
+
+/* ---- frames ---- */
+
+struct bt_frame *bt_frame_create(void) {
+    struct bt_frame *f = calloc(1, sizeof *f);
+    if (f) f->arena = bt_arena_create((size_t)1 << 20);
+    if (!f || !f->arena) {
+        free(f);
+        bt_error("out of memory creating a frame");
+        return NULL;
+    }
+    return f;
+}
+
+void bt_frame_destroy(struct bt_frame *f) {
+    if (!f) return;
+    bt_arena_destroy(f->arena);
+    free(f);
+}
+
+struct bt_frame *bt_frame_enter(struct bt_frame *f) {
+    struct bt_runtime *rt = bt_runtime();
+    if (!f) f = rt->root_frame;
+    struct bt_frame *was = rt->frame;
+    was->tape = rt->tape;
+    rt->frame = f;
+    rt->step_arena = f->arena;
+    rt->tape = f->tape;
+    return was;
+}
+
+void bt_frame_reset(struct bt_frame *f) {
+    struct bt_runtime *rt = bt_runtime();
+    if (!f) f = rt->root_frame;
+    f->tape = NULL;
+    if (rt->frame == f) rt->tape = NULL;
+    bt_arena_reset(f->arena);
+}
+
+struct bt_arena_stats bt_frame_stats(const struct bt_frame *f) {
+    return bt_arena_stats(f ? f->arena : bt_runtime()->root_frame->arena);
 }
 
 void bt_manual_seed(uint64_t seed) {
@@ -71,9 +122,12 @@ bt_status bt_error_prefix(const char *prefix) {
     char message[BT_ERROR_MAX];
     strcpy(message, rt->has_error ? rt->error : "failed"); /* rt->error is NUL-terminated */
     size_t size = sizeof rt->error, n = 0;
-    for (const char *p = prefix; *p && n < size / 2; p++) rt->error[n++] = *p;
-    for (const char *p = ": "; *p; p++) rt->error[n++] = *p;
-    for (const char *p = message; *p && n < size - 1; p++) rt->error[n++] = *p;
+    for (const char *p = prefix; *p && n < size / 2; p++)
+        rt->error[n++] = *p;
+    for (const char *p = ": "; *p; p++)
+        rt->error[n++] = *p;
+    for (const char *p = message; *p && n < size - 1; p++)
+        rt->error[n++] = *p;
     rt->error[n] = '\0';
     rt->has_error = true;
     return BT_ERR;

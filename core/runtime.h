@@ -12,9 +12,14 @@
 #define BT_ERROR_MAX 1024
 #define BT_SCOPE_MAX 32
 
+struct bt_frame;
+
 struct bt_runtime {
+    /* the current frame's (see below): */
     struct bt_arena *step_arena; /* step tensors, their gradients, tape nodes */
     struct ag_node *tape;        /* newest recorded node; nodes link to older ones */
+    struct bt_frame *frame;      /* the current frame */
+    struct bt_frame *root_frame; /* the runtime's own, current unless another was entered */
     bool grad_enabled;
     char error[BT_ERROR_MAX];
     bool has_error;
@@ -30,8 +35,25 @@ struct bt_runtime {
 
 struct bt_runtime *bt_runtime(void);
 
-/* End a step: forget the tape and release every step tensor at once (arena reset). */
+/* End a step: forget the current frame's tape and release its step tensors at once (arena
+ * reset). */
 void bt_step_end(void);
+
+/* ---- frames: step memory of their own ----
+ * A frame is a step arena and an autograd tape of their own. A pipeline keeps one per micro-batch
+ * in flight: the micro-batch's activations, their gradients and its tape live in its frame and are
+ * released when its backward is done (bt_frame_reset), not at the end of the step, so 1F1B holds
+ * the activations of at most pp micro-batches. The runtime starts in its own frame, the one
+ * bt_step_end resets while no other is entered. A backward runs the current frame's tape. */
+struct bt_frame *bt_frame_create(void);    /* NULL with a message when out of memory */
+void bt_frame_destroy(struct bt_frame *f); /* not the current one; NULL is fine */
+/* Makes f (NULL: the runtime's own frame) current: step tensors and tape nodes go to it from now
+ * on. Returns the frame that was current, to enter again. Other frames' tensors stay valid. */
+struct bt_frame *bt_frame_enter(struct bt_frame *f);
+/* Releases f's step tensors and forgets its tape (bt_step_end for f alone). */
+void bt_frame_reset(struct bt_frame *f);
+/* f's step memory: bytes in use now (used) and the most it held over its life (high_water). */
+struct bt_arena_stats bt_frame_stats(const struct bt_frame *f);
 /* Free the runtime's memory (tests and tools call it before exit for leak checkers). */
 void bt_runtime_shutdown(void);
 /* Seed the dropout RNG (train.seed); its offset restarts at 0. */
