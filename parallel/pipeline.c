@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "core/autograd.h"
 #include "core/runtime.h"
@@ -17,6 +18,7 @@ struct micro {
     bt_tensor *out;               /* the activation sent on, or the loss on the last stage */
     struct comm_request *to_next; /* out, to the next stage */
     struct comm_request *to_prev; /* in's gradient, to the previous stage */
+    bt_tensor *grad_sent;         /* a persistent copy of it, until the send completes */
 };
 
 struct pipeline {
@@ -26,6 +28,8 @@ struct pipeline {
     struct micro *micro;     /* options.microbatches */
     struct bt_frame **spare; /* released frames, reused by later micro-batches */
     int n_spare;
+    bt_tensor **buffers; /* persistent activation-shaped send buffers not in use */
+    int n_buffers;
     int64_t in_flight; /* micro-batches holding a frame now */
     struct pp_step_stats *stats;
 };
@@ -64,7 +68,8 @@ struct pipeline *pp_create(struct comm *group, const struct pp_options *options)
     struct pipeline *p = calloc(1, sizeof *p);
     if (p) p->micro = calloc((size_t)options->microbatches, sizeof *p->micro);
     if (p && p->micro) p->spare = calloc((size_t)options->microbatches, sizeof *p->spare);
-    if (!p || !p->micro || !p->spare) {
+    if (p && p->spare) p->buffers = calloc((size_t)options->microbatches, sizeof *p->buffers);
+    if (!p || !p->micro || !p->spare || !p->buffers) {
         pp_free(p);
         bt_error("pipeline: out of memory for %lld micro-batches",
                  (long long)options->microbatches);
@@ -81,11 +86,20 @@ void pp_free(struct pipeline *p) {
     if (!p) return;
     for (int i = 0; i < p->n_spare; i++)
         bt_frame_destroy(p->spare[i]);
+    for (int i = 0; i < p->n_buffers; i++)
+        bt_tensor_free(p->buffers[i]);
     for (int64_t i = 0; p->micro && i < p->options.microbatches; i++)
         bt_frame_destroy(p->micro[i].frame); /* left by a failed step */
     free(p->spare);
+    free(p->buffers);
     free(p->micro);
     free(p);
+}
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- frames ---- */
@@ -98,24 +112,24 @@ static void frame_release(struct pipeline *p, struct micro *mb) {
     bt_frame_reset(mb->frame);
     p->spare[p->n_spare++] = mb->frame;
     mb->frame = NULL;
+    mb->in = mb->out = NULL; /* they lived in the frame */
     p->in_flight--;
 }
 
-/* Releases the frames of micro-batches whose gradient has left (or that have nothing to send):
- * with wait, waits for their sends first (the end of the step). */
+/* Takes back the send buffers of gradients that have left; with wait, waits for all of them
+ * (the end of the step). */
 static bt_status retire(struct pipeline *p, bool wait) {
     for (int64_t i = 0; i < p->options.microbatches; i++) {
         struct micro *mb = &p->micro[i];
-        if (!mb->frame || mb->out) continue; /* not started, released, or backward not run */
-        if (mb->to_prev) {
-            bool done = wait;
-            if (!wait && comm_test(mb->to_prev, &done) != BT_OK) return BT_ERR;
-            if (!done) continue;
-            bt_status st = comm_wait(mb->to_prev);
-            mb->to_prev = NULL;
-            if (st != BT_OK) return BT_ERR;
-        }
-        frame_release(p, mb);
+        if (!mb->to_prev) continue;
+        bool done = wait;
+        if (!wait && comm_test(mb->to_prev, &done) != BT_OK) return BT_ERR;
+        if (!done) continue;
+        bt_status st = comm_wait(mb->to_prev);
+        mb->to_prev = NULL;
+        p->buffers[p->n_buffers++] = mb->grad_sent;
+        mb->grad_sent = NULL;
+        if (st != BT_OK) return BT_ERR;
     }
     return BT_OK;
 }
@@ -135,6 +149,14 @@ static bt_tensor *activation_buffer(const struct pipeline *p) {
     return bt_empty(p->options.act_ndim, p->options.act_shape, BT_F32, bt_cpu());
 }
 
+/* A persistent buffer of the activation's shape for a gradient to send. */
+static bt_tensor *send_buffer(struct pipeline *p) {
+    if (p->n_buffers) return p->buffers[--p->n_buffers];
+    bt_tensor *t = bt_tensor_new(p->options.act_ndim, p->options.act_shape, BT_F32, bt_cpu());
+    if (!t) bt_error("pipeline: out of memory for a gradient buffer");
+    return t;
+}
+
 static bool is_last(const struct pipeline *p) {
     return p->stage == p->stages - 1;
 }
@@ -151,7 +173,10 @@ static bt_status forward(struct pipeline *p, int64_t i, pp_forward_fn fn, void *
             goto done;
         bt_requires_grad_(mb->in, true);
     }
-    if (!(mb->out = fn(ctx, i, mb->in))) goto done;
+    double t0 = now_seconds();
+    mb->out = fn(ctx, i, mb->in);
+    p->stats->compute_seconds += now_seconds() - t0;
+    if (!mb->out) goto done;
     char a[96];
     if (is_last(p)) {
         if (bt_numel(mb->out) != 1) {
@@ -185,13 +210,16 @@ static bt_status backward(struct pipeline *p, int64_t i) {
     struct micro *mb = &p->micro[i];
     struct bt_frame *was = bt_frame_enter(mb->frame);
     bt_status st = BT_ERR;
+    double t0 = now_seconds();
     if (is_last(p)) {
         if (bt_backward(mb->out) != BT_OK) goto done;
+        p->stats->compute_seconds += now_seconds() - t0;
     } else {
         bt_tensor *grad = activation_buffer(p);
-        if (!grad || comm_recv(p->group, grad, p->stage + 1, TAG_GRADIENT) != BT_OK ||
-            bt_backward_ex(mb->out, grad, false) != BT_OK)
-            goto done;
+        if (!grad || comm_recv(p->group, grad, p->stage + 1, TAG_GRADIENT) != BT_OK) goto done;
+        t0 = now_seconds();
+        if (bt_backward_ex(mb->out, grad, false) != BT_OK) goto done;
+        p->stats->compute_seconds += now_seconds() - t0;
         /* the next stage has used the activation: its send has completed */
         st = comm_wait(mb->to_next);
         mb->to_next = NULL;
@@ -201,13 +229,18 @@ static bt_status backward(struct pipeline *p, int64_t i) {
     if (p->stage > 0) {
         /* a stage that did not use its input sends a zero gradient */
         bt_tensor *g = mb->in->grad ? mb->in->grad : bt_zeros_like(mb->in);
-        if (!g || !(mb->to_prev = comm_isend(p->group, g, p->stage - 1, TAG_GRADIENT))) goto done;
+        /* copied out of the frame, so that the frame is released now, not when the previous
+         * stage gets to receive it */
+        if (!g || !(mb->grad_sent = send_buffer(p)) || bt_copy_(mb->grad_sent, g) != BT_OK ||
+            !(mb->to_prev = comm_isend(p->group, mb->grad_sent, p->stage - 1, TAG_GRADIENT)))
+            goto done;
     }
-    mb->out = NULL; /* backward done: retire releases the frame once its gradient has left */
     st = BT_OK;
 done:
     bt_frame_enter(was);
-    return st == BT_OK ? retire(p, false) : BT_ERR;
+    if (st != BT_OK) return BT_ERR;
+    frame_release(p, mb);
+    return retire(p, false);
 }
 
 /* ---- schedules ---- */

@@ -13,7 +13,8 @@
  *    flight on stage s, so activation memory is bounded by the number of stages.
  * Both run the backwards in micro-batch order, so parameter gradients accumulate in the order of
  * single-rank gradient accumulation. Each micro-batch's activations live in a core frame
- * (core/runtime.h) released as soon as its backward has run and its gradient has been sent.
+ * (core/runtime.h) released as soon as its backward has run (the gradient sent back is copied to
+ * a persistent buffer first, so the frame need not wait for the previous stage to receive it).
  * Sends are non-blocking (a stage computes while they travel, and neighbours never wait on each
  * other's sends); receives block. */
 #ifndef BRAID_PARALLEL_PIPELINE_H
@@ -54,6 +55,7 @@ struct pp_step_stats {
     double loss_sum;              /* last stage: the sum of the micro-batches' returned losses */
     int64_t max_in_flight;        /* most micro-batches whose activations were alive at once */
     size_t peak_activation_bytes; /* most step memory held by those micro-batches at once */
+    double compute_seconds;       /* in the forward callbacks and the backwards, not waiting */
 };
 
 struct pipeline;
