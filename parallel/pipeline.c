@@ -264,3 +264,42 @@ bt_status pp_step(struct pipeline *p, pp_forward_fn fn, pp_last_backward_fn last
     }
     return retire(p, true);
 }
+
+bt_status pp_forward_only(struct pipeline *p, int64_t n, pp_forward_fn fn, void *ctx,
+                          double *loss_sum) {
+    *loss_sum = 0.0;
+    struct bt_frame *f = frame_acquire(p);
+    if (!f) return BT_ERR;
+    bool grad_mode = bt_set_grad_enabled(false);
+    struct bt_frame *was = bt_frame_enter(f);
+    bt_status st = BT_OK;
+    char a[96];
+    for (int64_t i = 0; i < n && st == BT_OK; i++) {
+        bt_tensor *in = NULL, *out;
+        st = BT_ERR;
+        if (p->stage > 0 && (!(in = activation_buffer(p)) ||
+                             comm_recv(p->group, in, p->stage - 1, TAG_ACTIVATION) != BT_OK))
+            break;
+        if (!(out = fn(ctx, i, in))) break;
+        if (is_last(p)) {
+            if (bt_numel(out) != 1) {
+                bt_error("pipeline: the last stage returned %s for evaluation micro-batch %lld, "
+                         "expected its loss (one element)",
+                         bt_shape_str(out, a, sizeof a), (long long)i);
+                break;
+            }
+            *loss_sum += bt_item(out);
+        } else {
+            /* the next stage receives micro-batches in order, so waiting here cannot block it */
+            if (comm_send(p->group, bt_contiguous(out), p->stage + 1, TAG_ACTIVATION) != BT_OK)
+                break;
+        }
+        bt_frame_reset(f);
+        st = BT_OK;
+    }
+    bt_frame_enter(was);
+    bt_frame_reset(f);
+    p->spare[p->n_spare++] = f;
+    bt_set_grad_enabled(grad_mode);
+    return st;
+}

@@ -72,4 +72,11 @@ void pp_free(struct pipeline *p);
 bt_status pp_step(struct pipeline *p, pp_forward_fn forward, pp_last_backward_fn last_backward,
                   void *ctx, struct pp_step_stats *stats);
 
+/* Forward only, without autograd (evaluation): micro-batches 0 .. n-1 through this stage in
+ * order, each one's frame released once its activation has left. On the last stage *loss_sum is
+ * the sum of the returned losses (0 elsewhere). Collective over the group like pp_step; n may
+ * differ from the options' micro-batch count. */
+bt_status pp_forward_only(struct pipeline *p, int64_t n, pp_forward_fn forward, void *ctx,
+                          double *loss_sum);
+
 #endif

@@ -143,6 +143,37 @@ MPI_TEST(test_1f1b_holds_less_than_gpipe) {
     bt_tensor_free(toy.w);
 }
 
+/* evaluation: forward only, the losses of the whole chain, nothing recorded */
+MPI_TEST(test_forward_only) {
+    int S = stages(), s = stage();
+    bt_tensor *w[8];
+    for (int k = 0; k < S; k++)
+        w[k] = weight_of(k);
+    double want = 0.0;
+    for (int64_t i = 0; i < M + 3; i++) {
+        bt_tensor *y = input_of(i);
+        for (int k = 0; k < S; k++)
+            y = stage_forward(w[k], y);
+        want += bt_item(loss_of(y));
+        bt_step_end();
+    }
+    struct toy toy = {.w = weight_of(s)};
+    struct pp_options o = {
+        .schedule = PP_SCHEDULE_1F1B, .microbatches = M, .act_ndim = 2, .act_shape = {B, C}};
+    struct pipeline *p = pp_create(comm_world(), &o);
+    double loss = -1.0;
+    ck_assert_msg(pp_forward_only(p, M + 3, toy_forward, &toy, &loss) == BT_OK, "%s",
+                  bt_last_error());
+    ck_assert(loss == (s == S - 1 ? want : 0.0));
+    ck_assert_ptr_null(bt_runtime()->tape);
+    ck_assert_ptr_null(toy.w->grad);
+    ck_assert(bt_is_grad_enabled());
+    pp_free(p);
+    bt_tensor_free(toy.w);
+    for (int k = 0; k < S; k++)
+        bt_tensor_free(w[k]);
+}
+
 static bt_tensor *wrong_shape(void *ctx, int64_t micro, bt_tensor *in) {
     (void)ctx;
     (void)micro;
@@ -177,6 +208,7 @@ static Suite *pipeline_suite(void) {
     bt_suite_add(s, test_gpipe_equals_gradient_accumulation);
     bt_suite_add(s, test_1f1b_equals_gradient_accumulation);
     bt_suite_add(s, test_1f1b_holds_less_than_gpipe);
+    bt_suite_add(s, test_forward_only);
     bt_suite_add(s, test_errors);
     return s;
 }
