@@ -345,15 +345,15 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
     if (dp > 1 && comm_allreduce_doubles(r->grid.dp_group, sums, 2, COMM_SUM) != BT_OK)
         return BT_ERR;
     /* tp peers hold the same loss; a signal may have reached any rank: every rank must stop */
-    if (r->grid.world > dp && comm_allreduce_doubles(r->grid.world_group, &sums[1], 1, COMM_MAX) !=
-                                  BT_OK)
+    if (r->grid.world > dp &&
+        comm_allreduce_doubles(r->grid.world_group, &sums[1], 1, COMM_MAX) != BT_OK)
         return BT_ERR;
     *loss_out = sums[0] / (double)r->micro_per_step;
     *stop = sums[1] > 0.0;
     double max_norm = t->grad_clip > 0.0 ? t->grad_clip : INFINITY;
-    *norm_out = grid_clip_grad_norm(r->dp ? dp_optim_params(r->dp) : &r->params,
-                                    r->dp && r->cfg.parallel.zero ? r->grid.dp_group : NULL,
-                                    r->grid.tp_group, max_norm);
+    struct grid_norm_groups groups = {
+        .rows = r->dp && r->cfg.parallel.zero ? r->grid.dp_group : NULL, .tp = r->grid.tp_group};
+    *norm_out = grid_clip_grad_norm(r->dp ? dp_optim_params(r->dp) : &r->params, &groups, max_norm);
     if (*norm_out < 0.0) return BT_ERR;
     if (!isfinite(*loss_out)) {
         error_everywhere = true; /* the loss was averaged: every rank sees it */

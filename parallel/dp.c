@@ -132,7 +132,8 @@ static bt_status make_shards(struct dp *d, const struct nn_param_list *params) {
     int64_t *at = calloc((size_t)d->n, sizeof *at),
             *fill = calloc((size_t)d->n_buckets, sizeof *fill);
     bt_status st = BT_ERR;
-    if (!list->names || !list->tensors || !list->splits || !d->optim_row0 || !d->gather_counts || !at || !fill) {
+    if (!list->names || !list->tensors || !list->splits || !d->optim_row0 || !d->gather_counts ||
+        !at || !fill) {
         bt_error("data parallel: out of memory");
         goto done;
     }
@@ -383,7 +384,8 @@ bt_status dp_finish(struct dp *d) {
 }
 
 double dp_clip_grad_norm(struct dp *d, double max_norm) {
-    return grid_clip_grad_norm(&d->optim_params, d->zero1 ? d->group : NULL, NULL, max_norm);
+    struct grid_norm_groups groups = {.rows = d->zero1 ? d->group : NULL};
+    return grid_clip_grad_norm(&d->optim_params, &groups, max_norm);
 }
 
 bt_status dp_gather_params(struct dp *d) {

@@ -62,18 +62,27 @@ static double sum_squares(const bt_tensor *g) {
     return s;
 }
 
-double grid_clip_grad_norm(const struct nn_param_list *params, struct comm *row_group,
-                           struct comm *tp_group, double max_norm) {
-    bool rows = row_group && comm_size(row_group) > 1, tp = tp_group && comm_size(tp_group) > 1;
-    if (!rows && !tp) return optim_clip_grad_norm(params->tensors, params->count, max_norm);
+static bool spans(struct comm *c) {
+    return c && comm_size(c) > 1;
+}
+
+double grid_clip_grad_norm(const struct nn_param_list *params,
+                           const struct grid_norm_groups *groups, double max_norm) {
+    struct grid_norm_groups none = {0};
+    const struct grid_norm_groups *g = groups ? groups : &none;
+    bool rows = spans(g->rows), tp = spans(g->tp), pp = spans(g->pp);
+    if (!rows && !tp && !pp && !g->counted_elsewhere)
+        return optim_clip_grad_norm(params->tensors, params->count, max_norm);
     /* [0]: the pieces of cut tensors, summed over tp; [1]: replicated ones, counted once */
     double sumsq[2] = {0.0, 0.0};
     for (int64_t i = 0; i < params->count; i++) {
+        if (g->counted_elsewhere && strcmp(params->names[i], g->counted_elsewhere) == 0) continue;
         struct nn_split s = nn_param_split(params, i);
         sumsq[nn_split_is_cut(&s) ? 0 : 1] += sum_squares(params->tensors[i]->grad);
     }
-    if (rows && comm_allreduce_doubles(row_group, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;
-    if (tp && comm_allreduce_doubles(tp_group, &sumsq[0], 1, COMM_SUM) != BT_OK) return -1.0;
+    if (rows && comm_allreduce_doubles(g->rows, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;
+    if (tp && comm_allreduce_doubles(g->tp, &sumsq[0], 1, COMM_SUM) != BT_OK) return -1.0;
+    if (pp && comm_allreduce_doubles(g->pp, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;
     double norm = sqrt(sumsq[0] + sumsq[1]), scale = max_norm / (norm + 1e-6);
     if (!isfinite(norm) || scale >= 1.0) return norm;
     const float fscale = (float)scale; /* as optim_clip_grad_norm */

@@ -29,14 +29,23 @@ int grid_rank_of(int dp_rank, int tp_rank, int pp_rank, int dp, int tp);
 bt_status grid_init(struct grid *g, struct comm *world, int dp, int tp, int pp);
 void grid_free(struct grid *g);
 
+/* Where the gradients of a model spread over the grid are (grid_clip_grad_norm). */
+struct grid_norm_groups {
+    struct comm *rows; /* the list holds ZeRO-1 row shards spread over it; NULL: whole tensors */
+    struct comm *tp;   /* the cut pieces (.splits) are spread over it, the uncut tensors
+                        * replicated on it; NULL: no tensor parallelism */
+    struct comm *pp;   /* each pipeline stage holds other parameters; NULL: one stage */
+    /* a parameter another stage also holds and counts (the last stage's copy of the tied
+     * embedding): left out of the norm here, clipped like the others; NULL: none */
+    const char *counted_elsewhere;
+};
+
 /* torch.nn.utils.clip_grad_norm_ over the whole model, wherever its pieces are: the global L2 norm
- * of the gradients of params (the optimizer's list; .splits marks the tensor-parallel pieces),
- * which are scaled by max_norm / (norm + 1e-6) when that is below 1 (max_norm = INFINITY: never).
- * row_group: the list holds ZeRO-1 row shards spread over it (NULL: whole tensors); tp_group: the
- * cut pieces are spread over it, the uncut tensors replicated on it (NULL or size 1: no tensor
- * parallelism). Collective over both groups. Returns the norm, or -1 on error. With neither
- * group the result is optim_clip_grad_norm's, bit for bit. */
-double grid_clip_grad_norm(const struct nn_param_list *params, struct comm *row_group,
-                           struct comm *tp_group, double max_norm);
+ * of the gradients of params (the optimizer's list), which are scaled by max_norm / (norm + 1e-6)
+ * when that is below 1 (max_norm = INFINITY: never). Collective over the groups given. Returns the
+ * norm, or -1 on error. With no group (NULL or all NULL/size 1) the result is
+ * optim_clip_grad_norm's, bit for bit. */
+double grid_clip_grad_norm(const struct nn_param_list *params,
+                           const struct grid_norm_groups *groups, double max_norm);
 
 #endif
