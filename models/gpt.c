@@ -9,7 +9,9 @@
  * Exactly one of each layer's single-rank and `_tp` pointers is set. With sequence parallelism
  * the residual stream is this rank's slice (B, T/P, C) of the sequence (models/model_internal.h):
  * the norms, dropout and adds run on it, the column layers all-gather it and the row layers and
- * the embedding reduce-scatter back to it. */
+ * the embedding reduce-scatter back to it. A pipeline stage (model_config.pp_stages > 1) holds
+ * blocks [pp_layer_begin, pp_layer_end) under their global names, wte, wpe and drop on stage 0,
+ * ln_f and lm_head on the last stage (tied: a copy of wte there, whose weight the head uses). */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -45,6 +47,8 @@ struct gpt_block {
     struct gpt_mlp *mlp;
 };
 
+/* The pointers of modules a pipeline stage does not hold are NULL: wte (stage 0, and the last
+ * stage when tied), wpe and drop (stage 0), ln_f and the head (the last stage). */
 struct gpt {
     const struct model_config *config; /* the model's: sequence parallelism, the tp group */
     struct nn_embedding *wte;          /* (V, C) */
@@ -54,9 +58,8 @@ struct gpt {
     struct nn_layernorm *ln_f;
     struct nn_linear *lm_head;           /* (V, C), weight = wte's when tied */
     struct tp_column_linear *lm_head_tp; /* tp, untied: (V/P, C); tied tp uses wte_tp's attend */
-    struct comm *tp_group;               /* NULL without tp (P = 1) */
-    int64_t n_layer;
-    struct gpt_block *h[]; /* n_layer blocks */
+    int64_t layer_begin, n_blocks;       /* this stage's blocks: h.<layer_begin + i> */
+    struct gpt_block *h[];               /* n_blocks blocks */
 };
 
 /* ---- forward ---- */
@@ -118,21 +121,13 @@ static bt_tensor *block_forward(const struct model_config *c, struct gpt_block *
     return x;
 }
 
-/* idx (B, T) at positions pos0..pos0+T-1, checked by the caller -> logits (B, T, V), with tp this
- * rank's vocabulary slice (B, T, V/P); the attention goes through the cache when there is one
- * (pos0 is then its length) */
-static bt_tensor *gpt_logits(struct model *m, bt_tensor *idx, int64_t pos0,
-                             struct model_cache *cache) {
-    struct gpt *g = m->impl;
+/* idx (B, T) at positions pos0..pos0+T-1 -> drop(wte[idx] + wpe[pos]) (B, T, C); under SP this
+ * rank's positions (B, T/P, C) */
+static bt_tensor *embed(struct gpt *g, bt_tensor *idx, int64_t pos0) {
     const struct model_config *c = g->config;
     /* under SP this rank embeds and carries positions t0..t0+T/P-1 of the T */
     int64_t T = idx->shape[1], t0 = model_sp_offset(c, T);
     int64_t Tl = model_sequence_parallel(c) ? T / model_tp_size(c) : T;
-    if (model_sequence_parallel(c) && cache) {
-        bt_error("gpt: parallel.sequence_parallel does not support the cached forward (build the "
-                 "model without it to generate)");
-        return NULL;
-    }
     bt_tensor *pos = bt_empty(BT_SHAPE(Tl), BT_I64, bt_cpu()); /* (Tl): positions */
     if (!pos) return NULL;
     for (int64_t t = 0; t < Tl; t++)
@@ -142,34 +137,49 @@ static bt_tensor *gpt_logits(struct model *m, bt_tensor *idx, int64_t pos0,
     bt_scope_push(g->wpe->base.path);
     bt_tensor *pos_emb = bt_embedding(model_sp_param(c, g->wpe->weight), pos); /* (Tl, C) */
     bt_scope_pop();
-    bt_tensor *x = model_dropout(c, g->drop, bt_add(tok_emb, pos_emb));
-    for (int64_t l = 0; l < g->n_layer; l++)
-        x = block_forward(c, g->h[l], x, cache, l);
+    return model_dropout(c, g->drop, bt_add(tok_emb, pos_emb));
+}
+
+/* The stage's layers: in is idx (B, T) at positions pos0..pos0+T-1 on the first stage, else the
+ * previous stage's (B, T, C) -> the last stage's logits (B, T, V), with tp this rank's vocabulary
+ * slice (B, T, V/P), or the other stages' hidden state (B, T, C) (under SP (B, T/P, C)); the
+ * attention goes through the cache when there is one (a whole model; pos0 is then its length) */
+static bt_tensor *gpt_stage(struct model *m, bt_tensor *in, int64_t pos0,
+                            struct model_cache *cache) {
+    struct gpt *g = m->impl;
+    const struct model_config *c = g->config;
+    bt_tensor *x = model_config_is_first_stage(c) ? embed(g, in, pos0) : in;
+    for (int64_t l = 0; l < g->n_blocks; l++)
+        x = block_forward(c, g->h[l], x, cache, g->layer_begin + l);
+    if (!model_config_is_last_stage(c)) return x;
     x = model_layernorm(c, g->ln_f, x);
     if (g->lm_head_tp) return tp_column_linear_forward(g->lm_head_tp, x); /* (B, T, V/P) */
     if (g->wte_tp) return tp_vocab_embedding_attend(g->wte_tp, x);        /* (B, T, V/P) */
     return nn_linear_forward(g->lm_head, x);                              /* (B, T, V) */
 }
 
-/* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
-static bt_tensor *gpt_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
-                              bt_tensor **logits) {
-    struct gpt *g = m->impl;
-    return model_finish_forward(gpt_logits(m, idx, 0, NULL), targets, g->tp_group, logits);
+/* in checked by model_stage_forward */
+static bt_tensor *gpt_forward(struct model *m, bt_tensor *in) {
+    return gpt_stage(m, in, 0, NULL);
 }
 
 /* with tp the vocabulary slices are gathered: every rank gets the full (batch, n, V) */
 bt_tensor *gpt_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx) {
-    struct gpt *g = m->impl;
-    bt_tensor *logits = gpt_logits(m, idx, model_cache_len(c), c);
-    if (!g->tp_group || !logits) return logits;
-    return tp_gather(logits, g->tp_group, -1);
+    if (model_config_is_pipelined(&m->config)) return model_whole_only(m, "forward_cached");
+    if (model_sequence_parallel(&m->config)) {
+        bt_error("gpt: parallel.sequence_parallel does not support the cached forward (build the "
+                 "model without it to generate)");
+        return NULL;
+    }
+    bt_tensor *logits = gpt_stage(m, idx, model_cache_len(c), c);
+    if (model_tp_size(&m->config) == 1 || !logits) return logits;
+    return tp_gather(logits, m->config.tp_group, -1);
 }
 
 /* ---- building ---- */
 
-/* `tp` is the group when P > 1, else NULL: the layers are then the single-rank ones. The tp
- * layers are created with zeros (NULL rng); gpt_build loads their slices afterwards. */
+/* `tp` is the group when P > 1, else NULL: the layers are then the single-rank ones. Created with
+ * zeros (NULL rng): gpt_build initialises them, or model_create loads them. */
 static struct gpt_attention *attention_create(const struct model_config *c, struct comm *tp) {
     struct gpt_attention *a = nn_module_new(sizeof(*a), "attn");
     if (!a) return NULL;
@@ -253,111 +263,86 @@ static struct gpt_block *block_create(const struct model_config *c, int64_t inde
     return blk;
 }
 
-static bt_status copy_norm(struct nn_layernorm *dst, const struct nn_layernorm *src) {
-    if (bt_copy_(dst->weight, src->weight) != BT_OK) return BT_ERR;
-    return dst->bias ? bt_copy_(dst->bias, src->bias) : BT_OK;
-}
-
-/* Copies the full (single-rank) twin's parameters into the tp model g: this rank's slice of the
- * split layers (*_load_full), the replicated ones whole. */
-static bt_status load_from_full(struct gpt *g, const struct gpt *full) {
-    if (tp_vocab_embedding_load_full(g->wte_tp, full->wte->weight) != BT_OK ||
-        bt_copy_(g->wpe->weight, full->wpe->weight) != BT_OK)
-        return BT_ERR;
-    for (int64_t l = 0; l < g->n_layer; l++) {
-        struct gpt_block *b = g->h[l];
-        const struct gpt_block *fb = full->h[l];
-        const struct nn_linear *attn = fb->attn->c_attn, *attn_proj = fb->attn->c_proj;
-        const struct nn_linear *fc = fb->mlp->c_fc, *mlp_proj = fb->mlp->c_proj;
-        if (copy_norm(b->ln_1, fb->ln_1) != BT_OK || copy_norm(b->ln_2, fb->ln_2) != BT_OK ||
-            tp_column_linear_load_full(b->attn->c_attn_tp, attn->weight, attn->bias) != BT_OK ||
-            tp_row_linear_load_full(b->attn->c_proj_tp, attn_proj->weight, attn_proj->bias) !=
-                BT_OK ||
-            tp_column_linear_load_full(b->mlp->c_fc_tp, fc->weight, fc->bias) != BT_OK ||
-            tp_row_linear_load_full(b->mlp->c_proj_tp, mlp_proj->weight, mlp_proj->bias) != BT_OK)
-            return BT_ERR;
-    }
-    if (copy_norm(g->ln_f, full->ln_f) != BT_OK) return BT_ERR;
-    if (g->lm_head_tp)
-        return tp_column_linear_load_full(g->lm_head_tp, full->lm_head->weight, NULL);
-    return BT_OK;
-}
-
 /* Sequence parallelism: the embedding (and the tied head's attend) and every tp linear take or
  * give this rank's sequence slice along dim 1 */
 static void set_sequence_parallel(struct gpt *g) {
-    g->wte_tp->sequence_parallel = true;
+    if (g->wte_tp) g->wte_tp->sequence_parallel = true;
     if (g->lm_head_tp) g->lm_head_tp->sequence_parallel = true;
-    for (int64_t l = 0; l < g->n_layer; l++) {
+    for (int64_t l = 0; l < g->n_blocks; l++) {
         struct gpt_block *b = g->h[l];
         b->attn->c_attn_tp->sequence_parallel = b->attn->c_proj_tp->sequence_parallel = true;
         b->mlp->c_fc_tp->sequence_parallel = b->mlp->c_proj_tp->sequence_parallel = true;
     }
 }
 
-/* The tp model starts from the single-rank model's weights: that model is built whole on every
- * rank from the same rng (so with the same draws, in the same order, tie included) and its
- * tensors are sliced into this one, then freed. Costs the full model's memory once, at build. */
-static bt_status init_from_single_rank(struct model *m, struct bt_rng *rng) {
-    struct model full = {.config = m->config};
-    full.config.tp_group = NULL;
-    bt_status st = gpt_build(&full, rng);
-    if (st == BT_OK) st = load_from_full(m->impl, full.impl);
-    nn_module_free(full.root);
-    free(full.impl);
-    return st;
+/* transformer.wte: the vocab-parallel embedding with tp, else the single-rank one */
+static bool attach_wte(struct gpt *g, struct nn_module *tr, struct comm *tp) {
+    const struct model_config *c = g->config;
+    if (tp)
+        return (g->wte_tp = model_attach(
+                    tr, tp_vocab_embedding_create("wte", c->vocab_size, c->n_embd, tp, NULL)));
+    return (g->wte = model_attach(tr, nn_embedding_create("wte", c->vocab_size, c->n_embd, NULL)));
 }
 
-/* The tree, in nanoGPT's registration order (so parameters list in its order):
- *   transformer.{wte, wpe, drop, h.<i>.{ln_1, attn.{c_attn, c_proj}, ln_2, mlp.{c_fc, c_proj}},
- *   ln_f}, lm_head */
-bt_status gpt_build(struct model *m, struct bt_rng *rng) {
-    const struct model_config *c = &m->config;
-    struct gpt *g = calloc(1, sizeof(*g) + (size_t)c->n_layer * sizeof(g->h[0]));
-    if (!g) return bt_error("gpt: out of memory for %lld layers", (long long)c->n_layer);
-    m->impl = g;
-    g->config = &m->config;
-    g->n_layer = c->n_layer;
-    struct comm *tp = model_tp_size(c) > 1 ? c->tp_group : NULL;
-    g->tp_group = tp;
-    m->forward = gpt_forward;
-    m->root = nn_module_create("");
-    if (!m->root) return BT_ERR;
-    struct nn_module *tr = model_attach(m->root, nn_module_create("transformer"));
-    if (!tr) return BT_ERR;
-    bool wte_made;
-    if (tp)
-        wte_made = (g->wte_tp = model_attach(
-                        tr, tp_vocab_embedding_create("wte", c->vocab_size, c->n_embd, tp, NULL)));
-    else
-        wte_made =
-            (g->wte = model_attach(tr, nn_embedding_create("wte", c->vocab_size, c->n_embd, NULL)));
-    if (!wte_made) return BT_ERR;
-    g->wpe = model_attach(tr, nn_embedding_create("wpe", c->block_size, c->n_embd, NULL));
-    g->drop = model_attach(tr, nn_dropout_create("drop", c->dropout));
-    struct nn_module *h = model_attach(tr, nn_module_create("h"));
-    if (!g->wpe || !g->drop || !h) return BT_ERR;
-    for (int64_t l = 0; l < c->n_layer; l++)
-        if (!(g->h[l] = model_attach(h, block_create(c, l, tp)))) return BT_ERR;
+/* ln_f and the LM head of the last stage. tied: with tp wte_tp's attend is the head, no module of
+ * its own (as the tied single-rank model lists lm_head.weight under transformer.wte.weight only);
+ * without, lm_head's weight is wte's (on a later stage than 0, the stage's copy of it) */
+static bt_status attach_head(struct model *m, struct nn_module *tr, struct comm *tp) {
+    struct gpt *g = m->impl;
+    const struct model_config *c = g->config;
     g->ln_f = model_attach(tr, nn_layernorm_create("ln_f", c->n_embd, c->bias, c->norm_eps));
     if (!g->ln_f) return BT_ERR;
     if (tp) {
-        /* tied: wte_tp's attend is the LM head, no module of its own (as the tied single-rank
-         * model lists lm_head.weight under transformer.wte.weight only) */
         if (!c->tie_embeddings &&
             !(g->lm_head_tp =
                   model_attach(m->root, tp_column_linear_create("lm_head", c->n_embd, c->vocab_size,
                                                                 false, tp, NULL))))
             return BT_ERR;
-        if (model_sequence_parallel(c)) set_sequence_parallel(g);
-        return init_from_single_rank(m, rng);
+        return BT_OK;
     }
     g->lm_head =
         model_attach(m->root, nn_linear_create("lm_head", c->n_embd, c->vocab_size, false, NULL));
     if (!g->lm_head) return BT_ERR;
-    if (c->tie_embeddings &&
-        nn_module_set_parameter(&g->lm_head->base, "weight", g->wte->weight) != BT_OK)
-        return BT_ERR;
+    if (c->tie_embeddings)
+        return nn_module_set_parameter(&g->lm_head->base, "weight", g->wte->weight);
+    return BT_OK;
+}
+
+/* The tree, in nanoGPT's registration order (so parameters list in its order):
+ *   transformer.{wte, wpe, drop, h.<i>.{ln_1, attn.{c_attn, c_proj}, ln_2, mlp.{c_fc, c_proj}},
+ *   ln_f}, lm_head
+ * A pipeline stage builds its part of it: wte, wpe and drop on the first stage, h.<begin..end-1>,
+ * ln_f and lm_head on the last stage (tied: with its copy of wte, first in the tree as in the
+ * whole model's list). */
+bt_status gpt_build(struct model *m, struct bt_rng *rng) {
+    const struct model_config *c = &m->config;
+    int64_t begin = model_config_layer_begin(c), n_blocks = model_config_layer_end(c) - begin;
+    struct gpt *g = calloc(1, sizeof(*g) + (size_t)n_blocks * sizeof(g->h[0]));
+    if (!g) return bt_error("gpt: out of memory for %lld layers", (long long)n_blocks);
+    m->impl = g;
+    g->config = &m->config;
+    g->layer_begin = begin;
+    g->n_blocks = n_blocks;
+    struct comm *tp = model_tp_size(c) > 1 ? c->tp_group : NULL;
+    bool first = model_config_is_first_stage(c), last = model_config_is_last_stage(c);
+    m->forward = gpt_forward;
+    m->root = nn_module_create("");
+    if (!m->root) return BT_ERR;
+    struct nn_module *tr = model_attach(m->root, nn_module_create("transformer"));
+    if (!tr) return BT_ERR;
+    if ((first || (last && c->tie_embeddings)) && !attach_wte(g, tr, tp)) return BT_ERR;
+    if (first) {
+        g->wpe = model_attach(tr, nn_embedding_create("wpe", c->block_size, c->n_embd, NULL));
+        g->drop = g->wpe ? model_attach(tr, nn_dropout_create("drop", c->dropout)) : NULL;
+        if (!g->drop) return BT_ERR;
+    }
+    struct nn_module *h = model_attach(tr, nn_module_create("h"));
+    if (!h) return BT_ERR;
+    for (int64_t l = 0; l < n_blocks; l++)
+        if (!(g->h[l] = model_attach(h, block_create(c, begin + l, tp)))) return BT_ERR;
+    if (last && attach_head(m, tr, tp) != BT_OK) return BT_ERR;
+    if (model_sequence_parallel(c)) set_sequence_parallel(g);
+    if (!model_config_is_whole(c)) return BT_OK; /* model_create loads the whole model's weights */
     /* N(0, 0.02), zero biases, c_proj weights N(0, 0.02/sqrt(2*n_layer)), norms 1 and 0. Tied
      * before init, as nanoGPT does: the shared matrix keeps the last draw (lm_head's). */
     return nn_init_gpt2(m->root, rng, (int)c->n_layer);

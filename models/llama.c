@@ -12,7 +12,10 @@
  * one of each layer's single-rank and `_tp` pointers is set. With sequence parallelism the
  * residual stream is this rank's slice (B, T/P, C) of the sequence (models/model_internal.h): the
  * norms, dropout and adds run on it, the column layers all-gather it (RoPE then sees the whole
- * sequence) and the row layers and the embedding reduce-scatter back to it. */
+ * sequence) and the row layers and the embedding reduce-scatter back to it. A pipeline stage
+ * (model_config.pp_stages > 1) holds layers [pp_layer_begin, pp_layer_end) under their global
+ * names, embed_tokens and drop on stage 0, norm and lm_head on the last stage (tied: a copy of
+ * embed_tokens there, whose weight the head uses). */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -53,6 +56,8 @@ struct llama_layer {
     struct llama_mlp *mlp;
 };
 
+/* The pointers of modules a pipeline stage does not hold are NULL: embed_tokens (stage 0, and the
+ * last stage when tied), drop (stage 0), norm and the head (the last stage). */
 struct llama {
     const struct model_config *config;          /* the model's: sequence parallelism, tp group */
     struct nn_embedding *embed_tokens;          /* (V, C) */
@@ -61,9 +66,8 @@ struct llama {
     struct nn_rmsnorm *norm;
     struct nn_linear *lm_head;           /* (V, C), weight = embed_tokens' when tied */
     struct tp_column_linear *lm_head_tp; /* tp, untied: (V/P, C); tied tp uses the embedding's */
-    struct comm *tp_group;               /* NULL without tp (P = 1) */
-    int64_t n_layer;
-    struct llama_layer *layers[]; /* n_layer layers */
+    int64_t layer_begin, n_layers;       /* this stage's layers: layers.<layer_begin + i> */
+    struct llama_layer *layers[];        /* n_layers layers */
 };
 
 /* ---- forward ---- */
@@ -142,42 +146,48 @@ static bt_tensor *layer_forward(const struct model_config *c, struct llama_layer
     return x;
 }
 
-/* idx (B, T) checked by the caller -> logits (B, T, V), with tp this rank's vocabulary slice
- * (B, T, V/P); positions start at the cache's length and the attention goes through the cache
- * when there is one, else at 0 */
-static bt_tensor *llama_logits(struct model *m, bt_tensor *idx, struct model_cache *cache) {
-    struct llama *g = m->impl;
-    const struct model_config *c = g->config;
+/* idx (B, T) -> drop(embed_tokens[idx]) (B, T, C); under SP this rank's (B, T/P, C) */
+static bt_tensor *embed(struct llama *g, bt_tensor *idx) {
     bt_tensor *x = g->embed_tokens_tp ? tp_vocab_embedding_forward(g->embed_tokens_tp, idx)
                                       : nn_embedding_forward(g->embed_tokens, idx); /* (B,T,C) */
-    x = model_dropout(c, g->drop, x); /* under SP x is (B, T/P, C) from here to the head */
-    for (int64_t l = 0; l < g->n_layer; l++)
-        x = layer_forward(c, g->layers[l], x, cache, l);
+    return model_dropout(g->config, g->drop, x);
+}
+
+/* The stage's layers: in is idx (B, T) on the first stage, else the previous stage's (B, T, C)
+ * -> the last stage's logits (B, T, V), with tp this rank's vocabulary slice (B, T, V/P), or the
+ * other stages' hidden state (B, T, C) (under SP (B, T/P, C) from the embedding to the head).
+ * Positions start at the cache's length and the attention goes through the cache when there is
+ * one (a whole model), else at 0 */
+static bt_tensor *llama_stage(struct model *m, bt_tensor *in, struct model_cache *cache) {
+    struct llama *g = m->impl;
+    const struct model_config *c = g->config;
+    bt_tensor *x = model_config_is_first_stage(c) ? embed(g, in) : in;
+    for (int64_t l = 0; l < g->n_layers; l++)
+        x = layer_forward(c, g->layers[l], x, cache, g->layer_begin + l);
+    if (!model_config_is_last_stage(c)) return x;
     x = model_rmsnorm(c, g->norm, x);
     if (g->lm_head_tp) return tp_column_linear_forward(g->lm_head_tp, x);            /* (B,T,V/P) */
     if (g->embed_tokens_tp) return tp_vocab_embedding_attend(g->embed_tokens_tp, x); /* same */
     return nn_linear_forward(g->lm_head, x);                                         /* (B,T,V) */
 }
 
-/* idx (B, T) checked by model_forward -> logits (B, T, V), loss () */
-static bt_tensor *llama_forward(struct model *m, bt_tensor *idx, bt_tensor *targets,
-                                bt_tensor **logits) {
-    struct llama *g = m->impl;
-    return model_finish_forward(llama_logits(m, idx, NULL), targets, g->tp_group, logits);
+/* in checked by model_stage_forward */
+static bt_tensor *llama_forward(struct model *m, bt_tensor *in) {
+    return llama_stage(m, in, NULL);
 }
 
 /* with tp the vocabulary slices are gathered: every rank gets the full (batch, n, V). Not under
  * SP: generation's chunks (one token at a time) do not split over the ranks. */
 bt_tensor *llama_forward_cached(struct model *m, struct model_cache *c, bt_tensor *idx) {
-    struct llama *g = m->impl;
-    if (model_sequence_parallel(g->config)) {
+    if (model_config_is_pipelined(&m->config)) return model_whole_only(m, "forward_cached");
+    if (model_sequence_parallel(&m->config)) {
         bt_error("llama: parallel.sequence_parallel does not support the cached forward (build "
                  "the model without it to generate)");
         return NULL;
     }
-    bt_tensor *logits = llama_logits(m, idx, c);
-    if (!g->tp_group || !logits) return logits;
-    return tp_gather(logits, g->tp_group, -1);
+    bt_tensor *logits = llama_stage(m, idx, c);
+    if (model_tp_size(&m->config) == 1 || !logits) return logits;
+    return tp_gather(logits, m->config.tp_group, -1);
 }
 
 /* ---- building ---- */
@@ -198,9 +208,9 @@ static struct tp_row_linear *attach_row(struct nn_module *parent, const char *na
     return model_attach(parent, tp_row_linear_create(name, in, out, false, tp, NULL));
 }
 
-/* `tp` is the group when P > 1, else NULL: the layers are then the single-rank ones. The tp
- * layers are created with zeros (NULL rng); llama_build loads their slices afterwards. Each
- * chain stops at the first failure, keeping its message. */
+/* `tp` is the group when P > 1, else NULL: the layers are then the single-rank ones. Created with
+ * zeros (NULL rng): llama_build initialises them, or model_create loads them. Each chain stops at
+ * the first failure, keeping its message. */
 static struct llama_attention *attention_create(const struct model_config *c, struct comm *tp) {
     struct llama_attention *a = nn_module_new(sizeof(*a), "self_attn");
     if (!a) return NULL;
@@ -276,40 +286,12 @@ static struct llama_layer *layer_create(const struct model_config *c, int64_t in
     return layer;
 }
 
-/* Copies the full (single-rank) twin's parameters into the tp model g: this rank's slice of the
- * split layers (*_load_full), the replicated RMSNorm weights whole. */
-static bt_status load_from_full(struct llama *g, const struct llama *full) {
-    if (tp_vocab_embedding_load_full(g->embed_tokens_tp, full->embed_tokens->weight) != BT_OK)
-        return BT_ERR;
-    for (int64_t l = 0; l < g->n_layer; l++) {
-        const struct llama_layer *f = full->layers[l];
-        struct llama_attention *a = g->layers[l]->self_attn;
-        struct llama_mlp *mlp = g->layers[l]->mlp;
-        if (tp_column_linear_load_full(a->q_proj_tp, f->self_attn->q_proj->weight, NULL) != BT_OK ||
-            tp_column_linear_load_full(a->k_proj_tp, f->self_attn->k_proj->weight, NULL) != BT_OK ||
-            tp_column_linear_load_full(a->v_proj_tp, f->self_attn->v_proj->weight, NULL) != BT_OK ||
-            tp_row_linear_load_full(a->o_proj_tp, f->self_attn->o_proj->weight, NULL) != BT_OK ||
-            tp_column_linear_load_full(mlp->gate_proj_tp, f->mlp->gate_proj->weight, NULL) !=
-                BT_OK ||
-            tp_column_linear_load_full(mlp->up_proj_tp, f->mlp->up_proj->weight, NULL) != BT_OK ||
-            tp_row_linear_load_full(mlp->down_proj_tp, f->mlp->down_proj->weight, NULL) != BT_OK ||
-            bt_copy_(g->layers[l]->input_layernorm->weight, f->input_layernorm->weight) != BT_OK ||
-            bt_copy_(g->layers[l]->post_attention_layernorm->weight,
-                     f->post_attention_layernorm->weight) != BT_OK)
-            return BT_ERR;
-    }
-    if (bt_copy_(g->norm->weight, full->norm->weight) != BT_OK) return BT_ERR;
-    if (g->lm_head_tp)
-        return tp_column_linear_load_full(g->lm_head_tp, full->lm_head->weight, NULL);
-    return BT_OK;
-}
-
 /* Sequence parallelism: the embedding (and the tied head's attend) and every tp linear take or
  * give this rank's sequence slice along dim 1 */
 static void set_sequence_parallel(struct llama *g) {
-    g->embed_tokens_tp->sequence_parallel = true;
+    if (g->embed_tokens_tp) g->embed_tokens_tp->sequence_parallel = true;
     if (g->lm_head_tp) g->lm_head_tp->sequence_parallel = true;
-    for (int64_t l = 0; l < g->n_layer; l++) {
+    for (int64_t l = 0; l < g->n_layers; l++) {
         struct llama_attention *a = g->layers[l]->self_attn;
         struct llama_mlp *mlp = g->layers[l]->mlp;
         a->q_proj_tp->sequence_parallel = a->k_proj_tp->sequence_parallel = true;
@@ -319,68 +301,71 @@ static void set_sequence_parallel(struct llama *g) {
     }
 }
 
-/* The tp model starts from the single-rank model's weights: that model is built whole on every
- * rank from the same rng (so with the same draws, in the same order, tie included) and its
- * tensors are sliced into this one, then freed. Costs the full model's memory once, at build. */
-static bt_status init_from_single_rank(struct model *m, struct bt_rng *rng) {
-    struct model full = {.config = m->config};
-    full.config.tp_group = NULL;
-    full.config.sequence_parallel = false;
-    bt_status st = llama_build(&full, rng);
-    if (st == BT_OK) st = load_from_full(m->impl, full.impl);
-    nn_module_free(full.root);
-    free(full.impl);
-    return st;
+/* model.embed_tokens: the vocab-parallel embedding with tp, else the single-rank one */
+static bool attach_embed_tokens(struct llama *g, struct nn_module *body, struct comm *tp) {
+    int64_t V = g->config->vocab_size, C = g->config->n_embd;
+    if (tp)
+        return (g->embed_tokens_tp =
+                    model_attach(body, tp_vocab_embedding_create("embed_tokens", V, C, tp, NULL)));
+    return (g->embed_tokens = model_attach(body, nn_embedding_create("embed_tokens", V, C, NULL)));
+}
+
+/* norm and the LM head of the last stage. tied: with tp the embedding's attend is the head, no
+ * module of its own (as the tied single-rank model lists lm_head.weight under
+ * model.embed_tokens.weight only); without, lm_head's weight is the embedding's (on a later stage
+ * than 0, the stage's copy of it) */
+static bt_status attach_head(struct model *m, struct nn_module *body, struct comm *tp) {
+    struct llama *g = m->impl;
+    const struct model_config *c = g->config;
+    int64_t V = c->vocab_size, C = c->n_embd;
+    g->norm = model_attach(body, nn_rmsnorm_create("norm", C, c->norm_eps));
+    if (!g->norm) return BT_ERR;
+    if (tp) {
+        if (!c->tie_embeddings &&
+            !(g->lm_head_tp =
+                  model_attach(m->root, tp_column_linear_create("lm_head", C, V, false, tp, NULL))))
+            return BT_ERR;
+        return BT_OK;
+    }
+    g->lm_head = model_attach(m->root, nn_linear_create("lm_head", C, V, false, NULL));
+    if (!g->lm_head) return BT_ERR;
+    if (c->tie_embeddings)
+        return nn_module_set_parameter(&g->lm_head->base, "weight", g->embed_tokens->weight);
+    return BT_OK;
 }
 
 /* The tree, in HF's registration order (so parameters list in its order):
  *   model.{embed_tokens, layers.<i>.{self_attn.{q,k,v,o}_proj, mlp.{gate,up,down}_proj,
- *   input_layernorm, post_attention_layernorm}, norm}, lm_head */
+ *   input_layernorm, post_attention_layernorm}, norm}, lm_head
+ * A pipeline stage builds its part of it: embed_tokens and drop on the first stage,
+ * layers.<begin..end-1>, norm and lm_head on the last stage (tied: with its copy of embed_tokens,
+ * first in the tree as in the whole model's list). */
 bt_status llama_build(struct model *m, struct bt_rng *rng) {
     const struct model_config *c = &m->config;
-    struct llama *g = calloc(1, sizeof(*g) + (size_t)c->n_layer * sizeof(g->layers[0]));
-    if (!g) return bt_error("llama: out of memory for %lld layers", (long long)c->n_layer);
+    int64_t begin = model_config_layer_begin(c), n_layers = model_config_layer_end(c) - begin;
+    struct llama *g = calloc(1, sizeof(*g) + (size_t)n_layers * sizeof(g->layers[0]));
+    if (!g) return bt_error("llama: out of memory for %lld layers", (long long)n_layers);
     m->impl = g;
     g->config = &m->config;
-    g->n_layer = c->n_layer;
+    g->layer_begin = begin;
+    g->n_layers = n_layers;
     struct comm *tp = model_tp_size(c) > 1 ? c->tp_group : NULL;
-    g->tp_group = tp;
+    bool first = model_config_is_first_stage(c), last = model_config_is_last_stage(c);
     m->forward = llama_forward;
     m->root = nn_module_create("");
     if (!m->root) return BT_ERR;
     struct nn_module *body = model_attach(m->root, nn_module_create("model"));
     if (!body) return BT_ERR;
-    int64_t V = c->vocab_size, C = c->n_embd;
-    bool embed_made;
-    if (tp)
-        embed_made = (g->embed_tokens_tp = model_attach(
-                          body, tp_vocab_embedding_create("embed_tokens", V, C, tp, NULL)));
-    else
-        embed_made =
-            (g->embed_tokens = model_attach(body, nn_embedding_create("embed_tokens", V, C, NULL)));
-    if (!embed_made) return BT_ERR;
-    g->drop = model_attach(body, nn_dropout_create("drop", c->dropout));
-    struct nn_module *layers = model_attach(body, nn_module_create("layers"));
-    if (!g->drop || !layers) return BT_ERR;
-    for (int64_t l = 0; l < c->n_layer; l++)
-        if (!(g->layers[l] = model_attach(layers, layer_create(c, l, tp)))) return BT_ERR;
-    g->norm = model_attach(body, nn_rmsnorm_create("norm", C, c->norm_eps));
-    if (!g->norm) return BT_ERR;
-    if (tp) {
-        /* tied: the embedding's attend is the LM head, no module of its own (as the tied
-         * single-rank model lists lm_head.weight under model.embed_tokens.weight only) */
-        if (!c->tie_embeddings &&
-            !(g->lm_head_tp =
-                  model_attach(m->root, tp_column_linear_create("lm_head", C, V, false, tp, NULL))))
-            return BT_ERR;
-        if (model_sequence_parallel(c)) set_sequence_parallel(g);
-        return init_from_single_rank(m, rng);
-    }
-    g->lm_head = model_attach(m->root, nn_linear_create("lm_head", C, V, false, NULL));
-    if (!g->lm_head) return BT_ERR;
-    if (c->tie_embeddings &&
-        nn_module_set_parameter(&g->lm_head->base, "weight", g->embed_tokens->weight) != BT_OK)
+    if ((first || (last && c->tie_embeddings)) && !attach_embed_tokens(g, body, tp)) return BT_ERR;
+    if (first && !(g->drop = model_attach(body, nn_dropout_create("drop", c->dropout))))
         return BT_ERR;
+    struct nn_module *layers = model_attach(body, nn_module_create("layers"));
+    if (!layers) return BT_ERR;
+    for (int64_t l = 0; l < n_layers; l++)
+        if (!(g->layers[l] = model_attach(layers, layer_create(c, begin + l, tp)))) return BT_ERR;
+    if (last && attach_head(m, body, tp) != BT_OK) return BT_ERR;
+    if (model_sequence_parallel(c)) set_sequence_parallel(g);
+    if (!model_config_is_whole(c)) return BT_OK; /* model_create loads the whole model's weights */
     /* HF's _init_weights with initializer_range 0.02: Linear and Embedding weights N(0, 0.02),
      * RMSNorm weights 1. That is GPT-2's scheme with no residual projection flagged. */
     return nn_init_gpt2(m->root, rng, (int)c->n_layer);
