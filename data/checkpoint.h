@@ -40,10 +40,11 @@ bt_status ckpt_save(const char *dir, const struct nn_param_list *params, const s
                     const struct ckpt_meta *meta, int64_t keep);
 
 /* How the ranks that write one file together hold the state (DESIGN.md: every rank writes its own
- * slices, the file has the full logical tensors whatever the layout). With tensor parallelism
- * (pp = 1) the group is split_group × replica_group: a parameter whose split (params->splits,
+ * slices, the file has the full logical tensors whatever the layout). With tensor parallelism the
+ * group is split_group × replica_group (× stage_group): a parameter whose split (params->splits,
  * core/nn.h) is cut is piece comm_rank(split_group) of its full tensor, and the ranks of
- * replica_group hold the same pieces. */
+ * replica_group hold the same pieces. With pipeline parallelism each stage passes its own
+ * parameters; the file holds their union (docs/checkpoint.md "Pipeline parallelism"). */
 struct ckpt_layout {
     struct comm *group; /* every rank of it calls ckpt_save_layout; NULL: this process alone */
     /* The tensor-parallel group: a cut parameter must be piece comm_rank(split_group) of
@@ -51,8 +52,16 @@ struct ckpt_layout {
     struct comm *split_group;
     /* The ranks holding the same pieces (the dp group); they share the writing of the pieces.
      * With split_group set, size(group) must be size(split_group) * size(replica_group) (NULL: a
-     * group of one). Unused when split_group is NULL. */
+     * group of one). Unused when split_group and stage_group are NULL. */
     struct comm *replica_group;
+    /* The pipeline group: the ranks with this rank's dp and tp coordinates, one per stage, in stage
+     * order. Each stage's params are its own (single-rank names); the stages exchange their lists
+     * over it and every rank creates the datasets of their union, stage by stage; a name several
+     * stages hold (a tied embedding's copy, equal values) is written by the lowest of them. With
+     * more than one stage, size(group) must be size(split_group) * size(replica_group) *
+     * size(stage_group) (NULL: 1), and the ranks of a stage share the writing of its whole
+     * tensors. NULL or a group of one: no pipeline, every rank holds every parameter. */
+    struct comm *stage_group;
     /* ZeRO-1: optimizer parameter i holds rows [opt_row0[i], opt_row0[i] + its rows) of the state
      * of this rank's piece of the parameter of the same name in params (the full parameter when it
      * is not cut; comm/shard.h splits them); a parameter this rank holds no rows of is absent from
@@ -114,6 +123,9 @@ bt_tensor *ckpt_read_tensor(struct ckpt_file *f, int64_t i);
  * Checksums are verified as each tensor is read: on a mismatch the error is returned and the
  * parameters read so far keep their new values (callers stop the run). */
 bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *params);
+/* ckpt_read_model for a part of the model (a pipeline stage's parameters): the same checks, but
+ * the file may hold datasets that are not in params. */
+bt_status ckpt_read_model_subset(struct ckpt_file *f, const struct nn_param_list *params);
 /* Reads the optimizer state of every parameter of opt (same checks) and its step count; the file's
  * optimizer must be the same kind. The state of a parameter that is cut in params (params->splits)
  * is that piece of the file's full tensor. With opt_row0 (ZeRO-1, see struct ckpt_layout),
@@ -123,10 +135,16 @@ bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *param
 bt_status ckpt_read_optim(struct ckpt_file *f, struct optim *opt);
 bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
                                const struct nn_param_list *params, const int64_t *opt_row0);
+/* ckpt_read_optim_rows for a pipeline stage: the file may hold the state of parameters that are
+ * not in opt (nor in params). */
+bt_status ckpt_read_optim_subset(struct ckpt_file *f, struct optim *opt,
+                                 const struct nn_param_list *params, const int64_t *opt_row0);
 
 /* Opens path, reads /model into params and closes it (model.init_from). Besides braid's
  * checkpoints, any HDF5 file whose /model/<name> datasets hold float32 weights is accepted (a
  * conversion of other weights, written with h5py): crc32 attributes are verified where present. */
 bt_status ckpt_load_model(const char *path, const struct nn_param_list *params);
+/* ckpt_load_model for a pipeline stage: reads its parameters, ignoring the file's other datasets */
+bt_status ckpt_load_model_subset(const char *path, const struct nn_param_list *params);
 
 #endif

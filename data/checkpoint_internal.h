@@ -15,6 +15,9 @@
  * with crc32_combine: the same value, in a fraction of the time a save or load spends on it. */
 uint32_t ckpt_crc32(const void *data, size_t nbytes);
 
+/* "(384,1152)", "()" for a scalar: shapes in messages */
+const char *ckpt_shape_words(int ndim, const int64_t *shape, char *buf, size_t size);
+
 /* Longest label we put in front of messages: "checkpoint <path>" */
 #define CKPT_LABEL_MAX 4200
 

@@ -511,7 +511,7 @@ const struct ckpt_tensor_info *ckpt_tensor(const struct ckpt_file *f, int64_t i)
 
 /* ---- reading tensors ---- */
 
-static const char *shape_words(int ndim, const int64_t *shape, char *buf, size_t size) {
+const char *ckpt_shape_words(int ndim, const int64_t *shape, char *buf, size_t size) {
     size_t used = (size_t)snprintf(buf, size, "(");
     for (int d = 0; d < ndim && used < size; d++)
         used +=
@@ -574,8 +574,8 @@ static int64_t expect_dataset(struct ckpt_file *f, const char *full, bt_dtype dt
         same = info->shape[d] == shape[d];
     if (!same) {
         bt_error("%s: dataset %s has shape %s, expected %s", f->label, full,
-                 shape_words(info->ndim, info->shape, got, sizeof got),
-                 shape_words(ndim, shape, want, sizeof want));
+                 ckpt_shape_words(info->ndim, info->shape, got, sizeof got),
+                 ckpt_shape_words(ndim, shape, want, sizeof want));
         return -1;
     }
     return i;
@@ -629,7 +629,8 @@ static bt_status read_piece(struct ckpt_file *f, int64_t i, const struct nn_spli
     return st == BT_OK ? BT_OK : bt_error_prefix(f->label);
 }
 
-bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *params) {
+/* ckpt_read_model (whole: every /model dataset must be a parameter) and ckpt_read_model_subset */
+static bt_status read_model(struct ckpt_file *f, const struct nn_param_list *params, bool whole) {
     char full[CKPT_LABEL_MAX];
     int64_t *index = malloc((size_t)(params->count ? params->count : 1) * sizeof *index);
     bt_status st = BT_ERR;
@@ -639,7 +640,8 @@ bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *param
         snprintf(full, sizeof full, "/model/%s", params->names[p]);
         if ((index[p] = expect_tensor(f, full, params->tensors[p], &split)) < 0) goto done;
     }
-    if (check_no_extra(f, "/model/", "a parameter of this model", is_param, params) != BT_OK)
+    if (whole &&
+        check_no_extra(f, "/model/", "a parameter of this model", is_param, params) != BT_OK)
         goto done;
     for (int64_t p = 0; p < params->count; p++) {
         struct nn_split split = nn_param_split(params, p);
@@ -649,6 +651,14 @@ bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *param
 done:
     free(index);
     return st;
+}
+
+bt_status ckpt_read_model(struct ckpt_file *f, const struct nn_param_list *params) {
+    return read_model(f, params, true);
+}
+
+bt_status ckpt_read_model_subset(struct ckpt_file *f, const struct nn_param_list *params) {
+    return read_model(f, params, false);
 }
 
 /* "<param>/<state>" names a state this optimizer keeps */
@@ -732,8 +742,11 @@ static int64_t expect_rows(struct ckpt_file *f, const char *full, const bt_tenso
     return i;
 }
 
-bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
-                               const struct nn_param_list *params, const int64_t *opt_row0) {
+/* ckpt_read_optim_rows (whole: every /optimizer dataset must be state of this optimizer, or with
+ * opt_row0 of a parameter in params) and ckpt_read_optim_subset */
+static bt_status read_optim(struct ckpt_file *f, struct optim *opt,
+                            const struct nn_param_list *params, const int64_t *opt_row0,
+                            bool whole) {
     const char *kind = optim_get_config(opt)->kind == OPTIM_ADAMW ? "adamw" : "sgd";
     if (strcmp(f->optimizer, kind) != 0)
         return bt_error("%s: holds %s optimizer state, the run uses %s", f->label,
@@ -774,9 +787,11 @@ bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
         }
     }
     struct state_of_params sp = {params, opt};
-    if (opt_row0 ? check_no_extra(f, "/optimizer/", "state of a parameter of this model",
-                                  is_params_state, &sp)
-                 : check_no_extra(f, "/optimizer/", "state of this optimizer", is_optim_state, opt))
+    /* a subset (a pipeline stage's) leaves the other stages' state in the file alone */
+    if (whole && (opt_row0 ? check_no_extra(f, "/optimizer/", "state of a parameter of this model",
+                                            is_params_state, &sp)
+                           : check_no_extra(f, "/optimizer/", "state of this optimizer",
+                                            is_optim_state, opt)) != BT_OK)
         goto done;
     for (k = 0; k < n; k++)
         if (read_piece(f, index[k], &split[k], dest[k], row0[k]) != BT_OK) goto done;
@@ -790,14 +805,32 @@ done:
     return st;
 }
 
+bt_status ckpt_read_optim_rows(struct ckpt_file *f, struct optim *opt,
+                               const struct nn_param_list *params, const int64_t *opt_row0) {
+    return read_optim(f, opt, params, opt_row0, true);
+}
+
+bt_status ckpt_read_optim_subset(struct ckpt_file *f, struct optim *opt,
+                                 const struct nn_param_list *params, const int64_t *opt_row0) {
+    return read_optim(f, opt, params, opt_row0, false);
+}
+
 bt_status ckpt_read_optim(struct ckpt_file *f, struct optim *opt) {
     return ckpt_read_optim_rows(f, opt, NULL, NULL);
 }
 
-bt_status ckpt_load_model(const char *path, const struct nn_param_list *params) {
+static bt_status load_model(const char *path, const struct nn_param_list *params, bool whole) {
     struct ckpt_file *f = open_file(path, true);
     if (!f) return BT_ERR;
-    bt_status st = ckpt_read_model(f, params);
+    bt_status st = read_model(f, params, whole);
     ckpt_close(f);
     return st;
+}
+
+bt_status ckpt_load_model(const char *path, const struct nn_param_list *params) {
+    return load_model(path, params, true);
+}
+
+bt_status ckpt_load_model_subset(const char *path, const struct nn_param_list *params) {
+    return load_model(path, params, false);
 }

@@ -2,8 +2,9 @@
  * <dir>/.step_<8-digit step>.h5.tmp — /model, /optimizer, the run's attributes, config and
  * tokenizer, each tensor with its CRC-32 — then fsync, rename into place, fsync the directory,
  * point <dir>/latest at it the same way and prune old files. In a group every rank writes its
- * slices of the full tensors (row shares, ZeRO-1 rows, tensor-parallel pieces) through parallel
- * HDF5, and the CRC-32s of the byte ranges the ranks wrote are combined into each tensor's. */
+ * slices of the full tensors (row shares, ZeRO-1 rows, tensor-parallel pieces, its pipeline
+ * stage's tensors) through parallel HDF5, and the CRC-32s of the byte ranges the ranks wrote are
+ * combined into each tensor's. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -67,28 +68,38 @@ static bt_status commit_rename(const char *dir, const char *tmp, const char *fin
 /* ---- datasets and attributes ---- */
 
 /* This rank's place in the layout (struct ckpt_layout): rank of size in the group, piece
- * split_rank of split_size, replica replica_rank of replica_size; a group of one where the layout
- * has none. */
+ * split_rank of split_size, replica replica_rank of replica_size, stage stage_rank of stage_size;
+ * a group of one where the layout has none. The hold_size ranks of its stage (the whole group
+ * without a pipeline) hold the stage's whole tensors alike; this is the hold_rank-th of them. */
 struct place {
     int rank, size;
     int split_rank, split_size;
     int replica_rank, replica_size;
+    int stage_rank, stage_size;
+    int hold_rank, hold_size;
 };
 
 static struct place place_of(const struct ckpt_layout *layout) {
-    struct place p = {0, 1, 0, 1, 0, 1};
-    if (layout && layout->group) {
+    struct place p = {0, 1, 0, 1, 0, 1, 0, 1, 0, 1};
+    if (!layout) return p;
+    if (layout->group) {
         p.rank = comm_rank(layout->group);
         p.size = comm_size(layout->group);
     }
-    if (layout && layout->split_group) {
+    if (layout->stage_group && comm_size(layout->stage_group) > 1) {
+        p.stage_rank = comm_rank(layout->stage_group);
+        p.stage_size = comm_size(layout->stage_group);
+    }
+    if (layout->split_group) {
         p.split_rank = comm_rank(layout->split_group);
         p.split_size = comm_size(layout->split_group);
-        if (layout->replica_group) {
-            p.replica_rank = comm_rank(layout->replica_group);
-            p.replica_size = comm_size(layout->replica_group);
-        }
     }
+    if (layout->replica_group && (layout->split_group || p.stage_size > 1)) {
+        p.replica_rank = comm_rank(layout->replica_group);
+        p.replica_size = comm_size(layout->replica_group);
+    }
+    p.hold_rank = p.stage_size > 1 ? p.split_rank * p.replica_size + p.replica_rank : p.rank;
+    p.hold_size = p.stage_size > 1 ? p.split_size * p.replica_size : p.size;
     return p;
 }
 
@@ -531,23 +542,307 @@ static struct nn_split split_of(const struct nn_param_list *params, int64_t p, i
     return s;
 }
 
-/* Every parameter: a whole one in row shares among the group's ranks, a piece in row shares among
- * the replicas holding it. */
-static bt_status write_model(struct writer *w, const struct nn_param_list *params) {
+static int64_t optim_index(const struct optim *opt, const char *name) {
+    for (int64_t i = 0; opt && i < optim_num_params(opt); i++)
+        if (strcmp(optim_param_name(opt, i), name) == 0) return i;
+    return -1;
+}
+
+/* ---- the tensor list every rank agrees on ----
+ * Parallel HDF5 creates datasets collectively: every rank of the group creates every one, in the
+ * same order, with the same shape. Without a pipeline every rank holds every parameter (whole or
+ * a piece), so its own list is the file's. With one, the stages exchange their lists and every
+ * rank walks their union: stage by stage, each stage's parameters in its order, a name several
+ * stages hold (a tied embedding's copy) listed once, at its first stage, which writes it. */
+
+/* One /model tensor in the file's order: its name, dtype and full logical shape, whether it has an
+ * /optimizer group, and its index in this rank's params when this rank's stage writes it (-1:
+ * another stage does). */
+struct entry {
+    char *name;
+    bt_dtype dtype;
+    int ndim;
+    int64_t full[BT_MAX_DIMS];
+    bool has_state;
+    int64_t local;
+    int stage; /* the first stage holding it */
+};
+
+struct catalog {
+    int64_t n, cap;
+    struct entry *entries;
+};
+
+static void catalog_free(struct catalog *c) {
+    for (int64_t i = 0; i < c->n; i++)
+        free(c->entries[i].name);
+    free(c->entries);
+    memset(c, 0, sizeof *c);
+}
+
+static bt_status catalog_add(struct catalog *c, const struct entry *e, const char *label) {
+    if (c->n == c->cap) {
+        int64_t cap = c->cap ? 2 * c->cap : 64;
+        struct entry *grown = realloc(c->entries, (size_t)cap * sizeof *grown);
+        if (!grown) return bt_error("%s: out of memory", label);
+        c->entries = grown;
+        c->cap = cap;
+    }
+    c->entries[c->n] = *e;
+    if (!(c->entries[c->n].name = strdup(e->name))) return bt_error("%s: out of memory", label);
+    c->n++;
+    return BT_OK;
+}
+
+static int64_t catalog_find(const struct catalog *c, const char *name) {
+    for (int64_t i = 0; i < c->n; i++)
+        if (strcmp(c->entries[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* Entry p of this rank's params; has_state as write_optimizer decides it: the optimizer keeps
+ * state and holds the parameter (under ZeRO-1 every parameter has its group, whoever holds rows).
+ */
+static struct entry entry_of(const struct nn_param_list *params, int64_t p, const struct optim *opt,
+                             const int64_t *opt_row0) {
+    const char *const *states = NULL;
+    bool cut;
+    struct entry e = {.name = params->names[p],
+                      .dtype = params->tensors[p]->dtype,
+                      .ndim = params->tensors[p]->ndim,
+                      .local = p};
+    split_of(params, p, e.full, &cut);
+    e.has_state = opt && optim_state_names(opt, &states) > 0 &&
+                  (opt_row0 || optim_index(opt, params->names[p]) >= 0);
+    return e;
+}
+
+/* One entry as int64 words for the exchange: name length, dtype, ndim, has_state, the full shape,
+ * then the name's bytes (NUL-padded to whole words). *n words are written at words (NULL: only
+ * counted). */
+static void serialise_entry(const struct entry *e, int64_t *words, int64_t *n) {
+    size_t len = strlen(e->name);
+    int64_t name_words = (int64_t)(len + 8) / 8;
+    if (words) {
+        words[0] = (int64_t)len;
+        words[1] = (int64_t)e->dtype;
+        words[2] = e->ndim;
+        words[3] = e->has_state;
+        memcpy(words + 4, e->full, (size_t)e->ndim * sizeof *words);
+        memset(words + 4 + e->ndim, 0, (size_t)name_words * sizeof *words);
+        memcpy(words + 4 + e->ndim, e->name, len);
+    }
+    *n = 4 + e->ndim + name_words;
+}
+
+/* Adds stage `stage`'s list (n words from the exchange) to the catalog. A name an earlier stage
+ * listed must have the same dtype and full shape there; it stays that stage's to write. */
+static bt_status catalog_add_stage(struct catalog *c, int stage, const int64_t *words, int64_t n,
+                                   bool mine, const char *label) {
+    char got[160], want[160];
+    for (int64_t at = 0, p = 0; at < n; p++) {
+        struct entry e = {.stage = stage, .local = -1};
+        int64_t len = words[at], size = 0;
+        e.dtype = (bt_dtype)words[at + 1];
+        e.ndim = (int)words[at + 2];
+        e.has_state = words[at + 3] != 0;
+        if (len < 0 || e.ndim < 0 || e.ndim > BT_MAX_DIMS || at + 4 + e.ndim + (len + 8) / 8 > n)
+            return bt_error("%s: layout: the parameter list of stage %d is damaged", label, stage);
+        memcpy(e.full, words + at + 4, (size_t)e.ndim * sizeof *words);
+        e.name = (char *)(words + at + 4 + e.ndim); /* NUL-padded */
+        serialise_entry(&e, NULL, &size);
+        at += size;
+        if (mine) e.local = p;
+        int64_t seen = catalog_find(c, e.name);
+        if (seen < 0) {
+            if (catalog_add(c, &e, label) != BT_OK) return BT_ERR;
+            continue;
+        }
+        const struct entry *first = &c->entries[seen];
+        bool same = first->dtype == e.dtype && first->ndim == e.ndim;
+        for (int d = 0; same && d < e.ndim; d++)
+            same = first->full[d] == e.full[d];
+        if (!same)
+            return bt_error("%s: layout: /model/%s is %s %s on stage %d but %s %s on stage %d",
+                            label, e.name, bt_dtype_name(first->dtype),
+                            ckpt_shape_words(first->ndim, first->full, want, sizeof want),
+                            first->stage, bt_dtype_name(e.dtype),
+                            ckpt_shape_words(e.ndim, e.full, got, sizeof got), stage);
+    }
+    return BT_OK;
+}
+
+/* This rank's stage list, serialised */
+static int64_t *serialise_params(const struct nn_param_list *params, const struct optim *opt,
+                                 const int64_t *opt_row0, int64_t *n_words) {
+    int64_t total = 0, n = 0;
+    for (int64_t p = 0; p < params->count; p++) {
+        struct entry e = entry_of(params, p, opt, opt_row0);
+        serialise_entry(&e, NULL, &n);
+        total += n;
+    }
+    int64_t *words = malloc((size_t)(total ? total : 1) * sizeof *words);
+    if (!words) return NULL;
+    total = 0;
+    for (int64_t p = 0; p < params->count; p++) {
+        struct entry e = entry_of(params, p, opt, opt_row0);
+        serialise_entry(&e, words + total, &n);
+        total += n;
+    }
+    *n_words = total;
+    return words;
+}
+
+/* The stages' lists, gathered over the stage group: every stage's words in stage order, stage s's
+ * counts[s] of them. *all and *counts are malloc'd. */
+static bt_status exchange_lists(struct comm *stages, const int64_t *mine, int64_t n_mine,
+                                int64_t **all, int64_t **counts, const char *label) {
+    int S = comm_size(stages), me = comm_rank(stages);
+    bt_tensor *count = bt_tensor_new(BT_SHAPE(1), BT_I64, bt_cpu());
+    bt_tensor *gathered = bt_tensor_new(BT_SHAPE(S), BT_I64, bt_cpu()), *buf = NULL;
+    int64_t total = 0, before = 0;
+    bt_status st = BT_ERR;
+    *all = NULL;
+    *counts = malloc((size_t)S * sizeof **counts);
+    if (!count || !gathered || !*counts) {
+        bt_error("%s: out of memory", label);
+        goto done;
+    }
+    *(int64_t *)bt_data(count) = n_mine;
+    if (comm_allgather(stages, count, gathered) != BT_OK) {
+        bt_error_prefix(label);
+        goto done;
+    }
+    memcpy(*counts, bt_data(gathered), (size_t)S * sizeof **counts);
+    for (int s = 0; s < S; s++) {
+        if (s < me) before += (*counts)[s];
+        total += (*counts)[s];
+    }
+    if (!(buf = bt_tensor_new(BT_SHAPE(total ? total : 1), BT_I64, bt_cpu())) ||
+        !(*all = malloc((size_t)(total ? total : 1) * sizeof **all))) {
+        bt_error("%s: out of memory", label);
+        goto done;
+    }
+    memcpy((int64_t *)bt_data(buf) + before, mine, (size_t)n_mine * sizeof *mine);
+    if (total > 0 && comm_allgather_v(stages, buf, *counts) != BT_OK) {
+        bt_error_prefix(label);
+        goto done;
+    }
+    memcpy(*all, bt_data(buf), (size_t)total * sizeof **all);
+    st = BT_OK;
+done:
+    bt_tensor_free(buf);
+    bt_tensor_free(gathered);
+    bt_tensor_free(count);
+    if (st != BT_OK) {
+        free(*all);
+        free(*counts);
+        *all = *counts = NULL;
+    }
+    return st;
+}
+
+/* Every rank of the group must have found the same list (each learns it from its own stage
+ * group): their CRC-32s are compared, or the collective creates would not match. */
+static bt_status check_same_everywhere(struct comm *group, const int64_t *words, int64_t n,
+                                       const char *label) {
+    uint32_t crc = ckpt_crc32(words, (size_t)n * sizeof *words);
+    double range[2] = {(double)crc, -(double)crc};
+    if (!group || comm_size(group) == 1) return BT_OK;
+    if (comm_allreduce_doubles(group, range, 2, COMM_MIN) != BT_OK) return bt_error_prefix(label);
+    if (range[0] != -range[1])
+        return bt_error("%s: layout: the stages' parameter lists differ between the ranks of group "
+                        "%s (each rank's stage group must hold one rank of every stage, with the "
+                        "same parameters)",
+                        label, comm_name(group));
+    return BT_OK;
+}
+
+/* The file's tensor list (struct entry). Collective over the layout's stage group and then its
+ * group when it has more than one stage: a rank that fails still makes both calls. */
+static bt_status catalog_build(struct catalog *c, const struct nn_param_list *params,
+                               const struct optim *opt, const struct ckpt_layout *layout,
+                               const struct place *at, const char *label) {
+    const int64_t *opt_row0 = layout ? layout->opt_row0 : NULL;
+    int64_t *mine = NULL, *all = NULL, *counts = NULL, n_mine = 0, total = 0;
+    bt_status st = BT_OK;
+    memset(c, 0, sizeof *c);
+    if (at->stage_size == 1) {
+        for (int64_t p = 0; p < params->count && st == BT_OK; p++) {
+            struct entry e = entry_of(params, p, opt, opt_row0);
+            st = catalog_add(c, &e, label);
+        }
+        if (st != BT_OK) catalog_free(c);
+        return st;
+    }
+    if (!(mine = serialise_params(params, opt, opt_row0, &n_mine))) {
+        st = bt_error("%s: out of memory", label);
+        n_mine = 0; /* still take part: the ranks agree on the failure after */
+    }
+    static const int64_t none = 0;
+    if (exchange_lists(layout->stage_group, mine ? mine : &none, n_mine, &all, &counts, label) !=
+        BT_OK) {
+        free(mine);
+        return BT_ERR;
+    }
+    for (int s = 0; s < at->stage_size && st == BT_OK; s++) {
+        st = catalog_add_stage(c, s, all + total, counts[s], s == at->stage_rank, label);
+        total += counts[s];
+    }
+    total = 0;
+    for (int s = 0; s < at->stage_size; s++)
+        total += counts[s];
+    if (check_same_everywhere(layout->group, all, total, label) != BT_OK && st == BT_OK)
+        st = BT_ERR;
+    free(counts);
+    free(all);
+    free(mine);
+    if (st != BT_OK) catalog_free(c);
+    return st;
+}
+
+/* ---- /model and /optimizer ---- */
+
+/* Creates dataset `name` of obj (collectively, like every dataset) and writes none of it: this
+ * rank does not hold it. */
+static bt_status create_only(struct writer *w, hid_t obj, const char *path, const char *name,
+                             bt_dtype dtype, int ndim, const int64_t *full) {
+    const struct nn_split whole = {0};
+    return write_piece(w, obj, path, name, dtype, ndim, full, &whole, NULL, 0, 0);
+}
+
+/* The dtype of optimizer state `state`: a 0-d int64 for a count (AdamW's step), else float32 with
+ * its parameter's shape. A rank that holds none of it creates it so. */
+static bool state_is_count(const char *state) {
+    return strcmp(state, "step") == 0;
+}
+
+/* Every tensor of the catalog: a whole one in row shares among the ranks holding it (the group,
+ * or with a pipeline its stage), a piece in row shares among the replicas holding it; a tensor of
+ * another stage is only created. */
+static bt_status write_model(struct writer *w, const struct nn_param_list *params,
+                             const struct catalog *cat) {
     hid_t model = -1;
     char path[CKPT_LABEL_MAX];
     int64_t full[BT_MAX_DIMS];
     bool cut;
     H5_CHECK(w->label, model = H5Gcreate2(w->file, "model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    for (int64_t i = 0; i < params->count; i++) {
+    for (int64_t k = 0; k < cat->n; k++) {
+        const struct entry *e = &cat->entries[k];
+        int64_t i = e->local;
+        snprintf(path, sizeof path, "/model/%s", e->name);
+        if (i < 0) {
+            if (create_only(w, model, path, e->name, e->dtype, e->ndim, e->full) != BT_OK)
+                goto fail;
+            continue;
+        }
         const bt_tensor *t = params->tensors[i];
         struct nn_split split = split_of(params, i, full, &cut);
-        snprintf(path, sizeof path, "/model/%s", params->names[i]);
         if (check_tensor(w, path, t) != BT_OK ||
             write_shared(w, model, path, params->names[i], t->dtype, t->ndim, full, &split,
                          bt_data(t), 0, t->ndim ? t->shape[0] : 1,
-                         cut ? w->at.replica_rank : w->at.rank,
-                         cut ? w->at.replica_size : w->at.size) != BT_OK)
+                         cut ? w->at.replica_rank : w->at.hold_rank,
+                         cut ? w->at.replica_size : w->at.hold_size) != BT_OK)
             goto fail;
     }
     H5_CHECK(w->label, H5Gclose(model));
@@ -555,12 +850,6 @@ static bt_status write_model(struct writer *w, const struct nn_param_list *param
 fail:
     h5_close_quietly(model);
     return BT_ERR;
-}
-
-static int64_t optim_index(const struct optim *opt, const char *name) {
-    for (int64_t i = 0; opt && i < optim_num_params(opt); i++)
-        if (strcmp(optim_param_name(opt, i), name) == 0) return i;
-    return -1;
 }
 
 /* State `state` of params entry p: every rank creates the dataset (the parameter's full shape, or
@@ -584,27 +873,29 @@ static bt_status write_state(struct writer *w, hid_t group, const char *path, co
     if (t && t->ndim == 0) {
         int64_t held = !opt_row0 || opt_row0[i] == 0 ? 1 : 0; /* rows: row 0's owner has it */
         return write_shared(w, group, path, state, t->dtype, 0, NULL, &whole, bt_data(t), 0, held,
-                            opt_row0 ? w->at.split_rank : w->at.rank,
-                            opt_row0 ? w->at.split_size : w->at.size);
+                            opt_row0 ? w->at.split_rank : w->at.hold_rank,
+                            opt_row0 ? w->at.split_size : w->at.hold_size);
     }
     if (!t) { /* a shard of no rows on this rank; the dataset is still created collectively */
-        bool scalar = strcmp(state, "step") == 0;
-        return write_piece(w, group, path, state, scalar ? BT_I64 : BT_F32,
-                           scalar ? 0 : param->ndim, full, &split, NULL, 0, 0);
+        bool count = state_is_count(state);
+        return create_only(w, group, path, state, count ? BT_I64 : BT_F32, count ? 0 : param->ndim,
+                           full);
     }
     if (!opt_row0)
         return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, bt_data(t),
-                            0, t->shape[0], cut ? w->at.replica_rank : w->at.rank,
-                            cut ? w->at.replica_size : w->at.size);
+                            0, t->shape[0], cut ? w->at.replica_rank : w->at.hold_rank,
+                            cut ? w->at.replica_size : w->at.hold_size);
     return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, bt_data(t),
                         opt_row0[i], t->shape[0], cut ? 0 : w->at.split_rank,
                         cut ? 1 : w->at.split_size);
 }
 
-/* /optimizer: attributes name and step_count, then a group per parameter holding its state.
- * Every rank walks the full parameter list, so the collective creates match. */
+/* /optimizer: attributes name and step_count, then a group per parameter with state holding it.
+ * Every rank walks the catalog, so the collective creates match; a stage creates the state of
+ * another stage's parameters without writing it. */
 static bt_status write_optimizer(struct writer *w, const struct nn_param_list *params,
-                                 const struct optim *opt, const int64_t *opt_row0) {
+                                 const struct optim *opt, const int64_t *opt_row0,
+                                 const struct catalog *cat) {
     hid_t group = -1, param = -1;
     const char *const *states = NULL;
     char path[CKPT_LABEL_MAX];
@@ -615,14 +906,19 @@ static bt_status write_optimizer(struct writer *w, const struct nn_param_list *p
     if (write_string(w->label, group, "name", name, false, w->at.rank) != BT_OK ||
         write_i64(w->label, group, "step_count", opt ? optim_step_count(opt) : 0) != BT_OK)
         goto fail;
-    for (int64_t p = 0; opt && n_states > 0 && p < params->count; p++) {
-        int64_t i = optim_index(opt, params->names[p]);
-        if (i < 0 && !opt_row0) continue; /* not optimized at all: no state */
-        H5_CHECK(w->label, param = H5Gcreate2(group, params->names[p], H5P_DEFAULT, H5P_DEFAULT,
-                                              H5P_DEFAULT));
+    for (int64_t k = 0; k < cat->n; k++) {
+        const struct entry *e = &cat->entries[k];
+        if (!e->has_state) continue; /* not optimized at all: no state */
+        int64_t i = e->local >= 0 ? optim_index(opt, e->name) : -1;
+        H5_CHECK(w->label,
+                 param = H5Gcreate2(group, e->name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
         for (int s = 0; s < n_states; s++) {
-            snprintf(path, sizeof path, "/optimizer/%s/%s", params->names[p], states[s]);
-            if (write_state(w, param, path, states[s], params, p, opt, i, opt_row0) != BT_OK)
+            bool count = state_is_count(states[s]);
+            snprintf(path, sizeof path, "/optimizer/%s/%s", e->name, states[s]);
+            if (e->local >= 0
+                    ? write_state(w, param, path, states[s], params, e->local, opt, i, opt_row0)
+                    : create_only(w, param, path, states[s], count ? BT_I64 : BT_F32,
+                                  count ? 0 : e->ndim, e->full))
                 goto fail;
         }
         H5_CHECK(w->label, H5Gclose(param));
@@ -714,14 +1010,15 @@ fail:
  * layout's group: a rank that fails still takes part in the collective calls that follow. */
 static bt_status write_file(const char *path, const struct nn_param_list *params,
                             const struct optim *opt, const struct ckpt_meta *meta,
-                            const struct ckpt_layout *layout, bool *collective_failed) {
+                            const struct ckpt_layout *layout, const struct catalog *cat,
+                            bool *collective_failed) {
     struct writer w = {.file = -1, .group = layout ? layout->group : NULL, .at = place_of(layout)};
     snprintf(w.label, sizeof w.label, "checkpoint %s", path);
     bt_status st = BT_ERR;
     if ((w.file = create_file(&w, path)) < 0) goto done;
     if (write_run_state(w.label, w.file, meta, w.at.rank) != BT_OK ||
-        write_model(&w, params) != BT_OK ||
-        write_optimizer(&w, params, opt, layout ? layout->opt_row0 : NULL) != BT_OK ||
+        write_model(&w, params, cat) != BT_OK ||
+        write_optimizer(&w, params, opt, layout ? layout->opt_row0 : NULL, cat) != BT_OK ||
         write_checksums(&w) != BT_OK)
         goto done;
     H5_CHECK(w.label, H5Fflush(w.file, H5F_SCOPE_GLOBAL));
@@ -738,12 +1035,24 @@ done:
     return st;
 }
 
-/* With a split group the layout's group is split group × replica group, and every cut parameter
- * is piece comm_rank(split_group) of comm_size(split_group) of its full tensor. */
+static const char *group_name(struct comm *c) {
+    return c ? comm_name(c) : "(none)";
+}
+
+/* With a pipeline the layout's group is split group × replica group × stage group, without one
+ * (and with a split group) split group × replica group; every cut parameter is piece
+ * comm_rank(split_group) of comm_size(split_group) of its full tensor. */
 static bt_status check_layout(const struct nn_param_list *params, const struct ckpt_layout *layout,
                               const struct place *at, const char *label) {
     struct comm *split = layout ? layout->split_group : NULL;
-    if (split && at->size != at->split_size * at->replica_size)
+    if (at->stage_size > 1 && at->size != at->split_size * at->replica_size * at->stage_size)
+        return bt_error("%s: layout: group %s has %d ranks, but split group %s × replica group %s "
+                        "× stage group %s = %d × %d × %d",
+                        label, layout->group ? comm_name(layout->group) : "(this process)",
+                        at->size, group_name(split), group_name(layout->replica_group),
+                        comm_name(layout->stage_group), at->split_size, at->replica_size,
+                        at->stage_size);
+    if (at->stage_size == 1 && split && at->size != at->split_size * at->replica_size)
         return bt_error("%s: layout: group %s has %d ranks, but split group %s × replica group %s "
                         "= %d × %d",
                         label, layout->group ? comm_name(layout->group) : "(this process)",
@@ -799,6 +1108,11 @@ static bt_status precheck(const struct nn_param_list *params, const struct optim
             if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t))
                 return bt_error("%s: /optimizer/%s/%s must be a contiguous CPU tensor", label,
                                 optim_param_name(opt, i), states[s]);
+            /* the ranks that hold none of it create it so (write_state, write_optimizer) */
+            bool count = state_is_count(states[s]);
+            if (count ? t->dtype != BT_I64 || t->ndim != 0 : t->dtype != BT_F32)
+                return bt_error("%s: /optimizer/%s/%s must be %s", label, optim_param_name(opt, i),
+                                states[s], count ? "a 0-d int64 tensor" : "float32");
             if (p < 0 || t->ndim == 0) continue; /* not written / a scalar */
             const bt_tensor *piece = params->tensors[p];
             int64_t row0 = opt_row0 ? opt_row0[i] : 0;
@@ -937,11 +1251,19 @@ bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
     char label[CKPT_LABEL_MAX];
     snprintf(label, sizeof label, "checkpoint %s", tmp);
     struct place at = place_of(layout);
+    struct catalog cat = {0};
     bt_status st = precheck(params, opt, layout, &at, label);
     if (st == BT_OK && leader) st = make_dirs(dir);
     if (agree(group, st, tmp) != BT_OK) return BT_ERR;
+    /* with a pipeline, collective over the stage group: every rank gets here */
+    st = catalog_build(&cat, params, opt, layout, &at, label);
+    if (agree(group, st, tmp) != BT_OK) {
+        catalog_free(&cat);
+        return BT_ERR;
+    }
     bool collective_failed = false;
-    st = write_file(tmp, params, opt, meta, layout, &collective_failed);
+    st = write_file(tmp, params, opt, meta, layout, &cat, &collective_failed);
+    catalog_free(&cat);
     if (group && collective_failed) {
         /* the ranks' HDF5 calls no longer match: waiting for the others could hang them all */
         fflush(stdout);
@@ -950,6 +1272,8 @@ bt_status ckpt_save_layout(const char *dir, const struct nn_param_list *params,
     }
     if (agree(group, st, tmp) != BT_OK) {
         if (leader) unlink(tmp);
+        /* no rank returns before the temporary file is gone (the error stays the agreed one) */
+        if (group) (void)comm_barrier(group);
         return BT_ERR;
     }
     /* the leader makes it durable and visible; the others wait for the outcome */
