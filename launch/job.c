@@ -28,10 +28,6 @@ bt_status job_resolve_vocab_size(struct braid_config *cfg) {
 }
 
 bt_status job_check_supported(const struct braid_config *cfg) {
-    if (cfg->parallel.pp > 1)
-        return bt_error("parallel.pp=%lld: pipeline parallelism is not built yet (data and tensor "
-                        "parallelism are: use parallel.dp and parallel.tp)",
-                        (long long)cfg->parallel.pp);
     if (strcmp(cfg->train.device, "cpu") != 0)
         return bt_error("train.device=%s: braid was built without the CUDA backend (use cpu)",
                         cfg->train.device);

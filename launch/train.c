@@ -23,6 +23,7 @@
 #include "models/model.h"
 #include "parallel/dp.h"
 #include "parallel/grid.h"
+#include "parallel/pipeline.h"
 
 static const char train_usage[] =
     "usage: braid train CONFIG.yaml [--section.key=value ...]\n"
@@ -38,7 +39,10 @@ static const char train_usage[] =
 struct run {
     struct braid_config cfg;
     struct grid grid;
-    struct dp *dp; /* data parallelism: NULL when dp = 1 */
+    struct dp *dp;               /* data parallelism: NULL when dp = 1 */
+    struct pipeline *pp;         /* pipeline parallelism: NULL when pp = 1 */
+    struct comm *embedding_pair; /* pp: the first and last stage (tied embedding); else NULL */
+    double num_parameters;       /* of the whole model, every stage's */
     char *config_yaml;
     struct model *model;
     struct nn_param_list params;
@@ -60,6 +64,8 @@ static void run_free(struct run *r) {
     data_loader_close(r->val_data);
     data_loader_close(r->train_data);
     optim_free(r->opt);
+    pp_free(r->pp);
+    comm_free(r->embedding_pair);
     dp_free(r->dp);
     nn_param_list_free(&r->params);
     model_free(r->model);
@@ -161,8 +167,12 @@ static bt_status restore(struct run *r, const char *path) {
                  (int)m->data_shuffle);
         goto done;
     }
-    if (ckpt_read_model(f, &r->params) != BT_OK ||
-        ckpt_read_optim_rows(f, r->opt, &r->params, r->dp ? dp_optim_row0(r->dp) : NULL) != BT_OK)
+    /* a pipeline stage reads its own tensors of the whole model's file */
+    const int64_t *row0 = r->dp ? dp_optim_row0(r->dp) : NULL;
+    bool stage = r->grid.pp > 1;
+    if ((stage ? ckpt_read_model_subset(f, &r->params) : ckpt_read_model(f, &r->params)) != BT_OK ||
+        (stage ? ckpt_read_optim_subset(f, r->opt, &r->params, row0)
+               : ckpt_read_optim_rows(f, r->opt, &r->params, row0)) != BT_OK)
         goto done;
     r->start_step = m->step;
     r->start_position = m->data_position;
@@ -198,10 +208,19 @@ static bt_status setup(struct run *r) {
         mc.tp_group = r->grid.tp_group;
         mc.sequence_parallel = cfg->parallel.sequence_parallel;
     }
+    if (r->grid.pp > 1) { /* this rank builds its stage: a contiguous range of the blocks */
+        int64_t begin[r->grid.pp], end[r->grid.pp];
+        if (model_stage_layers(&mc, r->grid.pp, begin, end) != BT_OK) return BT_ERR;
+        mc.pp_stages = r->grid.pp;
+        mc.pp_stage = r->grid.pp_rank;
+        mc.pp_layer_begin = begin[r->grid.pp_rank];
+        mc.pp_layer_end = end[r->grid.pp_rank];
+    }
     r->model = model_create(&mc, (uint64_t)cfg->train.seed);
     if (!r->model || model_parameters(r->model, &r->params) != BT_OK) return BT_ERR;
     if (!resuming && cfg->model.init_from[0]) {
-        if (ckpt_load_model(cfg->model.init_from, &r->params) != BT_OK)
+        if ((r->grid.pp > 1 ? ckpt_load_model_subset(cfg->model.init_from, &r->params)
+                            : ckpt_load_model(cfg->model.init_from, &r->params)) != BT_OK)
             return bt_error_prefix("model.init_from");
         printf("model.init_from: weights from %s\n", cfg->model.init_from);
     }
@@ -222,6 +241,16 @@ static bt_status setup(struct run *r) {
                                .zero1 = cfg->parallel.zero == 1};
         if (!(r->dp = dp_create(r->grid.dp_group, &r->params, &o))) return BT_ERR;
     }
+    if (r->grid.pp > 1) {
+        pp_schedule schedule;
+        if (!pp_schedule_parse(cfg->parallel.schedule, &schedule)) return BT_ERR;
+        int64_t sp = cfg->parallel.sequence_parallel ? r->grid.tp : 1;
+        struct pp_options o = {.schedule = schedule,
+                               .microbatches = cfg->train.grad_accum,
+                               .act_ndim = 3,
+                               .act_shape = {cfg->train.batch_size, T / sp, cfg->model.n_embd}};
+        if (!(r->pp = pp_create(r->grid.pp_group, &o))) return BT_ERR;
+    }
     if (build_optimizer(r) != BT_OK) return BT_ERR;
     if (resuming && restore(r, resume_path) != BT_OK) return BT_ERR;
     if (r->grid.rank == 0 && metrics_open(&r->log, cfg->log.dir, r->start_step) != BT_OK)
@@ -231,10 +260,32 @@ static bt_status setup(struct run *r) {
     int64_t rows = cfg->train.batch_size * T, C = cfg->model.n_embd;
     int64_t wide = mc.vocab_size > 4 * C ? mc.vocab_size : 4 * C;
     r->peak_flops = metrics_sgemm_peak(rows, wide, C, 0.25);
-    printf("model: %s, %lld parameters | data: %lld tokens, %lld windows of %lld | sgemm peak "
+    return BT_OK;
+}
+
+/* The collective part of the setup, once every rank has built its part: the pipeline's
+ * first-and-last-stage group, the whole model's parameter count, and the banners. */
+static bt_status setup_parallel(struct run *r) {
+    const struct braid_config *cfg = &r->cfg;
+    int pp = r->grid.pp, stage = r->grid.pp_rank;
+    double local = (double)model_num_parameters(r->model);
+    if (pp > 1) {
+        if (cfg->model.tie_embeddings) {
+            bool ends = stage == 0 || stage == pp - 1;
+            r->embedding_pair = comm_split(r->grid.pp_group, ends ? 0 : 1, stage, "embedding");
+            if (!r->embedding_pair) return BT_ERR;
+            /* the last stage's copy is counted by the first */
+            bt_tensor *tied = model_tied_embedding(r->model);
+            if (stage == pp - 1 && tied)
+                local -= (double)(cfg->model.vocab_size * cfg->model.n_embd);
+        }
+        if (comm_allreduce_doubles(r->grid.pp_group, &local, 1, COMM_SUM) != BT_OK) return BT_ERR;
+    }
+    r->num_parameters = local;
+    int64_t T = cfg->train.seq_len;
+    printf("model: %s, %.0f parameters | data: %lld tokens, %lld windows of %lld | sgemm peak "
            "%.1f GFLOP/s\n",
-           cfg->model.arch, (long long)model_num_parameters(r->model),
-           (long long)data_loader_tokens(r->train_data),
+           cfg->model.arch, r->num_parameters, (long long)data_loader_tokens(r->train_data),
            (long long)data_loader_windows(r->train_data), (long long)T, r->peak_flops / 1e9);
     if (r->grid.tp > 1)
         printf("tensor parallel: tp=%d, %lld of the parameters on each rank%s\n", r->grid.tp,
@@ -242,6 +293,12 @@ static bt_status setup(struct run *r) {
                cfg->parallel.sequence_parallel ? ", sequence parallel" : "");
     else if (cfg->parallel.sequence_parallel)
         printf("parallel.sequence_parallel has no effect at parallel.tp=1\n");
+    if (pp > 1) /* rank 0 speaks for stage 0 */
+        printf("pipeline parallel: pp=%d, schedule %s, %lld micro-batches a step; stage 0 holds "
+               "layers [%lld, %lld)\n",
+               pp, cfg->parallel.schedule, (long long)cfg->train.grad_accum,
+               (long long)r->model->config.pp_layer_begin,
+               (long long)r->model->config.pp_layer_end);
     if (r->dp)
         printf("data parallel: dp=%lld, %lld gradient buckets of about %g MB%s\n",
                (long long)cfg->parallel.dp, (long long)dp_stats(r->dp)->buckets,
@@ -275,6 +332,79 @@ static void catch_stop_signals(void) {
     sigaction(SIGINT, &sa, NULL);
 }
 
+/* ---- pipeline parallelism: this stage's part of a micro-batch ---- */
+
+static void seed_dropout(uint64_t seed, int64_t g);
+
+/* What the pipeline's callback needs to find micro-batch `micro` of a step. */
+struct stage_batch {
+    struct run *r;
+    struct data_loader *data;
+    int64_t first;   /* the step's first sample in the global stream */
+    int64_t micro0;  /* the global micro-batch number of the step's first (dropout streams) */
+    bool evaluating; /* validation batch k = dp_rank + micro * dp */
+};
+
+/* Dropout values the stages before this one draw for one micro-batch (one mask of (B, T, C) per
+ * dropout layer: the embeddings' and two per block), so that this stage continues the
+ * micro-batch's stream where a single rank would be. */
+static uint64_t dropout_values_before(const struct run *r) {
+    const struct braid_config *cfg = &r->cfg;
+    if (cfg->model.dropout == 0.0 || model_is_first_stage(r->model)) return 0;
+    int64_t layers_before = r->model->config.pp_layer_begin;
+    return (uint64_t)((1 + 2 * layers_before) * cfg->train.batch_size * cfg->train.seq_len *
+                      cfg->model.n_embd);
+}
+
+static bt_tensor *stage_forward(void *ctx, int64_t micro, bt_tensor *in) {
+    struct stage_batch *sb = ctx;
+    struct run *r = sb->r;
+    int64_t B = r->cfg.train.batch_size, dp = r->grid.dp;
+    int64_t g = sb->evaluating ? r->grid.dp_rank + micro * dp : micro * dp + r->grid.dp_rank;
+    bt_tensor *x = NULL, *y = NULL;
+    bool first = model_is_first_stage(r->model), last = model_is_last_stage(r->model);
+    if ((first || last) && data_loader_batch(sb->data, sb->first + g * B, B, &x, &y) != BT_OK)
+        return NULL;
+    if (!sb->evaluating) {
+        seed_dropout((uint64_t)r->cfg.train.seed, sb->micro0 + g);
+        bt_runtime()->dropout_rng.offset = dropout_values_before(r);
+    }
+    bt_tensor *out = model_stage_forward(r->model, first ? x : in, last ? y : NULL, NULL);
+    if (!last || !out || sb->evaluating) return out;
+    /* the step's loss is the mean over its micro-batches */
+    return bt_mul_scalar(out, 1.0 / (double)r->cfg.train.grad_accum);
+}
+
+static void arm_data_parallel(void *ctx) {
+    struct stage_batch *sb = ctx;
+    if (sb->r->dp) dp_arm(sb->r->dp);
+}
+
+/* The public name of the tied embedding on this stage (its parameter list's), or NULL. */
+static const char *tied_embedding_name(const struct run *r) {
+    bt_tensor *tied = model_tied_embedding(r->model);
+    for (int64_t i = 0; tied && i < r->params.count; i++)
+        if (r->params.tensors[i] == tied) return r->params.names[i];
+    return NULL;
+}
+
+/* The gradient of the tied embedding, held by the first and the last stage, is the sum of theirs
+ * (after data parallelism has averaged each; with ZeRO-1 each rank sums its rows). */
+static bt_status sum_tied_embedding(struct run *r) {
+    bt_tensor *tied = model_tied_embedding(r->model);
+    if (!r->embedding_pair || !tied || comm_size(r->embedding_pair) < 2) return BT_OK;
+    bt_tensor *grad = tied->grad;
+    if (r->dp) { /* the optimizer's tensor of the same name: tied itself or this rank's rows */
+        const struct nn_param_list *list = dp_optim_params(r->dp);
+        const char *name = tied_embedding_name(r);
+        grad = NULL;
+        for (int64_t i = 0; name && i < list->count; i++)
+            if (strcmp(list->names[i], name) == 0) grad = list->tensors[i]->grad;
+    }
+    /* both stages hold the same rows (same dp rank, same shape): present on both or neither */
+    return grad ? comm_allreduce(r->embedding_pair, grad, COMM_SUM) : BT_OK;
+}
+
 /* Mean loss over eval_steps batches of the validation data, in eval mode without autograd. */
 static bt_status evaluate(struct run *r, double *val_loss) {
     const struct cfg_train *t = &r->cfg.train;
@@ -282,6 +412,20 @@ static bt_status evaluate(struct run *r, double *val_loss) {
     model_train(r->model, false);
     double sum = 0.0;
     bt_status status = BT_OK;
+    if (r->pp) { /* the last stages' losses, summed over the world by their tp rank 0 */
+        int64_t mine = (t->eval_steps - r->grid.dp_rank + r->grid.dp - 1) / r->grid.dp;
+        struct stage_batch sb = {.r = r, .data = r->val_data, .evaluating = true};
+        status = pp_forward_only(r->pp, mine > 0 ? mine : 0, stage_forward, &sb, &sum);
+        bt_step_end();
+        model_train(r->model, true);
+        bt_set_grad_enabled(grad_mode);
+        if (r->grid.tp_rank != 0) sum = 0.0;
+        if (status == BT_OK &&
+            comm_allreduce_doubles(r->grid.world_group, &sum, 1, COMM_SUM) != BT_OK)
+            status = BT_ERR;
+        *val_loss = sum / (double)t->eval_steps;
+        return status;
+    }
     /* dp ranks share the batches: rank r takes r, r + dp, ... */
     for (int64_t k = r->grid.dp_rank; k < t->eval_steps && status == BT_OK; k += r->grid.dp) {
         bt_tensor *x, *y;
@@ -312,6 +456,9 @@ static void seed_dropout(uint64_t seed, int64_t g) {
     bt_runtime()->dropout_rng = bt_rng_make(z ^ (z >> 31));
 }
 
+static bt_status finish_step(struct run *r, int64_t step, double lr, const double *sums,
+                             double *loss_out, double *norm_out, bool *stop);
+
 /* One optimizer step over this rank's grad_accum micro-batches: micro-batch m of dp rank r is
  * global micro-batch m * dp + r (DESIGN.md "Data order"). Returns the step's mean loss over all
  * ranks, the gradient norm, and whether any rank was asked to stop (a signal). */
@@ -326,12 +473,27 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
     else
         optim_zero_grad(r->opt);
     double sums[2] = {0.0, stop_signal ? 1.0 : 0.0}; /* loss, stop requests */
+    int64_t micro0 = r->start_micro + (step - r->start_step) * r->micro_per_step;
+    if (r->pp) {
+        struct stage_batch sb = {.r = r, .data = r->train_data, .first = first, .micro0 = micro0};
+        struct pp_step_stats stats;
+        if (pp_step(r->pp, stage_forward, arm_data_parallel, &sb, &stats) != BT_OK) return BT_ERR;
+        bt_step_end();
+        /* the last stage's tp rank 0 speaks for its dp rank's micro-batches */
+        if (model_is_last_stage(r->model) && r->grid.tp_rank == 0)
+            sums[0] = stats.loss_sum * (double)t->grad_accum;
+        if (r->dp && dp_finish(r->dp) != BT_OK) return BT_ERR;
+        if (sum_tied_embedding(r) != BT_OK) return BT_ERR;
+        if (comm_allreduce_doubles(r->grid.world_group, &sums[0], 1, COMM_SUM) != BT_OK ||
+            comm_allreduce_doubles(r->grid.world_group, &sums[1], 1, COMM_MAX) != BT_OK)
+            return BT_ERR;
+        return finish_step(r, step, lr, sums, loss_out, norm_out, stop);
+    }
     for (int64_t m = 0; m < t->grad_accum; m++) {
         int64_t g = m * dp + r->grid.dp_rank;
         bt_tensor *x, *y;
         if (data_loader_batch(r->train_data, first + g * B, B, &x, &y) != BT_OK) return BT_ERR;
-        seed_dropout((uint64_t)t->seed,
-                     r->start_micro + (step - r->start_step) * r->micro_per_step + g);
+        seed_dropout((uint64_t)t->seed, micro0 + g);
         bt_tensor *loss = model_forward(r->model, x, y, NULL);
         /* the step's loss is the mean over micro-batches: scale each one's gradient (and dp
          * averages over ranks) */
@@ -348,11 +510,24 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
     if (r->grid.world > dp &&
         comm_allreduce_doubles(r->grid.world_group, &sums[1], 1, COMM_MAX) != BT_OK)
         return BT_ERR;
+    return finish_step(r, step, lr, sums, loss_out, norm_out, stop);
+}
+
+/* The end of a step, once the gradients are whole and sums holds {the loss summed over the step's
+ * global micro-batches, the stop requests}: the mean loss, clipping, the update. */
+static bt_status finish_step(struct run *r, int64_t step, double lr, const double *sums,
+                             double *loss_out, double *norm_out, bool *stop) {
+    const struct cfg_train *t = &r->cfg.train;
     *loss_out = sums[0] / (double)r->micro_per_step;
     *stop = sums[1] > 0.0;
     double max_norm = t->grad_clip > 0.0 ? t->grad_clip : INFINITY;
+    bool tied_copy =
+        r->embedding_pair && model_is_last_stage(r->model) && !model_is_first_stage(r->model);
     struct grid_norm_groups groups = {
-        .rows = r->dp && r->cfg.parallel.zero ? r->grid.dp_group : NULL, .tp = r->grid.tp_group};
+        .rows = r->dp && r->cfg.parallel.zero ? r->grid.dp_group : NULL,
+        .tp = r->grid.tp_group,
+        .pp = r->grid.pp_group,
+        .counted_elsewhere = tied_copy ? tied_embedding_name(r) : NULL};
     *norm_out = grid_clip_grad_norm(r->dp ? dp_optim_params(r->dp) : &r->params, &groups, max_norm);
     if (*norm_out < 0.0) return BT_ERR;
     if (!isfinite(*loss_out)) {
@@ -394,6 +569,7 @@ static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
     struct ckpt_layout layout = {.group = r->grid.world_group,
                                  .split_group = r->grid.tp > 1 ? r->grid.tp_group : NULL,
                                  .replica_group = r->grid.dp_group,
+                                 .stage_group = r->grid.pp > 1 ? r->grid.pp_group : NULL,
                                  .opt_row0 = r->dp ? dp_optim_row0(r->dp) : NULL};
     if (ckpt_save_layout(cfg->checkpoint.dir, &r->params, r->opt, &meta, cfg->checkpoint.keep,
                          &layout) != BT_OK) {
@@ -410,7 +586,9 @@ static bt_status train_loop(struct run *r) {
     const struct cfg_train *t = &cfg->train;
     int64_t tokens_per_step = t->batch_size * r->micro_per_step * t->seq_len;
     double peak = r->peak_flops * r->grid.world; /* every rank's cores */
-    double flops_per_token = model_flops_per_token(r->model, t->seq_len);
+    /* of the whole model: with pipeline stages, every stage's parameters */
+    double flops_per_token =
+        model_flops_per_token_of(&r->model->config, r->num_parameters, t->seq_len);
     double start = now_seconds(), window_start = start, eval_time = 0.0;
     int64_t window_steps = 0;
     if (r->start_step >= t->max_steps) {
@@ -541,6 +719,10 @@ int cmd_train(int argc, char **argv) {
         status = 2;
     } else if (setup_all(&r) != BT_OK) {
         status = 1;
+    } else if (setup_parallel(&r) != BT_OK) { /* collective: a failure here cannot be agreed */
+        cli_error("rank %d: %s", rank, bt_last_error());
+        fflush(NULL);
+        comm_abort(1);
     } else {
         catch_stop_signals();
         if (train_loop(&r) != BT_OK) {
