@@ -9,6 +9,8 @@
 #   untied           pp=2 with an untied LM head
 #   layouts          the 3-D invariance: dp4, tp4, pp4, dp2×tp2, dp2×pp2, tp2×pp2 on 4 ranks
 #   resume_tp2pp2    a tp2×pp2 checkpoint resumed at dp=4 and at one rank continues the losses
+#   stage_killed     a stage killed with SIGKILL mid-run ends the job non-zero within 30 s (its
+#                    neighbour does not wait for it forever)
 set -euo pipefail
 source "$(dirname "$0")/tiny_job.sh" "$@"
 job+=(--model.vocab_size=68 --model.n_layer=4 --model.n_head=4 --train.eval_every=4)
@@ -57,6 +59,26 @@ resume_tp2pp2)
   grep -q "^resumed from .*step_00000008.h5: step 8" "$out/to_dp4.log" || fail "did not resume"
   same_losses straight to_dp4 9
   same_losses straight to_one 9
+  ;;
+stage_killed)
+  mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --parallel.pp=2 --train.grad_accum=4 \
+    --train.max_steps=1000000 --train.eval_every=0 --log.every=50 --log.dir="$out/k" \
+    --checkpoint.dir="$out/k/ck" > "$out/k.log" 2> "$out/k.err" &
+  launcher=$!
+  for _ in $(seq 200); do
+    grep -q '^step ' "$out/k.log" 2> /dev/null && break
+    sleep 0.1
+  done
+  victim=$(pgrep -f -n "braid train .*--log.dir=$out/k") || fail "no stage to kill"
+  start=$(date +%s)
+  kill -9 "$victim"
+  status=0
+  wait "$launcher" || status=$?
+  elapsed=$(($(date +%s) - start))
+  test "$status" -ne 0 || fail "the job exited 0 after a stage was killed"
+  test "$elapsed" -le 30 || fail "the job took ${elapsed} s to end after a stage was killed"
+  ! pgrep -f "braid train .*--log.dir=$out/k" > /dev/null || fail "stages are left running"
+  echo "ok: the job ended with status $status ${elapsed} s after a stage was killed"
   ;;
 *)
   fail "unknown case $case_name"
