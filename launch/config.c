@@ -79,6 +79,7 @@ static const struct cfg_key keys[] = {
     ENUM(parallel, schedule, "1f1b, gpipe"),
     KEY(parallel, bucket_mb, CFG_FLOAT),
     KEY(parallel, sequence_parallel, CFG_BOOL),
+    KEY(parallel, stage_layers, CFG_STRING),
     KEY(data, train, CFG_STRING),
     KEY(data, val, CFG_STRING),
     KEY(data, shuffle, CFG_BOOL),
@@ -878,6 +879,55 @@ static bt_status check_optimizer(const struct braid_config *cfg) {
     return BT_OK;
 }
 
+/* parallel.stage_layers: "n0,n1,..." into counts (at most max); the number of them, or -1 when
+ * the text is not a list of positive integers */
+static int parse_stage_layers(const char *text, int64_t *counts, int max) {
+    int n = 0;
+    for (const char *at = text;; at++) {
+        char *end;
+        long long v = strtoll(at, &end, 10);
+        if (end == at || v < 1 || n == max || (*end != ',' && *end != '\0')) return -1;
+        counts[n++] = v;
+        at = end;
+        if (*at == '\0') return n;
+    }
+}
+
+/* a list of parallel.pp positive block counts summing to model.n_layer */
+static bt_status check_stage_layers(const struct braid_config *cfg) {
+    const struct cfg_parallel *p = &cfg->parallel;
+    int64_t counts[64], sum = 0;
+    int n = parse_stage_layers(p->stage_layers, counts, 64);
+    char note[160];
+    if (n < 0)
+        return key_error(cfg, p->stage_layers, "must be a list of positive block counts", NULL,
+                         "one per pipeline stage, e.g. \"3,5\"");
+    for (int s = 0; s < n; s++)
+        sum += counts[s];
+    if (n != p->pp) {
+        snprintf(note, sizeof note, "it names %d stages", n);
+        return key_error(cfg, p->stage_layers, "must have one count per stage of", &p->pp, note);
+    }
+    if (sum != cfg->model.n_layer) {
+        snprintf(note, sizeof note, "its counts add up to %lld", (long long)sum);
+        return key_error(cfg, p->stage_layers, "must add up to", &cfg->model.n_layer, note);
+    }
+    return BT_OK;
+}
+
+bool cfg_stage_layers(const struct braid_config *cfg, int64_t *begin, int64_t *end) {
+    int64_t counts[64];
+    int n = cfg->parallel.stage_layers[0]
+                ? parse_stage_layers(cfg->parallel.stage_layers, counts, 64)
+                : -1;
+    if (n < 1) return false;
+    for (int s = 0, at = 0; s < n; s++) {
+        begin[s] = at;
+        end[s] = at += (int)counts[s];
+    }
+    return true;
+}
+
 static bt_status check_layout(const struct braid_config *cfg, int world_size) {
     const struct cfg_parallel *p = &cfg->parallel;
     const struct cfg_model *m = &cfg->model;
@@ -911,6 +961,7 @@ static bt_status check_layout(const struct braid_config *cfg, int world_size) {
                          "parallel.sequence_parallel splits the sequence across the tp ranks");
     if (p->pp > m->n_layer)
         return key_error(cfg, &p->pp, "must be <=", &m->n_layer, "each stage needs a layer");
+    if (p->stage_layers[0] && check_stage_layers(cfg) != BT_OK) return BT_ERR;
     if (p->microbatches != cfg->train.grad_accum)
         return key_error(cfg, &p->microbatches, "must equal", &cfg->train.grad_accum,
                          "pipeline micro-batches are the gradient-accumulation steps");

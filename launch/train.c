@@ -210,7 +210,9 @@ static bt_status setup(struct run *r) {
     }
     if (r->grid.pp > 1) { /* this rank builds its stage: a contiguous range of the blocks */
         int64_t begin[r->grid.pp], end[r->grid.pp];
-        if (model_stage_layers(&mc, r->grid.pp, begin, end) != BT_OK) return BT_ERR;
+        if (!cfg_stage_layers(cfg, begin, end) &&
+            model_stage_layers(&mc, r->grid.pp, begin, end) != BT_OK)
+            return BT_ERR;
         mc.pp_stages = r->grid.pp;
         mc.pp_stage = r->grid.pp_rank;
         mc.pp_layer_begin = begin[r->grid.pp_rank];

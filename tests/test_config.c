@@ -357,6 +357,43 @@ START_TEST(test_relation_layout) {
     FINALIZE_FAILS(16, "command line: parallel.pp=16 must be <= model.n_layer=12 (default)",
                    "--parallel.pp=16");
     FINALIZE_FAILS(1, "command line: parallel.zero=2 must be 0 or 1", "--parallel.zero=2");
+    FINALIZE_FAILS(2,
+                   "command line: parallel.tp=2 does not divide model.vocab_size=65: set "
+                   "model.vocab_size to a multiple of 2 (ids above the tokenizer's are never "
+                   "seen), e.g. 66",
+                   "--parallel.tp=2", "--model.vocab_size=65");
+    FINALIZE_FAILS(2, "parallel.tp=2 does not divide train.seq_len=255", "--parallel.tp=2",
+                   "--parallel.sequence_parallel=true", "--train.seq_len=255");
+}
+END_TEST
+
+/* parallel.stage_layers: one positive count per stage, adding up to n_layer */
+START_TEST(test_relation_stage_layers) {
+    FINALIZE_FAILS(2,
+                   "command line: parallel.stage_layers='5,x' must be a list of positive "
+                   "block counts: one per pipeline stage, e.g. \"3,5\"",
+                   "--parallel.pp=2", "--parallel.stage_layers=5,x");
+    FINALIZE_FAILS(2, "parallel.stage_layers='0,12' must be a list of positive block counts",
+                   "--parallel.pp=2", "--parallel.stage_layers=0,12");
+    FINALIZE_FAILS(2,
+                   "parallel.stage_layers='4,4,4' must have one count per stage of "
+                   "parallel.pp=2: it names 3 stages",
+                   "--parallel.pp=2", "--parallel.stage_layers=4,4,4");
+    FINALIZE_FAILS(2,
+                   "parallel.stage_layers='5,5' must add up to model.n_layer=12 (default): "
+                   "its counts add up to 10",
+                   "--parallel.pp=2", "--parallel.stage_layers=5,5");
+    struct braid_config cfg;
+    cfg_defaults(&cfg);
+    ck_assert_int_eq(cfg_apply_override(&cfg, "--data.train=shards/train_*.bin"), BT_OK);
+    ck_assert_int_eq(cfg_apply_override(&cfg, "--parallel.pp=2"), BT_OK);
+    ck_assert_int_eq(cfg_apply_override(&cfg, "--parallel.stage_layers=5,7"), BT_OK);
+    ck_assert_int_eq(cfg_finalize(&cfg, 2), BT_OK);
+    int64_t begin[2], end[2];
+    ck_assert(cfg_stage_layers(&cfg, begin, end));
+    ck_assert(begin[0] == 0 && end[0] == 5 && begin[1] == 5 && end[1] == 12);
+    cfg_defaults(&cfg);
+    ck_assert(!cfg_stage_layers(&cfg, begin, end)); /* empty: balanced by the model */
 }
 END_TEST
 
@@ -523,6 +560,7 @@ static Suite *config_suite(void) {
     bt_suite_add(s, test_relation_seq_len);
     bt_suite_add(s, test_relation_layout);
     bt_suite_add(s, test_relation_microbatches);
+    bt_suite_add(s, test_relation_stage_layers);
     bt_suite_add(s, test_relation_ranges);
     bt_suite_add(s, test_data_train_required);
     bt_suite_add(s, test_override_precedence);

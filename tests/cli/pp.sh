@@ -7,6 +7,7 @@
 #   pp2_1f1b         pp=2, 1F1B, 4 micro-batches == one rank with grad_accum=4
 #   pp2_gpipe        the same with GPipe
 #   untied           pp=2 with an untied LM head
+#   explicit_split   pp=2 with parallel.stage_layers="3,1" (stage 0 holds blocks 0-2)
 #   layouts          the 3-D invariance: dp4, tp4, pp4, dp2×tp2, dp2×pp2, tp2×pp2 on 4 ranks
 #   resume_tp2pp2    a tp2×pp2 checkpoint resumed at dp=4 and at one rank continues the losses
 #   stage_killed     a stage killed with SIGKILL mid-run ends the job non-zero within 30 s (its
@@ -34,6 +35,13 @@ untied)
   run single 1 --train.max_steps=12 --train.grad_accum=2 --model.tie_embeddings=false
   run pp2 2 --train.max_steps=12 --train.grad_accum=2 --model.tie_embeddings=false --parallel.pp=2
   same_losses single pp2
+  ;;
+explicit_split)
+  run single 1 --train.max_steps=12 --train.grad_accum=2
+  run split 2 --train.max_steps=12 --train.grad_accum=2 --parallel.pp=2 \
+    --parallel.stage_layers=3,1
+  grep -q "stage 0 holds layers \[0, 3)" "$out/split.log" || fail "the split was not used"
+  same_losses single split
   ;;
 layouts)
   run single 1 --train.max_steps=12 --train.grad_accum=4
