@@ -70,24 +70,7 @@ error_once)
   echo "ok: $(grep 'braid: error' "$out/e.err")"
   ;;
 rank_killed)
-  mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --parallel.dp=2 \
-    --train.max_steps=1000000 --train.eval_every=0 --log.every=50 --log.dir="$out/k" \
-    --checkpoint.dir="$out/k/ck" > "$out/k.log" 2> "$out/k.err" &
-  launcher=$!
-  for _ in $(seq 200); do
-    grep -q '^step ' "$out/k.log" 2> /dev/null && break
-    sleep 0.1
-  done
-  victim=$(pgrep -f -n "braid train .*--log.dir=$out/k") || fail "no rank to kill"
-  start=$(date +%s)
-  kill -9 "$victim"
-  status=0
-  wait "$launcher" || status=$?
-  elapsed=$(($(date +%s) - start))
-  test "$status" -ne 0 || fail "the job exited 0 after a rank was killed"
-  test "$elapsed" -le 30 || fail "the job took ${elapsed} s to end after a rank was killed"
-  ! pgrep -f "braid train .*--log.dir=$out/k" > /dev/null || fail "ranks are left running"
-  echo "ok: the job ended with status $status ${elapsed} s after a rank was killed"
+  kill_one_rank 2 --parallel.dp=2
   ;;
 *)
   fail "unknown case $case_name"

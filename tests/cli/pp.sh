@@ -69,24 +69,7 @@ resume_tp2pp2)
   same_losses straight to_one 9
   ;;
 stage_killed)
-  mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --parallel.pp=2 --train.grad_accum=4 \
-    --train.max_steps=1000000 --train.eval_every=0 --log.every=50 --log.dir="$out/k" \
-    --checkpoint.dir="$out/k/ck" > "$out/k.log" 2> "$out/k.err" &
-  launcher=$!
-  for _ in $(seq 200); do
-    grep -q '^step ' "$out/k.log" 2> /dev/null && break
-    sleep 0.1
-  done
-  victim=$(pgrep -f -n "braid train .*--log.dir=$out/k") || fail "no stage to kill"
-  start=$(date +%s)
-  kill -9 "$victim"
-  status=0
-  wait "$launcher" || status=$?
-  elapsed=$(($(date +%s) - start))
-  test "$status" -ne 0 || fail "the job exited 0 after a stage was killed"
-  test "$elapsed" -le 30 || fail "the job took ${elapsed} s to end after a stage was killed"
-  ! pgrep -f "braid train .*--log.dir=$out/k" > /dev/null || fail "stages are left running"
-  echo "ok: the job ended with status $status ${elapsed} s after a stage was killed"
+  kill_one_rank 2 --parallel.pp=2 --train.grad_accum=4
   ;;
 *)
   fail "unknown case $case_name"

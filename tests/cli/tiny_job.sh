@@ -1,7 +1,7 @@
 # Sourced by tests/cli/dp.sh, tp.sh and launch.sh with their arguments (CASE BRAID REPO_DIR
 # OUT_DIR): sets case_name, braid, repo and out (OUT_DIR/CASE, emptied), the root and thread
 # variables Open MPI and the ranks need, prepares tinyshakespeare (char) in $out/data, defines the
-# tiny job's arguments in `job`, and fail, run and same_losses.
+# tiny job's arguments in `job`, and fail, run, kill_one_rank and same_losses.
 
 case_name=$1 braid=$2 repo=$3 out=$4/$1
 rm -rf "$out" && mkdir -p "$out"
@@ -29,6 +29,30 @@ run() {
     cmd=(mpirun -np "$np" --oversubscribe "${cmd[@]}")
   fi
   timeout 300 "${cmd[@]}" > "$out/$name.log" 2>&1 || fail "$name failed: $(tail -5 "$out/$name.log")"
+}
+
+# kill_one_rank NP [overrides...]: starts a long run of the job on NP ranks, kills one rank with
+# SIGKILL once it trains, and fails unless the job ends non-zero within 30 s with no rank left
+kill_one_rank() {
+  local np=$1
+  shift
+  mpirun -np "$np" --oversubscribe "$braid" train "${job[@]}" "$@" --train.max_steps=1000000 \
+    --train.eval_every=0 --log.every=50 --log.dir="$out/k" --checkpoint.dir="$out/k/ck" \
+    > "$out/k.log" 2> "$out/k.err" &
+  local launcher=$! victim start status=0 elapsed
+  for _ in $(seq 200); do
+    grep -q '^step ' "$out/k.log" 2> /dev/null && break
+    sleep 0.1
+  done
+  victim=$(pgrep -f -n "braid train .*--log.dir=$out/k") || fail "no rank to kill"
+  start=$(date +%s)
+  kill -9 "$victim"
+  wait "$launcher" || status=$?
+  elapsed=$(($(date +%s) - start))
+  test "$status" -ne 0 || fail "the job exited 0 after a rank was killed"
+  test "$elapsed" -le 30 || fail "the job took ${elapsed} s to end after a rank was killed"
+  ! pgrep -f "braid train .*--log.dir=$out/k" > /dev/null || fail "ranks are left running"
+  echo "ok: the job ended with status $status ${elapsed} s after a rank was killed"
 }
 
 # same_losses A B [FROM_STEP]: every loss and val_loss of rows >= FROM_STEP agree to 1e-5
