@@ -10,7 +10,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "comm/comm.h"
 #include "core/optim.h"
@@ -18,6 +17,7 @@
 #include "models/model.h"
 #include "parallel/dp.h"
 #include "parallel/grid.h"
+#include "tests/ckpt_check.h"
 #include "tests/gradcheck.h"
 #include "tests/mpi_test.h"
 #include "tests/twin_check.h"
@@ -25,33 +25,8 @@
 enum { V = 64, BLOCK = 16, NH = 4, C = 32, F = 128, L = 4, B = 2, T = 16 };
 #define LR 1e-3
 
-/* ---- the shared directory: rank 0 makes it, every rank learns its name ---- */
-
+/* the shared directory of the running test (tests/ckpt_check.h) */
 static char dir[64];
-
-static void shared_dir_make(void) {
-    bt_tensor *name = bt_tensor_new(BT_SHAPE(sizeof dir / sizeof(int64_t)), BT_I64, bt_cpu());
-    memset(bt_data(name), 0, sizeof dir);
-    if (twin_world_rank() == 0) {
-        test_tmpdir_make(dir, sizeof dir, "ckpt_pp");
-        memcpy(bt_data(name), dir, sizeof dir);
-    }
-    ck_assert_msg(comm_broadcast(comm_world(), name, 0) == BT_OK, "%s", bt_last_error());
-    memcpy(dir, bt_data(name), sizeof dir);
-    dir[sizeof dir - 1] = '\0';
-    bt_tensor_free(name);
-}
-
-static void shared_dir_remove(void) {
-    ck_assert(comm_barrier(comm_world()) == BT_OK); /* every rank is done reading */
-    if (twin_world_rank() == 0) test_tmpdir_remove(dir);
-    H5close(); /* HDF5's globals, so LeakSanitizer sees only braid's memory */
-}
-
-/* <dir>/<sub>/step_<step>.h5 */
-static void file_path(char *buf, size_t size, const char *sub, int64_t step) {
-    snprintf(buf, size, "%s/%s/step_%08lld.h5", dir, sub, (long long)step);
-}
 
 /* ---- the single-rank model ---- */
 
@@ -68,10 +43,7 @@ static void whole_create(struct whole *w, int64_t n_embd, uint64_t seed, bool st
     cfg.n_layer = L;
     w->model = twin_model_create(&cfg, seed);
     ck_assert(model_parameters(w->model, &w->params) == BT_OK);
-    struct optim_config oc = optim_config_default(OPTIM_ADAMW);
-    oc.weight_decay = 0.1;
-    w->opt = optim_create(&oc, &w->params);
-    ck_assert_msg(w->opt != NULL, "optim_create: %s", bt_last_error());
+    w->opt = ckpt_check_adamw(&w->params);
     if (!stepped) return;
     optim_zero_grad(w->opt);
     bt_tensor *loss =
@@ -178,10 +150,7 @@ static void stage_create(struct stage *st, int s, int S, int dp, int64_t n_embd,
             optimized = dp_optim_params(st->dp);
         }
     }
-    struct optim_config oc = optim_config_default(OPTIM_ADAMW);
-    oc.weight_decay = 0.1;
-    st->opt = optim_create(&oc, optimized);
-    ck_assert_msg(st->opt != NULL, "optim_create: %s", bt_last_error());
+    st->opt = ckpt_check_adamw(optimized);
     if (stepped) stage_copy_state(st);
 }
 
@@ -205,12 +174,8 @@ static struct ckpt_layout stage_layout(const struct stage *st) {
 }
 
 static void stage_save(struct stage *st, const char *sub, int64_t step) {
-    char path[128];
-    struct ckpt_meta meta = {.step = step, .config_yaml = "", .tokenizer_yaml = ""};
     struct ckpt_layout layout = stage_layout(st);
-    snprintf(path, sizeof path, "%s/%s", dir, sub);
-    ck_assert_msg(ckpt_save_layout(path, &st->params, st->opt, &meta, 0, &layout) == BT_OK,
-                  "save (rank %d): %s", twin_world_rank(), bt_last_error());
+    ckpt_check_save(dir, sub, step, &st->params, st->opt, &layout);
 }
 
 /* rank 0 saves the single-rank model in <dir>/<sub> (ckpt_save: a process alone) */
@@ -267,24 +232,6 @@ static void assert_same_files(const char *a, const char *b) {
     ckpt_close(fa);
 }
 
-/* x's parameters and optimizer state are bitwise `want`'s (the same names in the same order) */
-static void assert_same_state(const struct nn_param_list *xp, const struct optim *xo,
-                              const struct nn_param_list *wp, const struct optim *wo) {
-    const char *const *states = NULL;
-    int n_states = optim_state_names(xo, &states);
-    ck_assert_int_eq(xp->count, wp->count);
-    for (int64_t p = 0; p < xp->count; p++) {
-        ck_assert_str_eq(xp->names[p], wp->names[p]);
-        twin_assert_close(xp->names[p], xp->tensors[p], wp->tensors[p], -1.0);
-    }
-    ck_assert_int_eq(optim_num_params(xo), optim_num_params(wo));
-    ck_assert_int_eq(optim_step_count(xo), optim_step_count(wo));
-    for (int64_t i = 0; i < optim_num_params(xo); i++)
-        for (int s = 0; s < n_states; s++)
-            twin_assert_close(states[s], optim_state(xo, i, states[s]),
-                              optim_state(wo, i, states[s]), -1.0);
-}
-
 /* A stage of the same layout as `want` (another seed, no step) reads file `path` with the subset
  * readers and then holds want's parameters and state, bitwise. */
 static void assert_stage_reads(const struct stage *want, int dp, const char *path) {
@@ -296,7 +243,7 @@ static void assert_stage_reads(const struct stage *want, int dp, const char *pat
                   twin_world_rank(), bt_last_error());
     ck_assert_msg(ckpt_read_optim_subset(f, again.opt, &again.params, stage_row0(&again)) == BT_OK,
                   "rank %d: %s", twin_world_rank(), bt_last_error());
-    assert_same_state(&again.params, again.opt, &want->params, want->opt);
+    ckpt_check_same_state(&again.params, again.opt, &want->params, want->opt);
     if (want->S > 1) { /* the strict readers refuse a file holding the other stages' tensors */
         ck_assert_int_eq(ckpt_read_model(f, &again.params), BT_ERR);
         ck_assert_error_contains("is not a parameter of this model");
@@ -325,7 +272,7 @@ static void assert_whole_reads(const struct whole *want, const char *path) {
     ck_assert_msg(ckpt_read_model(f, &again.params) == BT_OK, "%s", bt_last_error());
     ck_assert_msg(ckpt_read_optim(f, again.opt) == BT_OK, "%s", bt_last_error());
     ckpt_close(f);
-    assert_same_state(&again.params, again.opt, &want->params, want->opt);
+    ckpt_check_same_state(&again.params, again.opt, &want->params, want->opt);
     whole_free(&again);
 }
 
@@ -339,8 +286,8 @@ static void check_layout_round_trip(int S, int s, int dp, const char *sub) {
     stage_save(&st, sub, 3);
     snprintf(whole_sub, sizeof whole_sub, "%s_whole", sub);
     whole_save(&st.base, whole_sub, 3);
-    file_path(stages_path, sizeof stages_path, sub, 3);
-    file_path(whole_path, sizeof whole_path, whole_sub, 3);
+    ckpt_check_file_path(stages_path, sizeof stages_path, dir, sub, 3);
+    ckpt_check_file_path(whole_path, sizeof whole_path, dir, whole_sub, 3);
 
     assert_same_files(stages_path, whole_path);
     assert_stage_reads(&st, dp, stages_path);
@@ -351,9 +298,9 @@ static void check_layout_round_trip(int S, int s, int dp, const char *sub) {
 
 /* The world as the stage group: stage r of P (P = 1: a single-rank run through the same calls). */
 MPI_TEST(test_stages_write_the_whole_model) {
-    shared_dir_make();
+    ckpt_check_dir_make(dir, sizeof dir, "ckpt_pp");
     check_layout_round_trip(twin_world_size(), twin_world_rank(), 0, "pp");
-    shared_dir_remove();
+    ckpt_check_dir_remove(dir);
 }
 
 /* 4 ranks as 2 stages × 2 dp ranks with ZeRO-1 (each dp rank holds rows of its stage's state);
@@ -361,25 +308,18 @@ MPI_TEST(test_stages_write_the_whole_model) {
 MPI_TEST(test_stage_by_dp_grid_with_zero1) {
     int P = twin_world_size();
     if (P < 2) return;
-    shared_dir_make();
+    ckpt_check_dir_make(dir, sizeof dir, "ckpt_pp");
     int dp = P / 2, dp_rank, tp_rank, pp_rank;
     grid_coords(twin_world_rank(), dp, 1, 2, &dp_rank, &tp_rank, &pp_rank);
     check_layout_round_trip(2, pp_rank, dp, "pp_dp");
-    shared_dir_remove();
+    ckpt_check_dir_remove(dir);
 }
 
 /* ---- errors ---- */
 
 static void assert_save_fails(struct stage *st, const struct ckpt_layout *layout,
                               const char *want) {
-    char path[128], latest[160];
-    struct ckpt_meta meta = {.step = 1, .config_yaml = "", .tokenizer_yaml = ""};
-    snprintf(path, sizeof path, "%s/bad", dir);
-    ck_assert_msg(ckpt_save_layout(path, &st->params, st->opt, &meta, 0, layout) == BT_ERR,
-                  "a bad layout was saved (rank %d)", twin_world_rank());
-    ck_assert_error_contains(want);
-    snprintf(latest, sizeof latest, "%s/latest", path);
-    ck_assert_int_ne(access(latest, F_OK), 0);
+    ckpt_check_save_fails(dir, &st->params, st->opt, layout, want);
 }
 
 /* A stage parameter the file lacks, and one of another shape, are named; groups whose sizes do not
@@ -388,11 +328,11 @@ static void assert_save_fails(struct stage *st, const struct ckpt_layout *layout
 MPI_TEST(test_stage_errors) {
     int P = twin_world_size(), rank = twin_world_rank();
     char path[128], want[512];
-    shared_dir_make();
+    ckpt_check_dir_make(dir, sizeof dir, "ckpt_pp");
     struct stage st;
     stage_create(&st, rank, P, 0, C, 3, false);
     stage_save(&st, "ok", 1);
-    file_path(path, sizeof path, "ok", 1);
+    ckpt_check_file_path(path, sizeof path, dir, "ok", 1);
 
     /* a block the file does not have */
     struct ckpt_file *f = ckpt_open(path);
@@ -480,7 +420,7 @@ MPI_TEST(test_stage_errors) {
         grid_free(&g);
     }
     stage_free(&st);
-    shared_dir_remove();
+    ckpt_check_dir_remove(dir);
 }
 
 static Suite *checkpoint_pp_suite(void) {

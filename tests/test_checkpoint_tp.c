@@ -5,7 +5,6 @@
  * layout (bitwise), into a single-rank model (its pieces are the TP ones) and the other way round.
  * Bad layouts and shapes are named. Runs alone and under mpirun with 2 and 4 ranks
  * (tests/checkpoint_tp_tests.cmake). */
-#include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -18,6 +17,7 @@
 #include "models/model.h"
 #include "parallel/dp.h"
 #include "parallel/grid.h"
+#include "tests/ckpt_check.h"
 #include "tests/gradcheck.h"
 #include "tests/mpi_test.h"
 #include "tests/twin_check.h"
@@ -26,33 +26,8 @@
 enum { V = 64, BLOCK = 16, NH = 4, C = 32, F = 128, B = 2, T = 16 };
 #define LR 1e-3
 
-/* ---- the shared directory: rank 0 makes it, every rank learns its name ---- */
-
+/* the shared directory of the running test (tests/ckpt_check.h) */
 static char dir[64];
-
-static void shared_dir_make(void) {
-    bt_tensor *name = bt_tensor_new(BT_SHAPE(sizeof dir / sizeof(int64_t)), BT_I64, bt_cpu());
-    memset(bt_data(name), 0, sizeof dir);
-    if (twin_world_rank() == 0) {
-        test_tmpdir_make(dir, sizeof dir, "ckpt_tp");
-        memcpy(bt_data(name), dir, sizeof dir);
-    }
-    ck_assert_msg(comm_broadcast(comm_world(), name, 0) == BT_OK, "%s", bt_last_error());
-    memcpy(dir, bt_data(name), sizeof dir);
-    dir[sizeof dir - 1] = '\0';
-    bt_tensor_free(name);
-}
-
-static void shared_dir_remove(void) {
-    ck_assert(comm_barrier(comm_world()) == BT_OK); /* every rank is done reading */
-    if (twin_world_rank() == 0) test_tmpdir_remove(dir);
-    H5close(); /* HDF5's globals, so LeakSanitizer sees only braid's memory */
-}
-
-/* <dir>/<sub>/step_<step>.h5 */
-static void file_path(char *buf, size_t size, const char *sub, int64_t step) {
-    snprintf(buf, size, "%s/%s/step_%08lld.h5", dir, sub, (long long)step);
-}
 
 /* ---- a model in a dp × tp layout (dp = tp = 1 without a grid: the single-rank twin) ---- */
 
@@ -87,10 +62,7 @@ static void run_create(struct run *r, bool tied, int64_t n_embd, int dp, int tp,
         ck_assert_msg(r->dp != NULL, "dp_create: %s", bt_last_error());
         optimized = dp_optim_params(r->dp);
     }
-    struct optim_config oc = optim_config_default(OPTIM_ADAMW);
-    oc.weight_decay = 0.1;
-    r->opt = optim_create(&oc, optimized);
-    ck_assert_msg(r->opt != NULL, "optim_create: %s", bt_last_error());
+    r->opt = ckpt_check_adamw(optimized);
 }
 
 static void run_free(struct run *r) {
@@ -135,12 +107,8 @@ static void run_step(struct run *r, int dp) {
 
 /* Saves r in <dir>/<sub> with its layout (the twin: every rank holds it whole, like dp replicas) */
 static void run_save(struct run *r, const char *sub, int64_t step) {
-    char path[128];
-    struct ckpt_meta meta = {.step = step, .config_yaml = "", .tokenizer_yaml = ""};
     struct ckpt_layout layout = run_layout(r);
-    snprintf(path, sizeof path, "%s/%s", dir, sub);
-    ck_assert_msg(ckpt_save_layout(path, &r->params, r->opt, &meta, 0, &layout) == BT_OK,
-                  "save (rank %d): %s", twin_world_rank(), bt_last_error());
+    ckpt_check_save(dir, sub, step, &r->params, r->opt, &layout);
 }
 
 /* Reads file `path` into r: its parameters and its optimizer state (ZeRO-1 rows where it has). */
@@ -206,21 +174,6 @@ static void assert_file_is(const char *path, const struct nn_param_list *twin,
     ckpt_close(f);
 }
 
-/* r's parameters and optimizer state are bitwise those of `want`, a run of the same layout */
-static void assert_same_run(const struct run *r, const struct run *want) {
-    const char *const *states = NULL;
-    int n_states = optim_state_names(r->opt, &states);
-    ck_assert_int_eq(r->params.count, want->params.count);
-    for (int64_t p = 0; p < r->params.count; p++)
-        twin_assert_close(r->params.names[p], r->params.tensors[p], want->params.tensors[p], -1.0);
-    ck_assert_int_eq(optim_num_params(r->opt), optim_num_params(want->opt));
-    ck_assert_int_eq(optim_step_count(r->opt), optim_step_count(want->opt));
-    for (int64_t i = 0; i < optim_num_params(r->opt); i++)
-        for (int s = 0; s < n_states; s++)
-            twin_assert_close(states[s], optim_state(r->opt, i, states[s]),
-                              optim_state(want->opt, i, states[s]), -1.0);
-}
-
 /* Piece (and ZeRO-1 rows) of `whole`'s tensor `full` that the same-named tensor `piece` of
  * parameter p of `tp` is, bitwise. */
 static void assert_piece(const char *what, const struct run *tp, int64_t p, const bt_tensor *full,
@@ -280,18 +233,18 @@ static void check_tp_world(bool tied) {
     ck_assert_int_eq(n_cut > 0, P > 1);
     ck_assert_int_eq(head_cut, P > 1 && !tied);
     run_save(&tp, "before", 0);
-    file_path(path, sizeof path, "before", 0);
+    ckpt_check_file_path(path, sizeof path, dir, "before", 0);
     assert_file_is(path, &twin.params, twin.opt, -1.0);
 
     run_step(&tp, 1);
     run_step(&twin, 1);
     run_save(&tp, "after", 1);
-    file_path(path, sizeof path, "after", 1);
+    ckpt_check_file_path(path, sizeof path, dir, "after", 1);
     assert_file_is(path, &twin.params, twin.opt, 1e-5);
 
     run_create(&again, tied, C, 1, P, false, 99); /* other weights until read */
     run_read(&again, path);
-    assert_same_run(&again, &tp);
+    ckpt_check_same_state(&again.params, again.opt, &tp.params, tp.opt);
     run_create(&whole, tied, C, 0, 0, false, 99);
     run_read(&whole, path);
     assert_pieces_of(&tp, &whole);
@@ -300,7 +253,7 @@ static void check_tp_world(bool tied) {
     /* the other way: the single-rank twin's file (every rank holding it whole: no split group),
      * read into the TP layout, gives the twin's pieces */
     run_save(&twin, "twin", 1);
-    file_path(path, sizeof path, "twin", 1);
+    ckpt_check_file_path(path, sizeof path, dir, "twin", 1);
     run_read(&again, path);
     assert_pieces_of(&again, &twin);
     run_free(&again);
@@ -309,10 +262,10 @@ static void check_tp_world(bool tied) {
 }
 
 MPI_TEST(test_tp_file_holds_full_tensors) {
-    shared_dir_make();
+    ckpt_check_dir_make(dir, sizeof dir, "ckpt_tp");
     check_tp_world(true);
     check_tp_world(false);
-    shared_dir_remove();
+    ckpt_check_dir_remove(dir);
 }
 
 /* ---- every dp × tp grid of the world, with ZeRO-1 ---- */
@@ -323,7 +276,7 @@ MPI_TEST(test_tp_file_holds_full_tensors) {
 MPI_TEST(test_grid_layouts_with_zero1) {
     int P = twin_world_size();
     char sub[32], path[128];
-    shared_dir_make();
+    ckpt_check_dir_make(dir, sizeof dir, "ckpt_tp");
     for (int tp_size = 1; tp_size <= P; tp_size++) {
         if (P % tp_size != 0) continue;
         int dp_size = P / tp_size;
@@ -334,12 +287,12 @@ MPI_TEST(test_grid_layouts_with_zero1) {
         run_step(&twin, dp_size);
         snprintf(sub, sizeof sub, "dp%d_tp%d", dp_size, tp_size);
         run_save(&grid, sub, 1);
-        file_path(path, sizeof path, sub, 1);
+        ckpt_check_file_path(path, sizeof path, dir, sub, 1);
         assert_file_is(path, &twin.params, twin.opt, 1e-5);
 
         run_create(&again, false, C, dp_size, tp_size, true, 7);
         run_read(&again, path);
-        assert_same_run(&again, &grid);
+        ckpt_check_same_state(&again.params, again.opt, &grid.params, grid.opt);
         run_create(&whole, false, C, 0, 0, false, 7);
         run_read(&whole, path);
         assert_pieces_of(&grid, &whole);
@@ -348,21 +301,13 @@ MPI_TEST(test_grid_layouts_with_zero1) {
         run_free(&twin);
         run_free(&grid);
     }
-    shared_dir_remove();
+    ckpt_check_dir_remove(dir);
 }
 
 /* ---- errors ---- */
 
 static void assert_save_fails(struct run *r, const struct ckpt_layout *layout, const char *want) {
-    char path[128];
-    struct ckpt_meta meta = {.step = 1, .config_yaml = "", .tokenizer_yaml = ""};
-    snprintf(path, sizeof path, "%s/bad", dir);
-    ck_assert_msg(ckpt_save_layout(path, &r->params, r->opt, &meta, 0, layout) == BT_ERR,
-                  "a bad layout was saved (rank %d)", twin_world_rank());
-    ck_assert_error_contains(want);
-    char latest[160];
-    snprintf(latest, sizeof latest, "%s/latest", path);
-    ck_assert_int_ne(access(latest, F_OK), 0);
+    ckpt_check_save_fails(dir, &r->params, r->opt, layout, want);
 }
 
 /* A file read into a model of another full shape names the dataset and both shapes; a layout
@@ -372,11 +317,11 @@ static void assert_save_fails(struct run *r, const struct ckpt_layout *layout, c
 MPI_TEST(test_layout_errors) {
     int P = twin_world_size(), rank = twin_world_rank();
     char path[128], want[512], shape_file[64], shape_model[64];
-    shared_dir_make();
+    ckpt_check_dir_make(dir, sizeof dir, "ckpt_tp");
     struct run tp, wide;
     run_create(&tp, false, C, 1, P, false, 3);
     run_save(&tp, "ok", 1);
-    file_path(path, sizeof path, "ok", 1);
+    ckpt_check_file_path(path, sizeof path, dir, "ok", 1);
 
     /* another n_embd, in the TP layout and in one process: the first parameter is named with the
      * file's shape and the model's full one */
@@ -445,7 +390,7 @@ MPI_TEST(test_layout_errors) {
         run_free(&grid);
     }
     run_free(&tp);
-    shared_dir_remove();
+    ckpt_check_dir_remove(dir);
 }
 
 /* A parameter marked as a piece in a process of its own: the world (one rank, or rank r of P) is
@@ -453,7 +398,7 @@ MPI_TEST(test_layout_errors) {
 MPI_TEST(test_piece_without_its_group) {
     int P = twin_world_size(), rank = twin_world_rank();
     char want[512];
-    shared_dir_make();
+    ckpt_check_dir_make(dir, sizeof dir, "ckpt_tp");
     struct run r = {0};
     struct nn_module *m = nn_module_create("net");
     struct bt_rng rng = bt_rng_make(1);
@@ -476,7 +421,7 @@ MPI_TEST(test_piece_without_its_group) {
     assert_save_fails(&r, &layout, want);
     nn_param_list_free(&r.params);
     nn_module_free(m);
-    shared_dir_remove();
+    ckpt_check_dir_remove(dir);
 }
 
 static Suite *checkpoint_tp_suite(void) {

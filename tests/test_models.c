@@ -8,49 +8,18 @@
 
 #include "models/model.h"
 #include "tests/gradcheck.h"
+#include "tests/model_check.h"
 
 /* ---- configs ---- */
 
-/* GPT: V 11, block 8, L 2, NH 2, C 8, F 32 */
+/* GPT: V 11, block 8, L 2, NH 2, C 8, F 32 (tests/model_check.h) */
 static struct model_config tiny_gpt(bool bias, bool tied) {
-    return (struct model_config){.arch = MODEL_GPT,
-                                 .vocab_size = 11,
-                                 .block_size = 8,
-                                 .n_layer = 2,
-                                 .n_head = 2,
-                                 .n_kv_head = 2,
-                                 .n_embd = 8,
-                                 .ffn_hidden = 32,
-                                 .dropout = 0.0,
-                                 .bias = bias,
-                                 .gelu = BT_GELU_TANH,
-                                 .norm_eps = 1e-5,
-                                 .rope_theta = 10000.0,
-                                 .tie_embeddings = tied};
+    return model_check_tiny_gpt(bias, tied, 11, 2);
 }
 
 /* LLaMA: V 11, block 8, L 2, NH 4, NKV 2, C 16 (hs 4), F 24 */
 static struct model_config tiny_llama(bool tied) {
-    return (struct model_config){.arch = MODEL_LLAMA,
-                                 .vocab_size = 11,
-                                 .block_size = 8,
-                                 .n_layer = 2,
-                                 .n_head = 4,
-                                 .n_kv_head = 2,
-                                 .n_embd = 16,
-                                 .ffn_hidden = 24,
-                                 .dropout = 0.0,
-                                 .bias = false,
-                                 .gelu = BT_GELU_TANH,
-                                 .norm_eps = 1e-6,
-                                 .rope_theta = 10000.0,
-                                 .tie_embeddings = tied};
-}
-
-static struct model *create_ok(const struct model_config *cfg, uint64_t seed) {
-    struct model *m = model_create(cfg, seed);
-    ck_assert_msg(m != NULL, "model_create failed: %s", bt_last_error());
-    return m;
+    return model_check_tiny_llama(tied, 11, 2);
 }
 
 /* (B, T) token ids of the given dtype: (b * 7 + t * 3 + shift) % V */
@@ -124,7 +93,7 @@ START_TEST(test_gpt_parameter_names) {
     for (int variant = 0; variant < 4; variant++) {
         bool bias = variant & 1, tied = variant & 2;
         struct model_config cfg = tiny_gpt(bias, tied);
-        struct model *m = create_ok(&cfg, 1);
+        struct model *m = model_check_create(&cfg, 1);
         struct expected_params e;
         expected_gpt(&e, bias, tied);
         check_params(m, &e);
@@ -141,7 +110,7 @@ START_TEST(test_llama_parameter_names) {
     const int64_t V = 11, C = 16, F = 24, hs = 4, NH = 4, NKV = 2;
     for (int tied = 0; tied < 2; tied++) {
         struct model_config cfg = tiny_llama(tied);
-        struct model *m = create_ok(&cfg, 1);
+        struct model *m = model_check_create(&cfg, 1);
         struct expected_params e = {0};
         expect(&e, "model.embed_tokens.weight", 0, V, C);
         for (int l = 0; l < 2; l++) {
@@ -176,7 +145,7 @@ START_TEST(test_parameter_count_formula) {
                         + F * C + b * F         /* c_fc */
                         + C * F + b * C;        /* mlp.c_proj */
         int64_t expected = V * C + c.block_size * C + L * layer + C + b * C + (tied ? 0 : V * C);
-        struct model *m = create_ok(&c, 1);
+        struct model *m = model_check_create(&c, 1);
         ck_assert_int_eq(model_num_parameters(m), expected);
         /* 6 N without the position embedding + 12 L C T */
         double N = (double)(expected - c.block_size * C);
@@ -189,7 +158,7 @@ START_TEST(test_parameter_count_formula) {
         int64_t hs = C / c.n_head, kv = c.n_kv_head * hs;
         int64_t layer = 2 * C + C * C + 2 * kv * C + C * C + 3 * F * C;
         int64_t expected = V * C + L * layer + C + (tied ? 0 : V * C);
-        struct model *m = create_ok(&c, 1);
+        struct model *m = model_check_create(&c, 1);
         ck_assert_int_eq(model_num_parameters(m), expected);
         ck_assert_double_eq_tol(model_flops_per_token(m, 8),
                                 6.0 * (double)expected + 12.0 * L * C * 8, 1e-6);
@@ -220,7 +189,7 @@ START_TEST(test_gpt_init) {
     c.n_head = c.n_kv_head = 4;
     c.n_layer = 3;
     c.block_size = 64;
-    struct model *m = create_ok(&c, 5);
+    struct model *m = model_check_create(&c, 5);
     double mean;
     const struct {
         const char *name;
@@ -250,7 +219,7 @@ START_TEST(test_gpt_init) {
     for (int64_t i = 0; i < bt_numel(ln); i++)
         ck_assert_double_eq(bt_get(ln, i), 1.0);
     /* same seed, same weights; another seed, others */
-    struct model *same = create_ok(&c, 5), *other = create_ok(&c, 6);
+    struct model *same = model_check_create(&c, 5), *other = model_check_create(&c, 6);
     bt_tensor *w = nn_get_parameter(m->root, "transformer.h.0.attn.c_attn.weight");
     ck_assert_double_eq(
         bt_get(nn_get_parameter(same->root, "transformer.h.0.attn.c_attn.weight"), 7),
@@ -268,7 +237,7 @@ START_TEST(test_llama_init) {
     struct model_config c = tiny_llama(false);
     c.n_embd = 64;
     c.ffn_hidden = 128;
-    struct model *m = create_ok(&c, 5);
+    struct model *m = model_check_create(&c, 5);
     const char *normal[] = {"model.embed_tokens.weight", "model.layers.1.self_attn.q_proj.weight",
                             "model.layers.1.self_attn.o_proj.weight",
                             "model.layers.0.mlp.down_proj.weight", "lm_head.weight"};
@@ -290,7 +259,7 @@ END_TEST
 /* ---- forward ---- */
 
 static void check_forward_shapes(const struct model_config *c) {
-    struct model *m = create_ok(c, 2);
+    struct model *m = model_check_create(c, 2);
     const int64_t B = 3, V = c->vocab_size;
     for (int64_t T = 1; T <= c->block_size; T += c->block_size - 1) {
         bt_tensor *idx = tokens(B, T, V, 0, BT_I64), *targets = tokens(B, T, V, 1, BT_I64);
@@ -327,7 +296,7 @@ END_TEST
 START_TEST(test_token_dtypes_agree) {
     struct model_config configs[2] = {tiny_gpt(false, true), tiny_llama(true)};
     for (int k = 0; k < 2; k++) {
-        struct model *m = create_ok(&configs[k], 3);
+        struct model *m = model_check_create(&configs[k], 3);
         double losses[3];
         bt_dtype dtypes[3] = {BT_I64, BT_I32, BT_U16};
         for (int d = 0; d < 3; d++) {
@@ -351,7 +320,7 @@ START_TEST(test_loss_at_init_is_log_vocab) {
         c.vocab_size = 64;
         c.n_embd = 32;
         c.block_size = 16;
-        struct model *m = create_ok(&c, 4);
+        struct model *m = model_check_create(&c, 4);
         bt_tensor *loss =
             model_forward(m, tokens(4, 16, 64, 0, BT_I32), tokens(4, 16, 64, 5, BT_I32), NULL);
         ck_assert_msg(loss != NULL, "%s", bt_last_error());
@@ -386,7 +355,7 @@ static void randomize(struct model *m, uint64_t seed) {
 }
 
 static void gradcheck_model(const struct model_config *cfg, const char *const *names, int n) {
-    struct model *m = create_ok(cfg, 7);
+    struct model *m = model_check_create(cfg, 7);
     randomize(m, 8);
     struct model_case c = {m, tokens(2, cfg->block_size, cfg->vocab_size, 0, BT_I64),
                            tokens(2, cfg->block_size, cfg->vocab_size, 2, BT_I64)};
@@ -455,7 +424,7 @@ START_TEST(test_every_parameter_gets_a_gradient) {
     struct model_config configs[3] = {tiny_gpt(true, true), tiny_gpt(false, false),
                                       tiny_llama(false)};
     for (int k = 0; k < 3; k++) {
-        struct model *m = create_ok(&configs[k], 9);
+        struct model *m = model_check_create(&configs[k], 9);
         bt_tensor *loss =
             model_forward(m, tokens(2, 6, 11, 0, BT_I64), tokens(2, 6, 11, 1, BT_I64), NULL);
         ck_assert_int_eq(bt_backward(loss), BT_OK);
@@ -482,9 +451,9 @@ START_TEST(test_dropout_train_and_eval) {
     struct model_config configs[2] = {tiny_gpt(true, true), tiny_llama(false)};
     for (int k = 0; k < 2; k++) {
         struct model_config c = configs[k];
-        struct model *plain = create_ok(&c, 11);
+        struct model *plain = model_check_create(&c, 11);
         c.dropout = 0.3;
-        struct model *dropped = create_ok(&c, 11);
+        struct model *dropped = model_check_create(&c, 11);
         bt_tensor *idx = tokens(2, 8, 11, 0, BT_I64), *targets = tokens(2, 8, 11, 3, BT_I64);
         double base = bt_item(model_forward(plain, idx, targets, NULL));
         bt_manual_seed(1);
@@ -510,7 +479,7 @@ END_TEST
 static struct model *cache_model(int which, double dropout) {
     struct model_config c = which == 0 ? tiny_gpt(true, true) : tiny_llama(false);
     c.dropout = dropout;
-    struct model *m = create_ok(&c, 21);
+    struct model *m = model_check_create(&c, 21);
     randomize(m, 22);
     return m;
 }
@@ -690,7 +659,7 @@ END_TEST
 
 START_TEST(test_bad_batches) {
     struct model_config g = tiny_gpt(true, true), l = tiny_llama(false);
-    struct model *gpt = create_ok(&g, 1), *llama = create_ok(&l, 1);
+    struct model *gpt = model_check_create(&g, 1), *llama = model_check_create(&l, 1);
 
     ck_assert_ptr_null(model_forward(gpt, tokens(2, 9, 11, 0, BT_I64), NULL, NULL));
     ck_assert_error_contains("gpt: idx (2,9) has sequence length 9, more than model.block_size=8");
@@ -730,57 +699,50 @@ START_TEST(test_bad_batches) {
 }
 END_TEST
 
-static void expect_config_error(struct model_config c, const char *message) {
-    struct model *m = model_create(&c, 1);
-    if (m) model_free(m);
-    ck_assert_msg(m == NULL, "model_create accepted a config that should fail with \"%s\"",
-                  message);
-    ck_assert_error_contains(message);
-}
-
 START_TEST(test_bad_configs) {
     struct model_config g = tiny_gpt(true, true), l = tiny_llama(false), c;
     ck_assert_ptr_null(model_create(NULL, 1));
     ck_assert_error_contains("model: config is NULL");
 
     c = g, c.arch = (model_arch)7;
-    expect_config_error(c, "model.arch: unknown architecture 7 (expected gpt or llama)");
+    model_check_create_fails(c, "model.arch: unknown architecture 7 (expected gpt or llama)");
     c = g, c.vocab_size = 0;
-    expect_config_error(c, "model.vocab_size must be at least 1, got 0");
+    model_check_create_fails(c, "model.vocab_size must be at least 1, got 0");
     c = g, c.block_size = -3;
-    expect_config_error(c, "model.block_size must be at least 1, got -3");
+    model_check_create_fails(c, "model.block_size must be at least 1, got -3");
     c = l, c.n_layer = 0;
-    expect_config_error(c, "model.n_layer must be at least 1, got 0");
+    model_check_create_fails(c, "model.n_layer must be at least 1, got 0");
     c = g, c.n_head = 0;
-    expect_config_error(c, "model.n_head must be at least 1, got 0");
+    model_check_create_fails(c, "model.n_head must be at least 1, got 0");
     c = l, c.n_kv_head = 0;
-    expect_config_error(c, "model.n_kv_head must be at least 1, got 0");
+    model_check_create_fails(c, "model.n_kv_head must be at least 1, got 0");
     c = g, c.n_embd = 0;
-    expect_config_error(c, "model.n_embd must be at least 1, got 0");
+    model_check_create_fails(c, "model.n_embd must be at least 1, got 0");
     c = l, c.ffn_hidden = 0;
-    expect_config_error(c, "model.ffn_hidden must be at least 1, got 0");
+    model_check_create_fails(c, "model.ffn_hidden must be at least 1, got 0");
     c = g, c.n_embd = 9;
-    expect_config_error(c, "model.n_embd=9 is not divisible by model.n_head=2");
+    model_check_create_fails(c, "model.n_embd=9 is not divisible by model.n_head=2");
     c = l, c.n_kv_head = 3;
-    expect_config_error(c, "model.n_head=4 is not divisible by model.n_kv_head=3");
+    model_check_create_fails(c, "model.n_head=4 is not divisible by model.n_kv_head=3");
     c = g, c.n_kv_head = 1;
-    expect_config_error(c, "model.n_kv_head=1 must equal model.n_head=2 for model.arch=gpt");
+    model_check_create_fails(c, "model.n_kv_head=1 must equal model.n_head=2 for model.arch=gpt");
     c = l, c.n_embd = 12; /* head size 3 */
-    expect_config_error(c, "model.n_embd=12 / model.n_head=4 gives head size 3, which must be even "
-                           "for rotary embeddings (model.arch=llama)");
+    model_check_create_fails(
+        c, "model.n_embd=12 / model.n_head=4 gives head size 3, which must be even "
+           "for rotary embeddings (model.arch=llama)");
     c = g, c.dropout = 1.0;
-    expect_config_error(c, "model.dropout must be in [0, 1), got 1");
+    model_check_create_fails(c, "model.dropout must be in [0, 1), got 1");
     c = l, c.dropout = -0.1;
-    expect_config_error(c, "model.dropout must be in [0, 1), got -0.1");
+    model_check_create_fails(c, "model.dropout must be in [0, 1), got -0.1");
     c = g, c.norm_eps = -1e-5;
-    expect_config_error(c, "model.norm_eps must be a non-negative number, got -1e-05");
+    model_check_create_fails(c, "model.norm_eps must be a non-negative number, got -1e-05");
     c = l, c.rope_theta = 0.0;
-    expect_config_error(c, "model.rope_theta must be a positive number, got 0");
+    model_check_create_fails(c, "model.rope_theta must be a positive number, got 0");
     c = g, c.gelu = (bt_gelu_kind)5;
-    expect_config_error(c, "model.gelu: unknown kind 5 (expected tanh or exact)");
+    model_check_create_fails(c, "model.gelu: unknown kind 5 (expected tanh or exact)");
     /* rope_theta and gelu belong to the other family: not checked there */
     c = g, c.rope_theta = 0.0;
-    struct model *m = create_ok(&c, 1);
+    struct model *m = model_check_create(&c, 1);
     model_free(m);
 }
 END_TEST

@@ -10,41 +10,11 @@
 #include "core/runtime.h"
 #include "models/model.h"
 #include "tests/gradcheck.h"
+#include "tests/model_check.h"
 
 enum { MAX_STAGES = 16, B = 2, T = 8 };
 
-/* ---- configs ---- */
-
-/* GPT: V as given, block 8, L as given, NH 2, C 8, F 32 */
-static struct model_config tiny_gpt(bool bias, bool tied, int64_t vocab_size, int64_t n_layer) {
-    return (struct model_config){.arch = MODEL_GPT,
-                                 .vocab_size = vocab_size,
-                                 .block_size = 8,
-                                 .n_layer = n_layer,
-                                 .n_head = 2,
-                                 .n_kv_head = 2,
-                                 .n_embd = 8,
-                                 .ffn_hidden = 32,
-                                 .bias = bias,
-                                 .gelu = BT_GELU_TANH,
-                                 .norm_eps = 1e-5,
-                                 .tie_embeddings = tied};
-}
-
-/* LLaMA: V as given, block 8, L as given, NH 4, NKV 2 (grouped-query), C 16 (hs 4), F 24 */
-static struct model_config tiny_llama(bool tied, int64_t vocab_size, int64_t n_layer) {
-    return (struct model_config){.arch = MODEL_LLAMA,
-                                 .vocab_size = vocab_size,
-                                 .block_size = 8,
-                                 .n_layer = n_layer,
-                                 .n_head = 4,
-                                 .n_kv_head = 2,
-                                 .n_embd = 16,
-                                 .ffn_hidden = 24,
-                                 .norm_eps = 1e-6,
-                                 .rope_theta = 10000.0,
-                                 .tie_embeddings = tied};
-}
+/* ---- configs (the tiny GPT and LLaMA: tests/model_check.h) ---- */
 
 /* cfg as stage s of S holding layers [begin, end) */
 static struct model_config stage_config(struct model_config cfg, int S, int s, int64_t begin,
@@ -54,12 +24,6 @@ static struct model_config stage_config(struct model_config cfg, int S, int s, i
     cfg.pp_layer_begin = begin;
     cfg.pp_layer_end = end;
     return cfg;
-}
-
-static struct model *create_ok(const struct model_config *cfg, uint64_t seed) {
-    struct model *m = model_create(cfg, seed);
-    ck_assert_msg(m != NULL, "model_create failed: %s", bt_last_error());
-    return m;
 }
 
 /* (B, T) token ids: (b * 7 + t * 3 + t * t + shift) % V */
@@ -135,7 +99,7 @@ END_TEST
  * embedding): model_stage_layers' largest stage is the smallest possible. */
 static int64_t stage_size(const struct model_config *c, int S, int s, int64_t begin, int64_t end) {
     struct model_config sc = stage_config(*c, S, s, begin, end);
-    struct model *m = create_ok(&sc, 1);
+    struct model *m = model_check_create(&sc, 1);
     int64_t n = model_num_parameters(m);
     if (S > 1 && s == S - 1 && c->tie_embeddings) n -= c->vocab_size * c->n_embd;
     model_free(m);
@@ -156,9 +120,10 @@ static int64_t best_largest(const struct model_config *c, int S, int s, int64_t 
 
 START_TEST(test_stage_layers_are_optimal) {
     /* V 300: gpt's embeddings are about 3 blocks, llama's about 2 */
-    struct model_config configs[] = {tiny_gpt(true, true, 300, 6), tiny_gpt(true, false, 300, 6),
-                                     tiny_gpt(false, false, 40, 5), tiny_llama(false, 300, 6),
-                                     tiny_llama(true, 300, 5)};
+    struct model_config configs[] = {
+        model_check_tiny_gpt(true, true, 300, 6), model_check_tiny_gpt(true, false, 300, 6),
+        model_check_tiny_gpt(false, false, 40, 5), model_check_tiny_llama(false, 300, 6),
+        model_check_tiny_llama(true, 300, 5)};
     for (int k = 0; k < (int)(sizeof configs / sizeof configs[0]); k++) {
         const struct model_config *c = &configs[k];
         for (int S = 1; S <= c->n_layer; S++) {
@@ -180,7 +145,7 @@ START_TEST(test_stage_layers_are_optimal) {
 END_TEST
 
 START_TEST(test_stage_layers_errors) {
-    struct model_config c = tiny_gpt(true, true, 11, 4);
+    struct model_config c = model_check_tiny_gpt(true, true, 11, 4);
     int64_t begin[MAX_STAGES], end[MAX_STAGES];
     ck_assert(model_stage_layers(&c, 5, begin, end) == BT_ERR);
     ck_assert_error_contains("model: 5 pipeline stages for model.n_layer=4 layers: expected 1 to 4 "
@@ -248,7 +213,7 @@ static void create_stages(const struct model_config *c, int S, const int64_t *en
                           struct model **stages) {
     for (int s = 0; s < S; s++) {
         struct model_config sc = stage_config(*c, S, s, s ? ends[s - 1] : 0, ends[s]);
-        stages[s] = create_ok(&sc, seed);
+        stages[s] = model_check_create(&sc, seed);
         ck_assert(model_is_first_stage(stages[s]) == (s == 0));
         ck_assert(model_is_last_stage(stages[s]) == (s == S - 1));
     }
@@ -348,7 +313,7 @@ static void check_gradients(const struct model_config *c, struct model *full, st
  * logits and gradients; with dropout the masks are drawn in the same order (bt_manual_seed
  * before each run) */
 static void check_split(const struct model_config *c, int S, const int64_t *ends) {
-    struct model *full = create_ok(c, 42), *stages[MAX_STAGES];
+    struct model *full = model_check_create(c, 42), *stages[MAX_STAGES];
     create_stages(c, S, ends, 42, stages);
     check_parameters(c, full, stages, S);
 
@@ -381,24 +346,25 @@ static void check_family(struct model_config c) {
 }
 
 START_TEST(test_gpt_stages_equal_whole_model) {
-    check_family(tiny_gpt(true, true, 11, 4));
-    check_family(tiny_gpt(true, false, 11, 4));
+    check_family(model_check_tiny_gpt(true, true, 11, 4));
+    check_family(model_check_tiny_gpt(true, false, 11, 4));
 }
 END_TEST
 
 START_TEST(test_llama_stages_equal_whole_model) {
-    check_family(tiny_llama(false, 11, 4));
-    check_family(tiny_llama(true, 11, 4));
+    check_family(model_check_tiny_llama(false, 11, 4));
+    check_family(model_check_tiny_llama(true, 11, 4));
 }
 END_TEST
 
 START_TEST(test_stages_with_dropout) {
-    struct model_config configs[] = {tiny_gpt(true, true, 11, 4), tiny_gpt(true, false, 11, 4),
-                                     tiny_llama(false, 11, 4), tiny_llama(true, 11, 4)};
+    struct model_config configs[] = {
+        model_check_tiny_gpt(true, true, 11, 4), model_check_tiny_gpt(true, false, 11, 4),
+        model_check_tiny_llama(false, 11, 4), model_check_tiny_llama(true, 11, 4)};
     for (int k = 0; k < 4; k++) {
-        struct model *plain = create_ok(&configs[k], 42);
+        struct model *plain = model_check_create(&configs[k], 42);
         configs[k].dropout = 0.1;
-        struct model *dropped = create_ok(&configs[k], 42);
+        struct model *dropped = model_check_create(&configs[k], 42);
         bt_tensor *idx = tokens(11, 0), *targets = tokens(11, 5);
         bt_manual_seed(9); /* the masks are on: the loss moves */
         ck_assert_double_ne(bt_item(model_forward(dropped, idx, targets, NULL)),
@@ -413,41 +379,39 @@ END_TEST
 
 /* ---- errors ---- */
 
-static void expect_config_error(struct model_config c, const char *message) {
-    struct model *m = model_create(&c, 1);
-    if (m) model_free(m);
-    ck_assert_msg(m == NULL, "model_create accepted a config that should fail with \"%s\"",
-                  message);
-    ck_assert_error_contains(message);
-}
-
 START_TEST(test_bad_stage_configs) {
-    struct model_config g = tiny_gpt(true, true, 11, 4), l = tiny_llama(false, 11, 4);
-    expect_config_error(stage_config(g, -1, 0, 0, 4),
-                        "model: pp_stages must be at least 0, got -1");
-    expect_config_error(stage_config(g, 2, 2, 2, 4),
-                        "model: pp_stage=2 is not a stage of pp_stages=2 (expected 0 to 1)");
-    expect_config_error(stage_config(l, 2, -1, 0, 2), "model: pp_stage=-1 is not a stage");
-    expect_config_error(stage_config(g, 3, 1, 2, 2),
-                        "model: pipeline stage 1's layers [pp_layer_begin=2, pp_layer_end=2) are "
-                        "not a non-empty range of [0, model.n_layer=4)");
-    expect_config_error(stage_config(l, 3, 1, 3, 5), "[pp_layer_begin=3, pp_layer_end=5) are not");
-    expect_config_error(stage_config(g, 2, 0, 1, 2),
-                        "model: the first pipeline stage (pp_stage=0) must start at layer 0, got "
-                        "pp_layer_begin=1");
-    expect_config_error(stage_config(l, 2, 1, 2, 3),
-                        "model: the last pipeline stage (pp_stage=1 of pp_stages=2) must end at "
-                        "model.n_layer=4, got pp_layer_end=3");
-    expect_config_error(stage_config(g, 5, 0, 0, 1),
-                        "model: pp_stages=5 is more than model.n_layer=4 (every pipeline stage "
-                        "needs a layer)");
+    struct model_config g = model_check_tiny_gpt(true, true, 11, 4),
+                        l = model_check_tiny_llama(false, 11, 4);
+    model_check_create_fails(stage_config(g, -1, 0, 0, 4),
+                             "model: pp_stages must be at least 0, got -1");
+    model_check_create_fails(stage_config(g, 2, 2, 2, 4),
+                             "model: pp_stage=2 is not a stage of pp_stages=2 (expected 0 to 1)");
+    model_check_create_fails(stage_config(l, 2, -1, 0, 2), "model: pp_stage=-1 is not a stage");
+    model_check_create_fails(
+        stage_config(g, 3, 1, 2, 2),
+        "model: pipeline stage 1's layers [pp_layer_begin=2, pp_layer_end=2) are "
+        "not a non-empty range of [0, model.n_layer=4)");
+    model_check_create_fails(stage_config(l, 3, 1, 3, 5),
+                             "[pp_layer_begin=3, pp_layer_end=5) are not");
+    model_check_create_fails(
+        stage_config(g, 2, 0, 1, 2),
+        "model: the first pipeline stage (pp_stage=0) must start at layer 0, got "
+        "pp_layer_begin=1");
+    model_check_create_fails(
+        stage_config(l, 2, 1, 2, 3),
+        "model: the last pipeline stage (pp_stage=1 of pp_stages=2) must end at "
+        "model.n_layer=4, got pp_layer_end=3");
+    model_check_create_fails(
+        stage_config(g, 5, 0, 0, 1),
+        "model: pp_stages=5 is more than model.n_layer=4 (every pipeline stage "
+        "needs a layer)");
     /* one stage (or none) is the whole model, whatever the other fields say */
     struct model_config one = stage_config(g, 1, 7, 3, 3);
-    struct model *m = create_ok(&one, 1);
+    struct model *m = model_check_create(&one, 1);
     ck_assert(model_is_first_stage(m) && model_is_last_stage(m));
     ck_assert_ptr_null(model_tied_embedding(m));
     one.pp_stages = 0;
-    struct model *whole = create_ok(&one, 1);
+    struct model *whole = model_check_create(&one, 1);
     ck_assert_int_eq(model_num_parameters(m), model_num_parameters(whole));
     model_free(whole);
     model_free(m);
@@ -455,11 +419,12 @@ START_TEST(test_bad_stage_configs) {
 END_TEST
 
 START_TEST(test_bad_stage_inputs) {
-    struct model_config g = tiny_gpt(true, true, 11, 4), l = tiny_llama(false, 11, 4);
+    struct model_config g = model_check_tiny_gpt(true, true, 11, 4),
+                        l = model_check_tiny_llama(false, 11, 4);
     struct model_config c0 = stage_config(g, 2, 0, 0, 2), c1 = stage_config(g, 2, 1, 2, 4),
                         cm = stage_config(l, 3, 1, 1, 2);
-    struct model *first = create_ok(&c0, 1), *gpt_last = create_ok(&c1, 1),
-                 *llama_mid = create_ok(&cm, 1);
+    struct model *first = model_check_create(&c0, 1), *gpt_last = model_check_create(&c1, 1),
+                 *llama_mid = model_check_create(&cm, 1);
     bt_tensor *idx = tokens(11, 0), *targets = tokens(11, 3);
 
     /* a later stage takes the hidden state, not token ids */
@@ -501,9 +466,10 @@ START_TEST(test_bad_stage_inputs) {
 END_TEST
 
 START_TEST(test_cached_forward_needs_the_whole_model) {
-    struct model_config g = tiny_gpt(true, true, 11, 4), l = tiny_llama(true, 11, 4);
+    struct model_config g = model_check_tiny_gpt(true, true, 11, 4),
+                        l = model_check_tiny_llama(true, 11, 4);
     struct model_config gs = stage_config(g, 2, 0, 0, 2), ls = stage_config(l, 2, 1, 1, 4);
-    struct model *gpt = create_ok(&gs, 1), *llama = create_ok(&ls, 1);
+    struct model *gpt = model_check_create(&gs, 1), *llama = model_check_create(&ls, 1);
     struct model_cache *gc = model_cache_create(gpt, 1), *lc = model_cache_create(llama, 1);
     ck_assert(gc && lc);
     bt_tensor *idx = bt_zeros(BT_SHAPE(1, 2), BT_I64, bt_cpu());
