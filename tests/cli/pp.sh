@@ -9,6 +9,7 @@
 #   untied           pp=2 with an untied LM head
 #   explicit_split   pp=2 with parallel.stage_layers="3,1" (stage 0 holds blocks 0-2)
 #   layouts          the 3-D invariance: dp4, tp4, pp4, dp2×tp2, dp2×pp2, tp2×pp2 on 4 ranks
+#   grid8            dp2×tp2×pp2 on 8 ranks (ZeRO-1, sequence parallel) == one rank
 #   resume_tp2pp2    a tp2×pp2 checkpoint resumed at dp=4 and at one rank continues the losses
 #   stage_killed     a stage killed with SIGKILL mid-run ends the job non-zero within 30 s (its
 #                    neighbour does not wait for it forever)
@@ -57,6 +58,12 @@ layouts)
     echo -n "$layout: "
     same_losses single "$layout"
   done
+  ;;
+grid8)
+  run single 1 --train.max_steps=12 --train.grad_accum=4
+  run grid 8 --train.max_steps=12 --train.grad_accum=2 --parallel.dp=2 --parallel.tp=2 \
+    --parallel.pp=2 --parallel.zero=1 --parallel.sequence_parallel=true
+  same_losses single grid
   ;;
 resume_tp2pp2)
   run straight 1 --train.max_steps=16 --train.grad_accum=4
