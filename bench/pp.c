@@ -35,7 +35,8 @@ static _Noreturn void die(const char *what) {
     comm_abort(1);
 }
 
-static bt_tensor *stage_forward(void *ctx, int64_t micro, bt_tensor *in) {
+static bt_tensor *stage_forward(void *ctx, int chunk, int64_t micro, bt_tensor *in) {
+    (void)chunk; /* one chunk per rank */
     struct stage *s = ctx;
     bt_tensor *x = in;
     if (!x) { /* the first stage makes micro-batch `micro` */

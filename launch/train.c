@@ -358,7 +358,8 @@ static uint64_t dropout_values_before(const struct run *r) {
                       cfg->model.n_embd);
 }
 
-static bt_tensor *stage_forward(void *ctx, int64_t micro, bt_tensor *in) {
+static bt_tensor *stage_forward(void *ctx, int chunk, int64_t micro, bt_tensor *in) {
+    (void)chunk; /* one stage per rank: braid train does not interleave yet */
     struct stage_batch *sb = ctx;
     struct run *r = sb->r;
     int64_t B = r->cfg.train.batch_size, dp = r->grid.dp;

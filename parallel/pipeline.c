@@ -9,7 +9,13 @@
 #include "core/autograd.h"
 #include "core/runtime.h"
 
-enum { TAG_ACTIVATION = 201, TAG_GRADIENT = 202 };
+/* a message's tag: what it is, and the receiver's chunk (virtual stage) it is for */
+static int tag_activation(int chunk) {
+    return 1000 + 2 * chunk;
+}
+static int tag_gradient(int chunk) {
+    return 1001 + 2 * chunk;
+}
 
 /* One micro-batch on this stage, from its forward until its gradient has left. */
 struct micro {
@@ -25,7 +31,8 @@ struct pipeline {
     struct comm *group;
     int stage, stages;
     struct pp_options options;
-    struct micro *micro;     /* options.microbatches */
+    int chunks;              /* virtual stages on this rank (interleaved 1F1B), >= 1 */
+    struct micro *micro;     /* chunks × options.microbatches, chunk-major */
     struct bt_frame **spare; /* released frames, reused by later micro-batches */
     int n_spare;
     bt_tensor **buffers; /* persistent activation-shaped send buffers not in use */
@@ -65,10 +72,23 @@ struct pipeline *pp_create(struct comm *group, const struct pp_options *options)
                      (long long)options->act_shape[d]);
             return NULL;
         }
+    int chunks = options->chunks > 1 ? options->chunks : 1, S = comm_size(group);
+    if (chunks > 1 && S < 2) {
+        bt_error("pipeline: %d virtual stages per rank need at least 2 pipeline stages", chunks);
+        return NULL;
+    }
+    if (chunks > 1 && (options->schedule != PP_SCHEDULE_1F1B || options->microbatches % S != 0)) {
+        bt_error("pipeline: %d virtual stages per rank need the 1f1b schedule and a number of "
+                 "micro-batches divisible by the %d stages (got %s and %lld)",
+                 chunks, S, options->schedule == PP_SCHEDULE_1F1B ? "1f1b" : "gpipe",
+                 (long long)options->microbatches);
+        return NULL;
+    }
+    size_t n = (size_t)(options->microbatches * chunks);
     struct pipeline *p = calloc(1, sizeof *p);
-    if (p) p->micro = calloc((size_t)options->microbatches, sizeof *p->micro);
-    if (p && p->micro) p->spare = calloc((size_t)options->microbatches, sizeof *p->spare);
-    if (p && p->spare) p->buffers = calloc((size_t)options->microbatches, sizeof *p->buffers);
+    if (p) p->micro = calloc(n, sizeof *p->micro);
+    if (p && p->micro) p->spare = calloc(n, sizeof *p->spare);
+    if (p && p->spare) p->buffers = calloc(n, sizeof *p->buffers);
     if (!p || !p->micro || !p->spare || !p->buffers) {
         pp_free(p);
         bt_error("pipeline: out of memory for %lld micro-batches",
@@ -77,7 +97,8 @@ struct pipeline *pp_create(struct comm *group, const struct pp_options *options)
     }
     p->group = group;
     p->stage = comm_rank(group);
-    p->stages = comm_size(group);
+    p->stages = S;
+    p->chunks = chunks;
     p->options = *options;
     return p;
 }
@@ -88,7 +109,7 @@ void pp_free(struct pipeline *p) {
         bt_frame_destroy(p->spare[i]);
     for (int i = 0; i < p->n_buffers; i++)
         bt_tensor_free(p->buffers[i]);
-    for (int64_t i = 0; p->micro && i < p->options.microbatches; i++)
+    for (int64_t i = 0; p->micro && i < p->options.microbatches * p->chunks; i++)
         bt_frame_destroy(p->micro[i].frame); /* left by a failed step */
     free(p->spare);
     free(p->buffers);
@@ -119,7 +140,7 @@ static void frame_release(struct pipeline *p, struct micro *mb) {
 /* Takes back the send buffers of gradients that have left; with wait, waits for all of them
  * (the end of the step). */
 static bt_status retire(struct pipeline *p, bool wait) {
-    for (int64_t i = 0; i < p->options.microbatches; i++) {
+    for (int64_t i = 0; i < p->options.microbatches * p->chunks; i++) {
         struct micro *mb = &p->micro[i];
         if (!mb->to_prev) continue;
         bool done = wait;
@@ -137,7 +158,7 @@ static bt_status retire(struct pipeline *p, bool wait) {
 /* the step memory of the micro-batches in flight now */
 static void note_memory(struct pipeline *p) {
     size_t bytes = 0;
-    for (int64_t i = 0; i < p->options.microbatches; i++)
+    for (int64_t i = 0; i < p->options.microbatches * p->chunks; i++)
         if (p->micro[i].frame) bytes += bt_frame_stats(p->micro[i].frame).used;
     if (p->in_flight > p->stats->max_in_flight) p->stats->max_in_flight = p->in_flight;
     if (bytes > p->stats->peak_activation_bytes) p->stats->peak_activation_bytes = bytes;
@@ -157,28 +178,50 @@ static bt_tensor *send_buffer(struct pipeline *p) {
     return t;
 }
 
-static bool is_last(const struct pipeline *p) {
-    return p->stage == p->stages - 1;
+/* Chunk c of rank r is virtual stage c·S + r of S·chunks: activations go from rank r to r+1 in
+ * the same chunk, and from the last rank to rank 0 in the next chunk. */
+static bool is_first(const struct pipeline *p, int chunk) {
+    return chunk == 0 && p->stage == 0;
+}
+static bool is_last(const struct pipeline *p, int chunk) {
+    return chunk == p->chunks - 1 && p->stage == p->stages - 1;
+}
+static int next_rank(const struct pipeline *p) {
+    return (p->stage + 1) % p->stages;
+}
+static int prev_rank(const struct pipeline *p) {
+    return (p->stage + p->stages - 1) % p->stages;
+}
+/* the chunk of the next / previous virtual stage, on next_rank / prev_rank */
+static int next_chunk(const struct pipeline *p, int chunk) {
+    return p->stage == p->stages - 1 ? chunk + 1 : chunk;
+}
+static int prev_chunk(const struct pipeline *p, int chunk) {
+    return p->stage == 0 ? chunk - 1 : chunk;
 }
 
-static bt_status forward(struct pipeline *p, int64_t i, pp_forward_fn fn, void *ctx) {
-    struct micro *mb = &p->micro[i];
+static struct micro *micro_of(struct pipeline *p, int chunk, int64_t i) {
+    return &p->micro[(int64_t)chunk * p->options.microbatches + i];
+}
+
+static bt_status forward(struct pipeline *p, int chunk, int64_t i, pp_forward_fn fn, void *ctx) {
+    struct micro *mb = micro_of(p, chunk, i);
     if (!(mb->frame = frame_acquire(p))) return BT_ERR;
     p->in_flight++;
     struct bt_frame *was = bt_frame_enter(mb->frame);
     bt_status st = BT_ERR;
-    if (p->stage > 0) {
+    if (!is_first(p, chunk)) {
         if (!(mb->in = activation_buffer(p)) ||
-            comm_recv(p->group, mb->in, p->stage - 1, TAG_ACTIVATION) != BT_OK)
+            comm_recv(p->group, mb->in, prev_rank(p), tag_activation(chunk)) != BT_OK)
             goto done;
         bt_requires_grad_(mb->in, true);
     }
     double t0 = now_seconds();
-    mb->out = fn(ctx, i, mb->in);
+    mb->out = fn(ctx, chunk, i, mb->in);
     p->stats->compute_seconds += now_seconds() - t0;
     if (!mb->out) goto done;
     char a[96];
-    if (is_last(p)) {
+    if (is_last(p, chunk)) {
         if (bt_numel(mb->out) != 1) {
             bt_error("pipeline: the last stage returned %s for micro-batch %lld, expected its "
                      "loss (one element)",
@@ -197,7 +240,9 @@ static bt_status forward(struct pipeline *p, int64_t i, pp_forward_fn fn, void *
                      (long long)i);
             goto done;
         }
-        if (!(mb->to_next = comm_isend(p->group, mb->out, p->stage + 1, TAG_ACTIVATION))) goto done;
+        if (!(mb->to_next = comm_isend(p->group, mb->out, next_rank(p),
+                                       tag_activation(next_chunk(p, chunk)))))
+            goto done;
     }
     note_memory(p);
     st = BT_OK;
@@ -206,17 +251,18 @@ done:
     return st;
 }
 
-static bt_status backward(struct pipeline *p, int64_t i) {
-    struct micro *mb = &p->micro[i];
+static bt_status backward(struct pipeline *p, int chunk, int64_t i) {
+    struct micro *mb = micro_of(p, chunk, i);
     struct bt_frame *was = bt_frame_enter(mb->frame);
     bt_status st = BT_ERR;
     double t0 = now_seconds();
-    if (is_last(p)) {
+    if (is_last(p, chunk)) {
         if (bt_backward(mb->out) != BT_OK) goto done;
         p->stats->compute_seconds += now_seconds() - t0;
     } else {
         bt_tensor *grad = activation_buffer(p);
-        if (!grad || comm_recv(p->group, grad, p->stage + 1, TAG_GRADIENT) != BT_OK) goto done;
+        if (!grad || comm_recv(p->group, grad, next_rank(p), tag_gradient(chunk)) != BT_OK)
+            goto done;
         t0 = now_seconds();
         if (bt_backward_ex(mb->out, grad, false) != BT_OK) goto done;
         p->stats->compute_seconds += now_seconds() - t0;
@@ -226,13 +272,14 @@ static bt_status backward(struct pipeline *p, int64_t i) {
         if (st != BT_OK) goto done;
         st = BT_ERR;
     }
-    if (p->stage > 0) {
+    if (!is_first(p, chunk)) {
         /* a stage that did not use its input sends a zero gradient */
         bt_tensor *g = mb->in->grad ? mb->in->grad : bt_zeros_like(mb->in);
         /* copied out of the frame, so that the frame is released now, not when the previous
          * stage gets to receive it */
         if (!g || !(mb->grad_sent = send_buffer(p)) || bt_copy_(mb->grad_sent, g) != BT_OK ||
-            !(mb->to_prev = comm_isend(p->group, mb->grad_sent, p->stage - 1, TAG_GRADIENT)))
+            !(mb->to_prev = comm_isend(p->group, mb->grad_sent, prev_rank(p),
+                                       tag_gradient(prev_chunk(p, chunk)))))
             goto done;
     }
     st = BT_OK;
@@ -245,22 +292,42 @@ done:
 
 /* ---- schedules ---- */
 
+/* Interleaved 1F1B (Narayanan et al. 2021, Megatron-LM): the step's m·v forward units k run
+ * in groups of S micro-batches per chunk — unit k is micro-batch (k / (S·v))·S + k % S of chunk
+ * (k / S) % v — and backward unit k the same micro-batch of the chunks in reverse order. */
+static void interleaved_unit(const struct pipeline *p, int64_t k, bool forward_unit, int *chunk,
+                             int64_t *micro) {
+    int64_t S = p->stages, v = p->chunks;
+    int c = (int)((k % (S * v)) / S);
+    *chunk = forward_unit ? c : (int)v - 1 - c;
+    *micro = (k / (S * v)) * S + k % S;
+}
+
 bt_status pp_step(struct pipeline *p, pp_forward_fn fn, pp_last_backward_fn last_backward,
                   void *ctx, struct pp_step_stats *stats) {
     struct pp_step_stats local;
     p->stats = stats ? stats : &local;
     memset(p->stats, 0, sizeof *p->stats);
-    int64_t m = p->options.microbatches, next_forward = 0;
+    int64_t m = p->options.microbatches, units = m * p->chunks, next_forward = 0;
     /* 1F1B: the stages after this one each hold one more micro-batch before the first backward
-     * comes back; GPipe: all of them */
-    int64_t warmup = p->options.schedule == PP_SCHEDULE_GPIPE ? m : p->stages - p->stage - 1;
-    if (warmup > m) warmup = m;
-    for (; next_forward < warmup; next_forward++)
-        if (forward(p, next_forward, fn, ctx) != BT_OK) return BT_ERR;
-    for (int64_t i = 0; i < m; i++) {
-        if (next_forward < m && forward(p, next_forward++, fn, ctx) != BT_OK) return BT_ERR;
-        if (i == m - 1 && last_backward) last_backward(ctx);
-        if (backward(p, i) != BT_OK) return BT_ERR;
+     * comes back (interleaved: and the other chunks' first groups); GPipe: all of them */
+    int64_t warmup = p->stages - p->stage - 1;
+    if (p->chunks > 1) warmup = 2 * warmup + (int64_t)(p->chunks - 1) * p->stages;
+    if (p->options.schedule == PP_SCHEDULE_GPIPE || warmup > units) warmup = units;
+    int chunk;
+    int64_t micro;
+    for (; next_forward < warmup; next_forward++) {
+        interleaved_unit(p, next_forward, true, &chunk, &micro);
+        if (forward(p, chunk, micro, fn, ctx) != BT_OK) return BT_ERR;
+    }
+    for (int64_t k = 0; k < units; k++) {
+        if (next_forward < units) {
+            interleaved_unit(p, next_forward++, true, &chunk, &micro);
+            if (forward(p, chunk, micro, fn, ctx) != BT_OK) return BT_ERR;
+        }
+        if (k == units - 1 && last_backward) last_backward(ctx);
+        interleaved_unit(p, k, false, &chunk, &micro);
+        if (backward(p, chunk, micro) != BT_OK) return BT_ERR;
     }
     return retire(p, true);
 }
@@ -274,14 +341,17 @@ bt_status pp_forward_only(struct pipeline *p, int64_t n, pp_forward_fn fn, void 
     struct bt_frame *was = bt_frame_enter(f);
     bt_status st = BT_OK;
     char a[96];
-    for (int64_t i = 0; i < n && st == BT_OK; i++) {
+    for (int64_t unit = 0; unit < n * p->chunks && st == BT_OK; unit++) {
+        int64_t i = unit / p->chunks; /* micro-batch after micro-batch, each through the chunks */
+        int chunk = (int)(unit % p->chunks);
         bt_tensor *in = NULL, *out;
         st = BT_ERR;
-        if (p->stage > 0 && (!(in = activation_buffer(p)) ||
-                             comm_recv(p->group, in, p->stage - 1, TAG_ACTIVATION) != BT_OK))
+        if (!is_first(p, chunk) &&
+            (!(in = activation_buffer(p)) ||
+             comm_recv(p->group, in, prev_rank(p), tag_activation(chunk)) != BT_OK))
             break;
-        if (!(out = fn(ctx, i, in))) break;
-        if (is_last(p)) {
+        if (!(out = fn(ctx, chunk, i, in))) break;
+        if (is_last(p, chunk)) {
             if (bt_numel(out) != 1) {
                 bt_error("pipeline: the last stage returned %s for evaluation micro-batch %lld, "
                          "expected its loss (one element)",
@@ -291,7 +361,8 @@ bt_status pp_forward_only(struct pipeline *p, int64_t n, pp_forward_fn fn, void 
             *loss_sum += bt_item(out);
         } else {
             /* the next stage receives micro-batches in order, so waiting here cannot block it */
-            if (comm_send(p->group, bt_contiguous(out), p->stage + 1, TAG_ACTIVATION) != BT_OK)
+            if (comm_send(p->group, bt_contiguous(out), next_rank(p),
+                          tag_activation(next_chunk(p, chunk))) != BT_OK)
                 break;
         }
         bt_frame_reset(f);

@@ -11,6 +11,8 @@
  *  - 1F1B (Narayanan et al. 2021, PipeDream-Flush): S-s-1 warm-up forwards, then one forward and
  *    one backward alternately, then the remaining backwards; at most S-s micro-batches are in
  *    flight on stage s, so activation memory is bounded by the number of stages.
+ *  - Interleaved 1F1B (the same paper, Megatron-LM): each rank holds v chunks of the model
+ *    (virtual stages), which divides the bubble by v for v times the point-to-point messages.
  * Both run the backwards in micro-batch order, so parameter gradients accumulate in the order of
  * single-rank gradient accumulation. Each micro-batch's activations live in a core frame
  * (core/runtime.h) released as soon as its backward has run (the gradient sent back is copied to
@@ -35,18 +37,23 @@ bool pp_schedule_parse(const char *name, pp_schedule *out);
 struct pp_options {
     pp_schedule schedule;
     int64_t microbatches; /* m >= 1 */
+    /* virtual stages per rank (interleaved 1F1B, parallel.virtual_stages): the model is cut into
+     * S·v stages and rank r holds chunks c = 0..v-1, virtual stages c·S + r; needs S >= 2, the
+     * 1F1B schedule and m divisible by S. 0 or 1: one stage per rank */
+    int chunks;
     /* the activation sent from each stage to the next, float32: (B, T, C), or (B, T/tp, C) under
      * sequence parallelism; the same on every stage */
     int act_ndim;
     int64_t act_shape[BT_MAX_DIMS];
 };
 
-/* This stage's computation for one micro-batch, run in the micro-batch's frame with grad mode on.
- * `in` is NULL on the first stage (the callback loads micro-batch `micro` itself), else the
- * activation received from the previous stage, a leaf that requires grad. Returns the activation
- * for the next stage (act_shape), or on the last stage the micro-batch's loss, 0-d, scaled as it
- * should enter the step's gradient (e.g. by 1/m). NULL with a message on error. */
-typedef bt_tensor *(*pp_forward_fn)(void *ctx, int64_t micro, bt_tensor *in);
+/* The computation of this rank's chunk `chunk` (0 without interleaving) for one micro-batch, run
+ * in the micro-batch's frame with grad mode on. `in` is NULL on the first virtual stage (the
+ * callback loads micro-batch `micro` itself), else the activation received from the previous
+ * one, a leaf that requires grad. Returns the activation for the next stage (act_shape), or on the
+ * last virtual stage the micro-batch's loss, 0-d, scaled as it should enter the step's gradient
+ * (e.g. by 1/m). NULL with a message on error. */
+typedef bt_tensor *(*pp_forward_fn)(void *ctx, int chunk, int64_t micro, bt_tensor *in);
 /* Called just before the backward of the step's last micro-batch (data parallelism arms its
  * gradient reduction there); may be NULL. */
 typedef void (*pp_last_backward_fn)(void *ctx);

@@ -49,11 +49,20 @@ static bt_tensor *loss_of(bt_tensor *y) {
 }
 
 struct toy {
-    bt_tensor *w; /* this rank's stage */
+    bt_tensor *w;     /* this rank's stage */
+    bt_tensor *wc[4]; /* interleaved: chunk c's, virtual stage c·S + rank */
+    int chunks;       /* 0: not interleaved */
+    int64_t m;        /* micro-batches, for the loss scale */
 };
 
-static bt_tensor *toy_forward(void *ctx, int64_t micro, bt_tensor *in) {
+static bt_tensor *toy_forward(void *ctx, int chunk, int64_t micro, bt_tensor *in) {
     struct toy *t = ctx;
+    if (t->chunks) { /* virtual stage chunk·S + rank of S·chunks */
+        bt_tensor *y = stage_forward(t->wc[chunk], in ? in : input_of(micro));
+        bool last = chunk == t->chunks - 1 && stage() == stages() - 1;
+        return last ? bt_mul_scalar(bt_mean_all(bt_mul(y, y)), 1.0 / (double)t->m) : y;
+    }
+    ck_assert_int_eq(chunk, 0);
     bt_tensor *y = stage_forward(t->w, in ? in : input_of(micro));
     return stage() == stages() - 1 ? loss_of(y) : y;
 }
@@ -123,6 +132,72 @@ MPI_TEST(test_1f1b_equals_gradient_accumulation) {
     check_schedule(PP_SCHEDULE_1F1B);
 }
 
+/* interleaved 1F1B: v = 2 chunks per rank, the chain of S·v virtual stages, m = 2S micro-batches;
+ * loss and both chunks' gradients bit-identical to single-rank gradient accumulation */
+MPI_TEST(test_interleaved_equals_gradient_accumulation) {
+    enum { V = 2 };
+    int S = stages(), s = stage();
+    int64_t m = 2 * S;
+    if (S == 1) { /* one stage has nothing to interleave */
+        struct pp_options one = {.schedule = PP_SCHEDULE_1F1B,
+                                 .microbatches = 2,
+                                 .chunks = V,
+                                 .act_ndim = 2,
+                                 .act_shape = {B, C}};
+        ck_assert_ptr_null(pp_create(comm_world(), &one));
+        ck_assert_error_contains("2 virtual stages per rank need at least 2 pipeline stages");
+        return;
+    }
+    bt_tensor *w[16];
+    for (int k = 0; k < S * V; k++)
+        w[k] = weight_of(k);
+    double want = 0.0;
+    for (int64_t i = 0; i < m; i++) {
+        bt_tensor *y = input_of(i);
+        for (int k = 0; k < S * V; k++)
+            y = stage_forward(w[k], y);
+        bt_tensor *l = bt_mul_scalar(bt_mean_all(bt_mul(y, y)), 1.0 / (double)m);
+        want += bt_item(l);
+        ck_assert_int_eq(bt_backward(l), BT_OK);
+        bt_step_end();
+    }
+    struct toy toy = {.chunks = V, .m = m};
+    for (int c = 0; c < V; c++)
+        toy.wc[c] = weight_of(c * S + s);
+    struct pp_options o = {.schedule = PP_SCHEDULE_1F1B,
+                           .microbatches = m,
+                           .chunks = V,
+                           .act_ndim = 2,
+                           .act_shape = {B, C}};
+    struct pipeline *p = pp_create(comm_world(), &o);
+    ck_assert_msg(p != NULL, "%s", bt_last_error());
+    struct pp_step_stats stats;
+    last_backward_calls = 0;
+    ck_assert_msg(pp_step(p, toy_forward, count_last_backward, &toy, &stats) == BT_OK,
+                  "rank %d: %s", s, bt_last_error());
+    ck_assert_int_eq(last_backward_calls, 1);
+    if (s == S - 1)
+        ck_assert_msg(stats.loss_sum == want, "loss %.9g, expected %.9g", stats.loss_sum, want);
+    for (int c = 0; c < V; c++)
+        for (int64_t k = 0; k < C * C; k++)
+            ck_assert_msg(bt_get(toy.wc[c]->grad, k) == bt_get(w[c * S + s]->grad, k),
+                          "rank %d chunk %d gradient element %lld: %.9g, expected %.9g", s, c,
+                          (long long)k, bt_get(toy.wc[c]->grad, k), bt_get(w[c * S + s]->grad, k));
+    /* Megatron's warm-up: 2(S-s-1) + (v-1)S forwards before the first backward */
+    int64_t warmup = 2 * (S - s - 1) + (V - 1) * S;
+    ck_assert_int_le(stats.max_in_flight, (warmup < m * V ? warmup : m * V) + 1);
+    /* evaluation goes through the chunks too */
+    double loss = -1.0;
+    bt_zero_grad(toy.wc[0]);
+    ck_assert(pp_forward_only(p, m, toy_forward, &toy, &loss) == BT_OK);
+    if (s == S - 1) ck_assert_double_eq_tol(loss, want, 1e-12);
+    pp_free(p);
+    for (int c = 0; c < V; c++)
+        bt_tensor_free(toy.wc[c]);
+    for (int k = 0; k < S * V; k++)
+        bt_tensor_free(w[k]);
+}
+
 /* 1F1B's activation memory is bounded by the stages, GPipe's grows with the micro-batches */
 MPI_TEST(test_1f1b_holds_less_than_gpipe) {
     struct toy toy = {.w = weight_of(stage())};
@@ -174,8 +249,9 @@ MPI_TEST(test_forward_only) {
         bt_tensor_free(w[k]);
 }
 
-static bt_tensor *wrong_shape(void *ctx, int64_t micro, bt_tensor *in) {
+static bt_tensor *wrong_shape(void *ctx, int chunk, int64_t micro, bt_tensor *in) {
     (void)ctx;
+    (void)chunk;
     (void)micro;
     (void)in;
     return bt_zeros(BT_SHAPE(2, 2), BT_F32, bt_cpu());
@@ -192,6 +268,15 @@ MPI_TEST(test_errors) {
         .schedule = PP_SCHEDULE_1F1B, .microbatches = 0, .act_ndim = 2, .act_shape = {B, C}};
     ck_assert_ptr_null(pp_create(comm_world(), &o));
     ck_assert_error_contains("expected at least one micro-batch");
+    o.microbatches = 3 * stages() + 1;
+    o.chunks = 2;
+    o.schedule = PP_SCHEDULE_GPIPE;
+    ck_assert_ptr_null(pp_create(comm_world(), &o));
+    if (stages() > 1)
+        ck_assert_error_contains("virtual stages per rank need the 1f1b schedule and a number of "
+                                 "micro-batches divisible by the");
+    o.chunks = 0;
+    o.schedule = PP_SCHEDULE_1F1B;
     if (stages() > 1) return;
     o.microbatches = 2;
     struct pipeline *p = pp_create(comm_world(), &o);
@@ -208,6 +293,7 @@ static Suite *pipeline_suite(void) {
     bt_suite_add(s, test_gpipe_equals_gradient_accumulation);
     bt_suite_add(s, test_1f1b_equals_gradient_accumulation);
     bt_suite_add(s, test_1f1b_holds_less_than_gpipe);
+    bt_suite_add(s, test_interleaved_equals_gradient_accumulation);
     bt_suite_add(s, test_forward_only);
     bt_suite_add(s, test_errors);
     return s;
