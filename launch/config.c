@@ -80,6 +80,7 @@ static const struct cfg_key keys[] = {
     KEY(parallel, bucket_mb, CFG_FLOAT),
     KEY(parallel, sequence_parallel, CFG_BOOL),
     KEY(parallel, stage_layers, CFG_STRING),
+    KEY(parallel, virtual_stages, CFG_INT),
     KEY(data, train, CFG_STRING),
     KEY(data, val, CFG_STRING),
     KEY(data, shuffle, CFG_BOOL),
@@ -148,6 +149,7 @@ void cfg_defaults(struct braid_config *cfg) {
     p->dp = p->tp = p->pp = 1;
     p->zero = 0;
     p->bucket_mb = 25.0;
+    p->virtual_stages = 1;
     p->microbatches = 0;
     SET_STRING(p->schedule, "1f1b");
     cfg->data.shuffle = true;
@@ -904,8 +906,9 @@ static bt_status check_stage_layers(const struct braid_config *cfg) {
                          "one per pipeline stage, e.g. \"3,5\"");
     for (int s = 0; s < n; s++)
         sum += counts[s];
-    if (n != p->pp) {
-        snprintf(note, sizeof note, "it names %d stages", n);
+    if (n != p->pp * p->virtual_stages) {
+        snprintf(note, sizeof note, "it names %d stages, and parallel.virtual_stages=%lld", n,
+                 (long long)p->virtual_stages);
         return key_error(cfg, p->stage_layers, "must have one count per stage of", &p->pp, note);
     }
     if (sum != cfg->model.n_layer) {
@@ -961,6 +964,22 @@ static bt_status check_layout(const struct braid_config *cfg, int world_size) {
                          "parallel.sequence_parallel splits the sequence across the tp ranks");
     if (p->pp > m->n_layer)
         return key_error(cfg, &p->pp, "must be <=", &m->n_layer, "each stage needs a layer");
+    if (p->virtual_stages < 1 || p->virtual_stages > 16)
+        return key_error(cfg, &p->virtual_stages, "must be in [1, 16]", NULL, NULL);
+    if (p->virtual_stages > 1) { /* interleaved 1F1B */
+        if (p->pp < 2)
+            return key_error(cfg, &p->virtual_stages, "needs at least 2 pipeline stages, not",
+                             &p->pp, NULL);
+        if (strcmp(p->schedule, "1f1b") != 0)
+            return key_error(cfg, &p->virtual_stages, "does not work with", p->schedule,
+                             "interleaving is a 1f1b schedule");
+        if (p->pp * p->virtual_stages > m->n_layer)
+            return key_error(cfg, &p->virtual_stages, "× parallel.pp must be <=", &m->n_layer,
+                             "each virtual stage needs a layer");
+        if (cfg->train.grad_accum % p->pp != 0)
+            return key_error(cfg, &cfg->train.grad_accum, "must be a multiple of", &p->pp,
+                             "interleaved micro-batches go in groups of parallel.pp");
+    }
     if (p->stage_layers[0] && check_stage_layers(cfg) != BT_OK) return BT_ERR;
     if (p->microbatches != cfg->train.grad_accum)
         return key_error(cfg, &p->microbatches, "must equal", &cfg->train.grad_accum,

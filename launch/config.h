@@ -11,7 +11,7 @@
 #include "core/error.h"
 
 #define CFG_STR 256   /* longest string value (paths, globs), including the terminator */
-#define CFG_N_KEYS 54 /* keys of docs/config.md, all sections */
+#define CFG_N_KEYS 55 /* keys of docs/config.md, all sections */
 
 /* Where a key's value came from (struct braid_config.origin): a line (>= 1) of `source`, or: */
 #define CFG_FROM_DEFAULT 0
@@ -55,6 +55,7 @@ struct cfg_parallel {
     double bucket_mb;                       /* data-parallel gradient bucket size */
     bool sequence_parallel;                 /* Megatron-SP inside the tensor-parallel group */
     char stage_layers[CFG_STR];             /* blocks per pipeline stage, "3,5"; "" = balanced */
+    int64_t virtual_stages;                 /* pipeline chunks per rank (interleaved 1F1B) */
 };
 
 struct cfg_data {
@@ -112,9 +113,9 @@ bt_status cfg_finalize(struct braid_config *cfg, int world_size);
  * length it needs (like snprintf). */
 size_t cfg_to_yaml(const struct braid_config *cfg, char *buf, size_t size);
 
-/* The pipeline stages' blocks from parallel.stage_layers of a finalized config: stage s holds
- * blocks [begin[s], end[s]) (parallel.pp entries each). False when the key is empty (the caller
- * balances the stages itself). */
+/* The pipeline stages' blocks from parallel.stage_layers of a finalized config: virtual stage s
+ * holds blocks [begin[s], end[s]) (parallel.pp × parallel.virtual_stages entries each). False when
+ * the key is empty (the caller balances the stages itself). */
 bool cfg_stage_layers(const struct braid_config *cfg, int64_t *begin, int64_t *end);
 
 /* Key k (0 .. CFG_N_KEYS-1, docs order) as "section.key", and its value in cfg as the text

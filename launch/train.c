@@ -44,8 +44,11 @@ struct run {
     struct comm *embedding_pair; /* pp: the first and last stage (tied embedding); else NULL */
     double num_parameters;       /* of the whole model, every stage's */
     char *config_yaml;
-    struct model *model;
-    struct nn_param_list params;
+    struct model *model; /* the whole model, or this rank's first pipeline chunk */
+    /* pipeline: this rank's chunks, virtual stages c·pp + pp_rank (chunk 0 is `model`) */
+    struct model *chunks[PP_MAX_CHUNKS];
+    int n_chunks;
+    struct nn_param_list params; /* every chunk's, in chunk order */
     struct optim *opt;
     struct sched sched;
     struct data_loader *train_data, *val_data;
@@ -68,7 +71,8 @@ static void run_free(struct run *r) {
     comm_free(r->embedding_pair);
     dp_free(r->dp);
     nn_param_list_free(&r->params);
-    model_free(r->model);
+    for (int c = 0; c < r->n_chunks; c++)
+        model_free(r->chunks[c]);
     free(r->tokenizer_yaml);
     free(r->config_yaml);
     grid_free(&r->grid);
@@ -190,6 +194,87 @@ done:
     return st;
 }
 
+/* Appends src's entries to dst (the names copied, the tensors referenced). */
+static bt_status append_params(struct nn_param_list *dst, const struct nn_param_list *src) {
+    int64_t n = dst->count + src->count;
+    char **names = realloc(dst->names, (size_t)(n ? n : 1) * sizeof *names);
+    if (names) dst->names = names;
+    bt_tensor **tensors =
+        names ? realloc(dst->tensors, (size_t)(n ? n : 1) * sizeof *tensors) : NULL;
+    if (tensors) dst->tensors = tensors;
+    struct nn_split *splits =
+        tensors ? realloc(dst->splits, (size_t)(n ? n : 1) * sizeof *splits) : NULL;
+    if (!splits) return bt_error("out of memory listing parameters");
+    dst->splits = splits;
+    for (int64_t i = 0; i < src->count; i++) {
+        if (!(dst->names[dst->count] = strdup(src->names[i])))
+            return bt_error("out of memory listing parameters");
+        dst->tensors[dst->count] = src->tensors[i];
+        dst->splits[dst->count] = nn_param_split(src, i);
+        dst->count++;
+    }
+    return BT_OK;
+}
+
+/* The model, or with pipeline parallelism this rank's chunks: virtual stages c·pp + pp_rank of
+ * pp·virtual_stages, each a contiguous range of the blocks; r->params lists them all. */
+static bt_status build_models(struct run *r, struct model_config *mc) {
+    const struct braid_config *cfg = &r->cfg;
+    int pp = r->grid.pp, v = pp > 1 ? (int)cfg->parallel.virtual_stages : 1, stages = pp * v;
+    int64_t begin[stages], end[stages];
+    if (pp > 1) {
+        if (!cfg_stage_layers(cfg, begin, end) &&
+            model_stage_layers(mc, stages, begin, end) != BT_OK)
+            return BT_ERR;
+        mc->pp_stages = stages;
+    }
+    for (int c = 0; c < v; c++) {
+        if (pp > 1) {
+            mc->pp_stage = c * pp + r->grid.pp_rank;
+            mc->pp_layer_begin = begin[mc->pp_stage];
+            mc->pp_layer_end = end[mc->pp_stage];
+        }
+        struct nn_param_list list;
+        if (!(r->chunks[c] = model_create(mc, (uint64_t)cfg->train.seed))) return BT_ERR;
+        r->n_chunks = c + 1;
+        if (model_parameters(r->chunks[c], &list) != BT_OK) return BT_ERR;
+        bt_status st = append_params(&r->params, &list);
+        nn_param_list_free(&list);
+        if (st != BT_OK) return BT_ERR;
+    }
+    r->model = r->chunks[0];
+    return BT_OK;
+}
+
+/* Training or evaluation mode (dropout) for every chunk. */
+static void train_mode(struct run *r, bool training) {
+    for (int c = 0; c < r->n_chunks; c++)
+        model_train(r->chunks[c], training);
+}
+
+/* The tied embedding's tensor on this rank (the first chunk of the first stage, or the last
+ * chunk of the last), or NULL. */
+static bt_tensor *tied_embedding(const struct run *r) {
+    for (int c = 0; c < r->n_chunks; c++) {
+        bt_tensor *t = model_tied_embedding(r->chunks[c]);
+        if (t) return t;
+    }
+    return NULL;
+}
+
+/* The elements of the parameters this rank holds. */
+static int64_t local_parameters(const struct run *r) {
+    int64_t n = 0;
+    for (int c = 0; c < r->n_chunks; c++)
+        n += model_num_local_parameters(r->chunks[c]);
+    return n;
+}
+
+/* The rank's last chunk holds the last virtual stage (the loss) */
+static bool holds_last_stage(const struct run *r) {
+    return model_is_last_stage(r->chunks[r->n_chunks - 1]);
+}
+
 static bt_status setup(struct run *r) {
     const struct braid_config *cfg = &r->cfg;
     size_t need = cfg_to_yaml(cfg, NULL, 0);
@@ -208,18 +293,7 @@ static bt_status setup(struct run *r) {
         mc.tp_group = r->grid.tp_group;
         mc.sequence_parallel = cfg->parallel.sequence_parallel;
     }
-    if (r->grid.pp > 1) { /* this rank builds its stage: a contiguous range of the blocks */
-        int64_t begin[r->grid.pp], end[r->grid.pp];
-        if (!cfg_stage_layers(cfg, begin, end) &&
-            model_stage_layers(&mc, r->grid.pp, begin, end) != BT_OK)
-            return BT_ERR;
-        mc.pp_stages = r->grid.pp;
-        mc.pp_stage = r->grid.pp_rank;
-        mc.pp_layer_begin = begin[r->grid.pp_rank];
-        mc.pp_layer_end = end[r->grid.pp_rank];
-    }
-    r->model = model_create(&mc, (uint64_t)cfg->train.seed);
-    if (!r->model || model_parameters(r->model, &r->params) != BT_OK) return BT_ERR;
+    if (build_models(r, &mc) != BT_OK) return BT_ERR;
     if (!resuming && cfg->model.init_from[0]) {
         if ((r->grid.pp > 1 ? ckpt_load_model_subset(cfg->model.init_from, &r->params)
                             : ckpt_load_model(cfg->model.init_from, &r->params)) != BT_OK)
@@ -249,6 +323,7 @@ static bt_status setup(struct run *r) {
         int64_t sp = cfg->parallel.sequence_parallel ? r->grid.tp : 1;
         struct pp_options o = {.schedule = schedule,
                                .microbatches = cfg->train.grad_accum,
+                               .chunks = (int)cfg->parallel.virtual_stages,
                                .act_ndim = 3,
                                .act_shape = {cfg->train.batch_size, T / sp, cfg->model.n_embd}};
         if (!(r->pp = pp_create(r->grid.pp_group, &o))) return BT_ERR;
@@ -270,14 +345,16 @@ static bt_status setup(struct run *r) {
 static bt_status setup_parallel(struct run *r) {
     const struct braid_config *cfg = &r->cfg;
     int pp = r->grid.pp, stage = r->grid.pp_rank;
-    double local = (double)model_num_parameters(r->model);
+    double local = 0.0;
+    for (int c = 0; c < r->n_chunks; c++)
+        local += (double)model_num_parameters(r->chunks[c]);
     if (pp > 1) {
         if (cfg->model.tie_embeddings) {
             bool ends = stage == 0 || stage == pp - 1;
             r->embedding_pair = comm_split(r->grid.pp_group, ends ? 0 : 1, stage, "embedding");
             if (!r->embedding_pair) return BT_ERR;
             /* the last stage's copy is counted by the first */
-            bt_tensor *tied = model_tied_embedding(r->model);
+            bt_tensor *tied = tied_embedding(r);
             if (stage == pp - 1 && tied)
                 local -= (double)(cfg->model.vocab_size * cfg->model.n_embd);
         }
@@ -291,16 +368,21 @@ static bt_status setup_parallel(struct run *r) {
            (long long)data_loader_windows(r->train_data), (long long)T, r->peak_flops / 1e9);
     if (r->grid.tp > 1)
         printf("tensor parallel: tp=%d, %lld of the parameters on each rank%s\n", r->grid.tp,
-               (long long)model_num_local_parameters(r->model),
+               (long long)local_parameters(r),
                cfg->parallel.sequence_parallel ? ", sequence parallel" : "");
     else if (cfg->parallel.sequence_parallel)
         printf("parallel.sequence_parallel has no effect at parallel.tp=1\n");
-    if (pp > 1) /* rank 0 speaks for stage 0 */
+    if (pp > 1) { /* rank 0 speaks for stage 0 */
         printf("pipeline parallel: pp=%d, schedule %s, %lld micro-batches a step; stage 0 holds "
-               "layers [%lld, %lld)\n",
-               pp, cfg->parallel.schedule, (long long)cfg->train.grad_accum,
-               (long long)r->model->config.pp_layer_begin,
-               (long long)r->model->config.pp_layer_end);
+               "layers",
+               pp, cfg->parallel.schedule, (long long)cfg->train.grad_accum);
+        for (int c = 0; c < r->n_chunks; c++)
+            printf("%s [%lld, %lld)", c ? " and" : "",
+                   (long long)r->chunks[c]->config.pp_layer_begin,
+                   (long long)r->chunks[c]->config.pp_layer_end);
+        if (r->n_chunks > 1) printf(" (%d virtual stages per rank, interleaved)", r->n_chunks);
+        printf("\n");
+    }
     if (r->dp)
         printf("data parallel: dp=%lld, %lld gradient buckets of about %g MB%s\n",
                (long long)cfg->parallel.dp, (long long)dp_stats(r->dp)->buckets,
@@ -347,32 +429,32 @@ struct stage_batch {
     bool evaluating; /* validation batch k = dp_rank + micro * dp */
 };
 
-/* Dropout values the stages before this one draw for one micro-batch (one mask of (B, T, C) per
- * dropout layer: the embeddings' and two per block), so that this stage continues the
+/* Dropout values the stages before chunk m draw for one micro-batch (one mask of (B, T, C) per
+ * dropout layer: the embeddings' and two per block), so that the chunk continues the
  * micro-batch's stream where a single rank would be. */
-static uint64_t dropout_values_before(const struct run *r) {
+static uint64_t dropout_values_before(const struct run *r, const struct model *m) {
     const struct braid_config *cfg = &r->cfg;
-    if (cfg->model.dropout == 0.0 || model_is_first_stage(r->model)) return 0;
-    int64_t layers_before = r->model->config.pp_layer_begin;
+    if (cfg->model.dropout == 0.0 || model_is_first_stage(m)) return 0;
+    int64_t layers_before = m->config.pp_layer_begin;
     return (uint64_t)((1 + 2 * layers_before) * cfg->train.batch_size * cfg->train.seq_len *
                       cfg->model.n_embd);
 }
 
 static bt_tensor *stage_forward(void *ctx, int chunk, int64_t micro, bt_tensor *in) {
-    (void)chunk; /* one stage per rank: braid train does not interleave yet */
     struct stage_batch *sb = ctx;
     struct run *r = sb->r;
+    struct model *m = r->chunks[chunk];
     int64_t B = r->cfg.train.batch_size, dp = r->grid.dp;
     int64_t g = sb->evaluating ? r->grid.dp_rank + micro * dp : micro * dp + r->grid.dp_rank;
     bt_tensor *x = NULL, *y = NULL;
-    bool first = model_is_first_stage(r->model), last = model_is_last_stage(r->model);
+    bool first = model_is_first_stage(m), last = model_is_last_stage(m);
     if ((first || last) && data_loader_batch(sb->data, sb->first + g * B, B, &x, &y) != BT_OK)
         return NULL;
     if (!sb->evaluating) {
         seed_dropout((uint64_t)r->cfg.train.seed, sb->micro0 + g);
-        bt_runtime()->dropout_rng.offset = dropout_values_before(r);
+        bt_runtime()->dropout_rng.offset = dropout_values_before(r, m);
     }
-    bt_tensor *out = model_stage_forward(r->model, first ? x : in, last ? y : NULL, NULL);
+    bt_tensor *out = model_stage_forward(m, first ? x : in, last ? y : NULL, NULL);
     if (!last || !out || sb->evaluating) return out;
     /* the step's loss is the mean over its micro-batches */
     return bt_mul_scalar(out, 1.0 / (double)r->cfg.train.grad_accum);
@@ -385,7 +467,7 @@ static void arm_data_parallel(void *ctx) {
 
 /* The public name of the tied embedding on this stage (its parameter list's), or NULL. */
 static const char *tied_embedding_name(const struct run *r) {
-    bt_tensor *tied = model_tied_embedding(r->model);
+    bt_tensor *tied = tied_embedding(r);
     for (int64_t i = 0; tied && i < r->params.count; i++)
         if (r->params.tensors[i] == tied) return r->params.names[i];
     return NULL;
@@ -394,7 +476,7 @@ static const char *tied_embedding_name(const struct run *r) {
 /* The gradient of the tied embedding, held by the first and the last stage, is the sum of theirs
  * (after data parallelism has averaged each; with ZeRO-1 each rank sums its rows). */
 static bt_status sum_tied_embedding(struct run *r) {
-    bt_tensor *tied = model_tied_embedding(r->model);
+    bt_tensor *tied = tied_embedding(r);
     if (!r->embedding_pair || !tied || comm_size(r->embedding_pair) < 2) return BT_OK;
     bt_tensor *grad = tied->grad;
     if (r->dp) { /* the optimizer's tensor of the same name: tied itself or this rank's rows */
@@ -412,7 +494,7 @@ static bt_status sum_tied_embedding(struct run *r) {
 static bt_status evaluate(struct run *r, double *val_loss) {
     const struct cfg_train *t = &r->cfg.train;
     bool grad_mode = bt_set_grad_enabled(false);
-    model_train(r->model, false);
+    train_mode(r, false);
     double sum = 0.0;
     bt_status status = BT_OK;
     if (r->pp) { /* the last stages' losses, summed over the world by their tp rank 0 */
@@ -420,7 +502,7 @@ static bt_status evaluate(struct run *r, double *val_loss) {
         struct stage_batch sb = {.r = r, .data = r->val_data, .evaluating = true};
         status = pp_forward_only(r->pp, mine > 0 ? mine : 0, stage_forward, &sb, &sum);
         bt_step_end();
-        model_train(r->model, true);
+        train_mode(r, true);
         bt_set_grad_enabled(grad_mode);
         if (r->grid.tp_rank != 0) sum = 0.0;
         if (status == BT_OK &&
@@ -440,7 +522,7 @@ static bt_status evaluate(struct run *r, double *val_loss) {
             sum += bt_item(loss);
         bt_step_end();
     }
-    model_train(r->model, true);
+    train_mode(r, true);
     bt_set_grad_enabled(grad_mode);
     if (status == BT_OK && r->grid.dp > 1 &&
         comm_allreduce_doubles(r->grid.dp_group, &sum, 1, COMM_SUM) != BT_OK)
@@ -483,7 +565,7 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
         if (pp_step(r->pp, stage_forward, arm_data_parallel, &sb, &stats) != BT_OK) return BT_ERR;
         bt_step_end();
         /* the last stage's tp rank 0 speaks for its dp rank's micro-batches */
-        if (model_is_last_stage(r->model) && r->grid.tp_rank == 0)
+        if (holds_last_stage(r) && r->grid.tp_rank == 0)
             sums[0] = stats.loss_sum * (double)t->grad_accum;
         if (r->dp && dp_finish(r->dp) != BT_OK) return BT_ERR;
         if (sum_tied_embedding(r) != BT_OK) return BT_ERR;
@@ -524,8 +606,7 @@ static bt_status finish_step(struct run *r, int64_t step, double lr, const doubl
     *loss_out = sums[0] / (double)r->micro_per_step;
     *stop = sums[1] > 0.0;
     double max_norm = t->grad_clip > 0.0 ? t->grad_clip : INFINITY;
-    bool tied_copy =
-        r->embedding_pair && model_is_last_stage(r->model) && !model_is_first_stage(r->model);
+    bool tied_copy = r->embedding_pair && holds_last_stage(r) && !model_is_first_stage(r->model);
     struct grid_norm_groups groups = {
         .rows = r->dp && r->cfg.parallel.zero ? r->grid.dp_group : NULL,
         .tp = r->grid.tp_group,

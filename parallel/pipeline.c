@@ -73,6 +73,10 @@ struct pipeline *pp_create(struct comm *group, const struct pp_options *options)
             return NULL;
         }
     int chunks = options->chunks > 1 ? options->chunks : 1, S = comm_size(group);
+    if (chunks > PP_MAX_CHUNKS) {
+        bt_error("pipeline: %d virtual stages per rank, at most %d", chunks, PP_MAX_CHUNKS);
+        return NULL;
+    }
     if (chunks > 1 && S < 2) {
         bt_error("pipeline: %d virtual stages per rank need at least 2 pipeline stages", chunks);
         return NULL;

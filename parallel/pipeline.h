@@ -31,6 +31,8 @@
 
 typedef enum { PP_SCHEDULE_1F1B = 0, PP_SCHEDULE_GPIPE } pp_schedule;
 
+#define PP_MAX_CHUNKS 16 /* virtual stages per rank */
+
 /* "1f1b" / "gpipe" (parallel.schedule) -> *out; false with a message naming the value otherwise */
 bool pp_schedule_parse(const char *name, pp_schedule *out);
 
@@ -39,7 +41,7 @@ struct pp_options {
     int64_t microbatches; /* m >= 1 */
     /* virtual stages per rank (interleaved 1F1B, parallel.virtual_stages): the model is cut into
      * S·v stages and rank r holds chunks c = 0..v-1, virtual stages c·S + r; needs S >= 2, the
-     * 1F1B schedule and m divisible by S. 0 or 1: one stage per rank */
+     * 1F1B schedule and m divisible by S; at most PP_MAX_CHUNKS. 0 or 1: one stage per rank */
     int chunks;
     /* the activation sent from each stage to the next, float32: (B, T, C), or (B, T/tp, C) under
      * sequence parallelism; the same on every stage */

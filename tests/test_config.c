@@ -383,6 +383,26 @@ START_TEST(test_relation_stage_layers) {
                    "parallel.stage_layers='5,5' must add up to model.n_layer=12 (default): "
                    "its counts add up to 10",
                    "--parallel.pp=2", "--parallel.stage_layers=5,5");
+    FINALIZE_FAILS(2,
+                   "parallel.stage_layers='6,6' must have one count per stage of parallel.pp=2: "
+                   "it names 2 stages, and parallel.virtual_stages=2",
+                   "--parallel.pp=2", "--parallel.virtual_stages=2", "--train.grad_accum=2",
+                   "--parallel.stage_layers=6,6");
+    /* interleaved 1F1B: its own conditions, named */
+    FINALIZE_FAILS(1,
+                   "parallel.virtual_stages=2 needs at least 2 pipeline stages, not "
+                   "parallel.pp=1",
+                   "--parallel.virtual_stages=2");
+    FINALIZE_FAILS(2,
+                   "parallel.virtual_stages=2 does not work with parallel.schedule=gpipe: "
+                   "interleaving is a 1f1b schedule",
+                   "--parallel.pp=2", "--parallel.virtual_stages=2", "--parallel.schedule=gpipe");
+    FINALIZE_FAILS(2, "train.grad_accum=3 must be a multiple of parallel.pp=2", "--parallel.pp=2",
+                   "--parallel.virtual_stages=2", "--train.grad_accum=3");
+    FINALIZE_FAILS(4, "parallel.virtual_stages=4 × parallel.pp must be <= model.n_layer=12",
+                   "--parallel.pp=4", "--parallel.virtual_stages=4", "--train.grad_accum=4");
+    FINALIZE_FAILS(2, "parallel.virtual_stages=0 must be in [1, 16]", "--parallel.pp=2",
+                   "--parallel.virtual_stages=0");
     struct braid_config cfg;
     cfg_defaults(&cfg);
     ck_assert_int_eq(cfg_apply_override(&cfg, "--data.train=shards/train_*.bin"), BT_OK);

@@ -8,6 +8,7 @@
 #   pp2_gpipe        the same with GPipe
 #   untied           pp=2 with an untied LM head
 #   explicit_split   pp=2 with parallel.stage_layers="3,1" (stage 0 holds blocks 0-2)
+#   interleaved      pp=2 with 2 virtual stages per rank (interleaved 1F1B), tied and untied
 #   layouts          the 3-D invariance: dp4, tp4, pp4, dp2×tp2, dp2×pp2, tp2×pp2 on 4 ranks
 #   grid8            dp2×tp2×pp2 on 8 ranks (ZeRO-1, sequence parallel) == one rank
 #   resume_tp2pp2    a tp2×pp2 checkpoint resumed at dp=4 and at one rank continues the losses
@@ -43,6 +44,18 @@ explicit_split)
     --parallel.stage_layers=3,1
   grep -q "stage 0 holds layers \[0, 3)" "$out/split.log" || fail "the split was not used"
   same_losses single split
+  ;;
+interleaved)
+  run single 1 --train.max_steps=12 --train.grad_accum=4
+  run inter 2 --train.max_steps=12 --train.grad_accum=4 --parallel.pp=2 \
+    --parallel.virtual_stages=2
+  grep -q "stage 0 holds layers \[0, 1) and \[2, 3) (2 virtual stages per rank, interleaved)" \
+    "$out/inter.log" || fail "no interleaving banner: $(grep pipeline "$out/inter.log")"
+  same_losses single inter
+  run untied_single 1 --train.max_steps=12 --train.grad_accum=4 --model.tie_embeddings=false
+  run untied_inter 2 --train.max_steps=12 --train.grad_accum=4 --parallel.pp=2 \
+    --parallel.virtual_stages=2 --model.tie_embeddings=false --parallel.dp=1
+  same_losses untied_single untied_inter
   ;;
 layouts)
   run single 1 --train.max_steps=12 --train.grad_accum=4
