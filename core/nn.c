@@ -155,6 +155,16 @@ void nn_module_train(struct nn_module *m, bool training) {
         nn_module_train(m->children[k], training);
 }
 
+void *nn_module_discard(struct nn_module *m) {
+    nn_module_free(m);
+    return NULL;
+}
+
+bt_tensor *nn_module_missing(const char *layer) {
+    if (!bt_has_error()) bt_error("%s: module is NULL", layer);
+    return NULL;
+}
+
 /* ---- parameters ---- */
 
 static struct nn_param *find_local_param(const struct nn_module *m, const char *name) {
@@ -304,13 +314,14 @@ static bt_status split_copy(const char *op, const struct nn_split *s, int part, 
     int64_t piece_rows = fits ? full->shape[0] / (dim == 0 ? s->parts : 1) : 0;
     for (int d = 0; fits && d < ndim; d++) {
         int64_t want = d == dim ? full->shape[d] / s->parts : full->shape[d];
-        fits = d == 0 ? rows0 >= 0 && rows0 + local->shape[0] <= piece_rows : local->shape[d] == want;
+        fits =
+            d == 0 ? rows0 >= 0 && rows0 + local->shape[0] <= piece_rows : local->shape[d] == want;
     }
     if (!fits)
         return bt_error("nn: %s: %s is not rows [%lld, ...) of piece %d of %d along dim %d of %s "
                         "(blocks %s)",
-                        op, bt_shape_str(local, a, sizeof a), (long long)rows0, part, s->parts,
-                        dim, bt_shape_str(full, b, sizeof b),
+                        op, bt_shape_str(local, a, sizeof a), (long long)rows0, part, s->parts, dim,
+                        bt_shape_str(full, b, sizeof b),
                         blocks_str(s, full->shape[dim], blocks, sizeof blocks));
     int nb = split_blocks(s);
     int64_t local_start[NN_SPLIT_MAX_BLOCKS], full_start[NN_SPLIT_MAX_BLOCKS],
@@ -406,8 +417,7 @@ static bt_status collect(const struct nn_module *m, const char *prefix, struct n
                          int64_t *cap) {
     for (int k = 0; k < m->n_params; k++) {
         if (list_contains(l, m->params[k].tensor)) continue; /* tied: first name wins */
-        if (list_push(l, cap, prefix, &m->params[k]) != BT_OK)
-            return BT_ERR;
+        if (list_push(l, cap, prefix, &m->params[k]) != BT_OK) return BT_ERR;
     }
     for (int k = 0; k < m->n_children; k++) {
         const struct nn_module *c = m->children[k];

@@ -114,6 +114,11 @@ bt_status nn_module_set_split(struct nn_module *m, const char *name, const struc
 void nn_module_free(struct nn_module *m);
 /* Sets the training flag of m and every module below it (PyTorch's train(mode) / eval()). */
 void nn_module_train(struct nn_module *m, bool training);
+/* For module types' own code: frees a half-built module and returns NULL (a constructor's
+ * failure path); and what a forward given a NULL module (its constructor failed) returns: NULL,
+ * keeping the constructor's message, or `<layer>: module is NULL`. */
+void *nn_module_discard(struct nn_module *m);
+bt_tensor *nn_module_missing(const char *layer);
 /* The child with this local name, or NULL. */
 struct nn_module *nn_module_child(const struct nn_module *m, const char *name);
 

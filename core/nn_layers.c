@@ -19,18 +19,6 @@ static bool check_eps(const char *layer, const char *name, double eps) {
     return false;
 }
 
-/* A NULL module (its constructor failed): keep the constructor's message. */
-static bt_tensor *no_module(const char *layer) {
-    if (!bt_has_error()) bt_error("%s: module is NULL", layer);
-    return NULL;
-}
-
-/* Frees a half-built module and returns NULL. */
-static void *give_up(struct nn_module *m) {
-    nn_module_free(m);
-    return NULL;
-}
-
 /* ---- Linear ---- */
 
 struct nn_linear *nn_linear_create(const char *name, int64_t in_features, int64_t out_features,
@@ -45,15 +33,15 @@ struct nn_linear *nn_linear_create(const char *name, int64_t in_features, int64_
     m->out_features = out_features;
     if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(out_features, in_features),
                                  &m->weight))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (bias && !nn_module_add_parameter(&m->base, "bias", BT_SHAPE(out_features), &m->bias))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (rng) nn_init_pytorch_default(&m->base, rng);
     return m;
 }
 
 bt_tensor *nn_linear_forward(struct nn_linear *m, bt_tensor *x) {
-    if (!m) return no_module("linear");
+    if (!m) return nn_module_missing("linear");
     bt_scope_push(m->base.path);
     bt_tensor *y = bt_linear(x, m->weight, m->bias);
     bt_scope_pop();
@@ -74,13 +62,13 @@ struct nn_embedding *nn_embedding_create(const char *name, int64_t num_embedding
     m->embedding_dim = embedding_dim;
     if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(num_embeddings, embedding_dim),
                                  &m->weight))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (rng) nn_init_pytorch_default(&m->base, rng);
     return m;
 }
 
 bt_tensor *nn_embedding_forward(struct nn_embedding *m, bt_tensor *idx) {
-    if (!m) return no_module("embedding");
+    if (!m) return nn_module_missing("embedding");
     bt_scope_push(m->base.path);
     bt_tensor *y = bt_embedding(m->weight, idx);
     bt_scope_pop();
@@ -99,15 +87,15 @@ struct nn_layernorm *nn_layernorm_create(const char *name, int64_t C, bool bias,
     m->C = C;
     m->eps = eps;
     if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(C), &m->weight))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (bias && !nn_module_add_parameter(&m->base, "bias", BT_SHAPE(C), &m->bias))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     nn_init_ones(m->weight);
     return m;
 }
 
 bt_tensor *nn_layernorm_forward(struct nn_layernorm *m, bt_tensor *x) {
-    if (!m) return no_module("layernorm");
+    if (!m) return nn_module_missing("layernorm");
     bt_scope_push(m->base.path);
     bt_tensor *y = bt_layernorm(x, m->weight, m->bias, m->eps);
     bt_scope_pop();
@@ -123,13 +111,13 @@ struct nn_rmsnorm *nn_rmsnorm_create(const char *name, int64_t C, double eps) {
     m->C = C;
     m->eps = eps;
     if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(C), &m->weight))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     nn_init_ones(m->weight);
     return m;
 }
 
 bt_tensor *nn_rmsnorm_forward(struct nn_rmsnorm *m, bt_tensor *x) {
-    if (!m) return no_module("rmsnorm");
+    if (!m) return nn_module_missing("rmsnorm");
     bt_scope_push(m->base.path);
     bt_tensor *y = bt_rmsnorm(x, m->weight, m->eps);
     bt_scope_pop();
@@ -151,7 +139,7 @@ struct nn_dropout *nn_dropout_create(const char *name, double p) {
 }
 
 bt_tensor *nn_dropout_forward(struct nn_dropout *m, bt_tensor *x) {
-    if (!m) return no_module("dropout");
+    if (!m) return nn_module_missing("dropout");
     bt_scope_push(m->base.path);
     bt_tensor *y = bt_dropout(x, m->p, m->base.training);
     bt_scope_pop();

@@ -29,17 +29,6 @@ static bool check_positive(const char *owner, const char *what, int64_t v) {
     return false;
 }
 
-/* A NULL module (its constructor failed): keep the constructor's message. */
-static bt_tensor *no_module(const char *layer) {
-    if (!bt_has_error()) bt_error("%s: module is NULL", layer);
-    return NULL;
-}
-
-static void *give_up(struct nn_module *m) {
-    nn_module_free(m);
-    return NULL;
-}
-
 /* The full tensor a *_load_full was given: present, floating point, of the expected shape. */
 static bool check_full(const char *owner, const char *what, const bt_tensor *t, int ndim,
                        const int64_t *shape) {
@@ -75,13 +64,18 @@ static bool check_full_bias(const char *owner, const bt_tensor *bias, const bt_t
     return !bias || check_full(owner, "bias", full, 1, (int64_t[]){n});
 }
 
-/* dst[dst_start : dst_start+n] = src[src_start : src_start+n] along dim d (no autograd) */
-static bt_status copy_block(bt_tensor *dst, int64_t dst_start, const bt_tensor *src,
-                            int64_t src_start, int d, int64_t n) {
+/* Copies this rank's piece of `full` (the whole tensor, of any float dtype, checked by the
+ * caller) into m's parameter `name`, as its registered split says (core/nn.h). No autograd. */
+static bt_status load_piece(struct nn_module *m, const char *name, const bt_tensor *full) {
+    struct nn_param *p = NULL;
+    for (int k = 0; k < m->n_params && !p; k++)
+        if (strcmp(m->params[k].name, name) == 0) p = &m->params[k];
+    if (!p) return bt_error("%s: no parameter named %s", m->path, name);
     bool grad_mode = bt_set_grad_enabled(false);
-    bt_tensor *to = bt_narrow(dst, d, dst_start, n);
-    bt_tensor *from = bt_narrow((bt_tensor *)src, d, src_start, n); /* a view, read only */
-    bt_status st = to && from ? bt_copy_(to, from) : BT_ERR;
+    bt_tensor *f = (bt_tensor *)full;
+    if (f->dtype != BT_F32) f = bt_to_dtype(f, BT_F32);
+    if (f) f = bt_contiguous(f);
+    bt_status st = f ? nn_split_take(&p->split, f, p->tensor, 0) : BT_ERR;
     bt_set_grad_enabled(grad_mode);
     return st;
 }
@@ -131,19 +125,19 @@ struct tp_column_linear *tp_column_linear_create_fused(const char *name, int64_t
     m->seq_dim = 1;
     if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(out_per_rank, in_features),
                                  &m->weight))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (bias && !nn_module_add_parameter(&m->base, "bias", BT_SHAPE(out_per_rank), &m->bias))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     struct nn_split rows = {.parts = P, .part = m->tp_rank, .dim = 0, .n_blocks = n_blocks};
     memcpy(rows.blocks, block_sizes, (size_t)n_blocks * sizeof(int64_t));
     if (nn_module_set_split(&m->base, "weight", &rows) != BT_OK ||
         (bias && nn_module_set_split(&m->base, "bias", &rows) != BT_OK))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (rng) { /* draw the full layer as nn_linear would, keep this rank's rows */
         struct nn_linear *full = nn_linear_create(name, in_features, out_features, bias, rng);
         bt_status st = full ? tp_column_linear_load_full(m, full->weight, full->bias) : BT_ERR;
         nn_module_free(full ? &full->base : NULL);
-        if (st != BT_OK) return give_up(&m->base);
+        if (st != BT_OK) return nn_module_discard(&m->base);
     }
     return m;
 }
@@ -163,26 +157,18 @@ bt_status tp_column_linear_load_full(struct tp_column_linear *m, const bt_tensor
                     (int64_t[]){m->out_features, m->in_features}) ||
         !check_full_bias(owner, m->bias, full_bias, m->out_features))
         return BT_ERR;
-    /* block b's rows [r*n_b/P, (r+1)*n_b/P) land after the slices of the blocks before it */
-    int64_t full_row = 0, local_row = 0;
-    for (int b = 0; b < m->n_blocks; b++) {
-        int64_t n = m->block_sizes[b] / m->tp, from = full_row + m->tp_rank * n;
-        if (copy_block(m->weight, local_row, full_weight, from, 0, n) != BT_OK ||
-            (m->bias && copy_block(m->bias, local_row, full_bias, from, 0, n) != BT_OK))
-            return BT_ERR;
-        full_row += m->block_sizes[b];
-        local_row += n;
-    }
-    return BT_OK;
+    /* block b's rows [r*n_b/P, (r+1)*n_b/P), block after block */
+    if (load_piece(&m->base, "weight", full_weight) != BT_OK) return BT_ERR;
+    return m->bias ? load_piece(&m->base, "bias", full_bias) : BT_OK;
 }
 
 bt_tensor *tp_column_input(const struct tp_column_linear *m, bt_tensor *x) {
-    if (!m) return no_module("column-parallel linear");
+    if (!m) return nn_module_missing("column-parallel linear");
     return m->sequence_parallel ? tp_gather_seq(x, m->group, m->seq_dim) : tp_copy(x, m->group);
 }
 
 bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x) {
-    if (!m) return no_module("column-parallel linear");
+    if (!m) return nn_module_missing("column-parallel linear");
     bt_scope_push(m->base.path);
     bt_tensor *y = NULL;
     if (m->gather_output && (m->n_blocks > 1 || m->sequence_parallel)) {
@@ -223,17 +209,18 @@ struct tp_row_linear *tp_row_linear_create(const char *name, int64_t in_features
     m->seq_dim = 1;
     if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(out_features, in_per_rank),
                                  &m->weight))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (bias && !nn_module_add_parameter(&m->base, "bias", BT_SHAPE(out_features), &m->bias))
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     /* the bias is whole and replicated */
     struct nn_split columns = {.parts = P, .part = m->tp_rank, .dim = 1};
-    if (nn_module_set_split(&m->base, "weight", &columns) != BT_OK) return give_up(&m->base);
+    if (nn_module_set_split(&m->base, "weight", &columns) != BT_OK)
+        return nn_module_discard(&m->base);
     if (rng) {
         struct nn_linear *full = nn_linear_create(name, in_features, out_features, bias, rng);
         bt_status st = full ? tp_row_linear_load_full(m, full->weight, full->bias) : BT_ERR;
         nn_module_free(full ? &full->base : NULL);
-        if (st != BT_OK) return give_up(&m->base);
+        if (st != BT_OK) return nn_module_discard(&m->base);
     }
     return m;
 }
@@ -246,14 +233,12 @@ bt_status tp_row_linear_load_full(struct tp_row_linear *m, const bt_tensor *full
                     (int64_t[]){m->out_features, m->in_features}) ||
         !check_full_bias(owner, m->bias, full_bias, m->out_features))
         return BT_ERR;
-    if (copy_block(m->weight, 0, full_weight, m->tp_rank * m->in_per_rank, 1, m->in_per_rank) !=
-        BT_OK)
-        return BT_ERR;
-    return m->bias ? copy_block(m->bias, 0, full_bias, 0, 0, m->out_features) : BT_OK;
+    if (load_piece(&m->base, "weight", full_weight) != BT_OK) return BT_ERR; /* its columns */
+    return m->bias ? load_piece(&m->base, "bias", full_bias) : BT_OK;        /* whole */
 }
 
 bt_tensor *tp_row_linear_forward(struct tp_row_linear *m, bt_tensor *x) {
-    if (!m) return no_module("row-parallel linear");
+    if (!m) return nn_module_missing("row-parallel linear");
     bt_scope_push(m->base.path);
     bt_tensor *y = NULL;
     if (m->sequence_parallel && !m->input_is_parallel) {
@@ -297,12 +282,12 @@ struct tp_vocab_embedding *tp_vocab_embedding_create(const char *name, int64_t n
     if (!nn_module_add_parameter(&m->base, "weight", BT_SHAPE(per_rank, embedding_dim),
                                  &m->weight) ||
         nn_module_set_split(&m->base, "weight", &rows) != BT_OK)
-        return give_up(&m->base);
+        return nn_module_discard(&m->base);
     if (rng) {
         struct nn_embedding *full = nn_embedding_create(name, num_embeddings, embedding_dim, rng);
         bt_status st = full ? tp_vocab_embedding_load_full(m, full->weight) : BT_ERR;
         nn_module_free(full ? &full->base : NULL);
-        if (st != BT_OK) return give_up(&m->base);
+        if (st != BT_OK) return nn_module_discard(&m->base);
     }
     return m;
 }
@@ -313,7 +298,7 @@ bt_status tp_vocab_embedding_load_full(struct tp_vocab_embedding *m, const bt_te
     if (!check_full(owner, "weight", full_weight, 2,
                     (int64_t[]){m->num_embeddings, m->embedding_dim}))
         return BT_ERR;
-    return copy_block(m->weight, 0, full_weight, m->vocab_start, 0, m->vocab_per_rank);
+    return load_piece(&m->base, "weight", full_weight); /* its rows */
 }
 
 /* ids (int64, contiguous) -> this rank's rows: local ids (0 for a row held elsewhere) and the mask
@@ -347,7 +332,7 @@ static bool local_ids(const struct tp_vocab_embedding *m, bt_tensor *idx, bt_ten
 }
 
 bt_tensor *tp_vocab_embedding_forward(struct tp_vocab_embedding *m, bt_tensor *idx) {
-    if (!m) return no_module("vocab-parallel embedding");
+    if (!m) return nn_module_missing("vocab-parallel embedding");
     bt_scope_push(m->base.path);
     bt_tensor *y = NULL, *local = NULL, *elsewhere = NULL;
     if (!idx) {
@@ -374,7 +359,7 @@ done:
 }
 
 bt_tensor *tp_vocab_embedding_attend(struct tp_vocab_embedding *m, bt_tensor *x) {
-    if (!m) return no_module("vocab-parallel embedding");
+    if (!m) return nn_module_missing("vocab-parallel embedding");
     bt_scope_push(m->base.path);
     x = m->sequence_parallel ? tp_gather_seq(x, m->group, m->seq_dim) : tp_copy(x, m->group);
     bt_tensor *logits = bt_linear(x, m->weight, NULL); /* (..., V/P) */
