@@ -3,6 +3,8 @@
 #include <math.h>
 
 #include "core/cpu/fastmath.h"
+#include "core/cpu/kernels.h"
+#include "core/cpu/vecmath.h"
 #include "tests/gradcheck.h"
 
 static bt_tensor *fn_add(bt_tensor **in, void *ctx) {
@@ -194,6 +196,72 @@ START_TEST(test_fast_exp_matches_libm) {
 }
 END_TEST
 
+/* GELU-tanh and SiLU and their derivatives in double, for the vectorised kernels' check */
+static double ref_activation(bool gelu, double x, bool derivative) {
+    if (gelu) {
+        double k = sqrt(2.0 / M_PI), u = k * (x + 0.044715 * x * x * x), t = tanh(u);
+        if (!derivative) return 0.5 * x * (1.0 + t);
+        return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * k * (1.0 + 3.0 * 0.044715 * x * x);
+    }
+    double s = 1.0 / (1.0 + exp(-x));
+    return derivative ? s * (1.0 + x * (1.0 - s)) : x * s;
+}
+
+START_TEST(test_activation_kernels_every_length) {
+    /* the 16-lane kernels (core/cpu/vecmath.h, BT_CPU_DISPATCH picks this machine's ISA) at
+     * lengths that end in a partial vector, cross a span of work (4096) and run in parallel, over
+     * [-100, 100]: far past where exp saturates; backward overwriting (beta 0) and accumulating.
+     * f' to 5e-6: in float, 1 - tanh(u)^2 is 0 once |tanh(u)| rounds to 1 (PyTorch's too) */
+    const int64_t lengths[] = {1, 7, 15, 16, 17, 33, 4095, 4097, 40000};
+    const bt_unary_op ops[] = {BT_UN_GELU_TANH, BT_UN_SILU};
+    for (int o = 0; o < 2; o++)
+        for (size_t li = 0; li < sizeof(lengths) / sizeof(lengths[0]); li++) {
+            int64_t n = lengths[li];
+            float *x = malloc((size_t)n * sizeof(float)), *y = malloc((size_t)n * sizeof(float));
+            float *g = malloc((size_t)n * sizeof(float)), *dx = malloc((size_t)n * sizeof(float));
+            for (int64_t i = 0; i < n; i++) {
+                x[i] = n == 1 ? 0.5f : -100.0f + 200.0f * (float)i / (float)(n - 1);
+                g[i] = 1.0f + 0.25f * (float)(i % 3);
+                dx[i] = 2.0f;
+            }
+            bool gelu = ops[o] == BT_UN_GELU_TANH;
+            bt_cpu_unary(ops[o], y, x, n, 0.0f);
+            bt_cpu_unary_backward(ops[o], dx, g, x, y, n, 0.0f, 1.0f); /* 2 + g f'(x) */
+            for (int64_t i = 0; i < n; i++) {
+                double fx = ref_activation(gelu, x[i], false);
+                double dfx = 2.0 + g[i] * ref_activation(gelu, x[i], true);
+                ck_assert_msg(fabs(y[i] - fx) <= 1e-6 + 1e-6 * fabs(fx),
+                              "op %d n %lld: f(%g) = %g, want %g", o, (long long)n, x[i], y[i], fx);
+                ck_assert_msg(fabs(dx[i] - dfx) <= 5e-6 + 1e-6 * fabs(dfx),
+                              "op %d n %lld: 2 + g f'(%g) = %g, want %g", o, (long long)n, x[i],
+                              dx[i], dfx);
+            }
+            bt_cpu_unary_backward(ops[o], dx, g, x, y, n, 0.0f, 0.0f); /* overwrite */
+            for (int64_t i = 0; i < n; i++) {
+                double dfx = g[i] * ref_activation(gelu, x[i], true);
+                ck_assert_msg(fabs(dx[i] - dfx) <= 5e-6 + 1e-6 * fabs(dfx),
+                              "op %d n %lld: g f'(%g) = %g, want %g", o, (long long)n, x[i], dx[i],
+                              dfx);
+            }
+            free(x), free(y), free(g), free(dx);
+        }
+}
+END_TEST
+
+START_TEST(test_vector_exp_equals_scalar) {
+    /* bt_vf_exp is bt_fast_expf lane by lane, clamps included */
+    float in[BT_VL] = {-1000.0f, -87.5f, -87.0f, -20.0f, -1.0f, -1e-8f, 0.0f,  1e-8f,
+                       0.5f,     1.0f,   10.0f,  44.3f,  87.9f, 88.0f,  88.5f, 1000.0f};
+    float out[BT_VL];
+    bt_vf_store(out, bt_vf_exp(bt_vf_load(in)));
+    for (int i = 0; i < BT_VL; i++) {
+        float want = bt_fast_expf(in[i]);
+        ck_assert_msg(fabsf(out[i] - want) <= 2e-7f * want, "exp(%g) = %g, scalar %g", in[i],
+                      out[i], want);
+    }
+}
+END_TEST
+
 static Suite *elementwise_suite(void) {
     Suite *s = suite_create("elementwise");
     bt_suite_add(s, test_add_forward_broadcast);
@@ -203,6 +271,8 @@ static Suite *elementwise_suite(void) {
                       (int)(sizeof(unary_cases) / sizeof(unary_cases[0])));
     bt_suite_add(s, test_unary_forward_values);
     bt_suite_add(s, test_fast_exp_matches_libm);
+    bt_suite_add(s, test_activation_kernels_every_length);
+    bt_suite_add(s, test_vector_exp_equals_scalar);
     bt_suite_add(s, test_masked_fill);
     bt_suite_add(s, test_binary_bad_shapes);
     bt_suite_add(s, test_binary_bad_dtype);

@@ -11,8 +11,11 @@
 
 #include "core/cpu/fastmath.h"
 #include "core/cpu/kernels.h"
+#include "core/cpu/vecmath.h"
 
-/* exp in the softmax loops is bt_fast_expf: gcc vectorises it (libm's expf it does not). */
+/* The softmax loops over a tile's rows run 16 lanes at a time (core/cpu/vecmath.h) in functions
+ * compiled for each ISA level (BT_CPU_DISPATCH); a row's last partial vector is done with the
+ * scalar bt_fast_expf. */
 
 #define BQ 64  /* query rows per tile */
 #define KC 256 /* keys per tile (a multiple of BQ: a causal tile never starts past its queries) */
@@ -36,6 +39,77 @@ static inline int64_t visible_keys(bool causal, int64_t q0, int64_t i, int64_t c
     return n < 0 ? 0 : n < nc ? n : nc;
 }
 
+/* max of s[0..n) (-inf when n = 0) */
+BT_VEC_INLINE float row_max(const float *s, int64_t n) {
+    bt_vf acc = bt_vf_splat(-INFINITY);
+    int64_t j = 0;
+    for (; j + BT_VL <= n; j += BT_VL)
+        acc = bt_vf_max(acc, bt_vf_load(s + j));
+    float mx = bt_vf_hmax(acc);
+    for (; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    return mx;
+}
+
+/* s[j] = exp(s[j] - shift) for j < n, 0 for n <= j < nc; returns the sum of the exps */
+BT_VEC_INLINE float row_exp(float *s, int64_t n, int64_t nc, float shift) {
+    bt_vf acc = bt_vf_splat(0.0f);
+    int64_t j = 0;
+    for (; j + BT_VL <= n; j += BT_VL) {
+        bt_vf e = bt_vf_exp(bt_vf_load(s + j) - shift);
+        bt_vf_store(s + j, e);
+        acc += e;
+    }
+    float sum = bt_vf_sum(acc);
+    for (; j < n; j++)
+        sum += (s[j] = bt_fast_expf(s[j] - shift));
+    for (; j < nc; j++)
+        s[j] = 0.0f;
+    return sum;
+}
+
+/* Online-softmax step for the nq rows of a tile S (nq x nc) of scores of queries q0.. against
+ * keys c0..: S becomes exp(S - m_new) (0 where masked), l and the output rows O accumulated so
+ * far are rescaled to the new running max m_new, and m, l take the chunk in. */
+BT_CPU_DISPATCH static void forward_tile_softmax(float *S, int64_t nq, int64_t nc, bool causal,
+                                                 int64_t q0, int64_t c0, float *m, float *l,
+                                                 float *O, int64_t hs) {
+    for (int64_t i = 0; i < nq; i++) {
+        float *s = S + i * nc;
+        int64_t nv = visible_keys(causal, q0, i, c0, nc);
+        float mx = row_max(s, nv);
+        float m_new = mx > m[i] ? mx : m[i];
+        float sum = row_exp(s, nv, nc, m_new);
+        if (c0 > 0 && m_new > m[i]) { /* rescale what earlier chunks accumulated */
+            float correction = bt_fast_expf(m[i] - m_new);
+            l[i] *= correction;
+            for (int64_t d = 0; d < hs; d++)
+                O[i * hs + d] *= correction;
+        }
+        if (nv > 0) m[i] = m_new;
+        l[i] += sum;
+    }
+}
+
+/* Backward of a tile's rows: S (scores) becomes P = exp(S - lse), dP becomes dS = P * (dP - D),
+ * both 0 where masked. */
+BT_CPU_DISPATCH static void backward_tile_softmax(float *S, float *dP, int64_t nq, int64_t nc,
+                                                  bool causal, int64_t q0, int64_t c0,
+                                                  const float *L, const float *D) {
+    for (int64_t i = 0; i < nq; i++) {
+        float *s = S + i * nc, *dp = dP + i * nc, lse_t = L[i], d_t = D[i];
+        int64_t nv = visible_keys(causal, q0, i, c0, nc);
+        row_exp(s, nv, nc, lse_t);
+        int64_t j = 0;
+        for (; j + BT_VL <= nv; j += BT_VL)
+            bt_vf_store(dp + j, bt_vf_load(s + j) * (bt_vf_load(dp + j) - d_t));
+        for (; j < nv; j++)
+            dp[j] = s[j] * (dp[j] - d_t);
+        for (; j < nc; j++)
+            dp[j] = 0.0f;
+    }
+}
+
 /* Forward of query rows q0..q1-1 of head h in batch b (q1 - q0 <= BQ). S: BQ * KC scratch. */
 static void forward_block(float *out, float *lse, const float *q, const float *k, const float *v,
                           int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t NH, int64_t NKV,
@@ -50,31 +124,7 @@ static void forward_block(float *out, float *lse, const float *q, const float *k
     for (int64_t c0 = 0; c0 < n_keys; c0 += KC) {
         int64_t nc = min64(KC, n_keys - c0);
         bt_cpu_sgemm(false, true, nq, nc, hs, scale, Q, hs, K + c0 * hs, hs, 0.0f, S, nc);
-        for (int64_t i = 0; i < nq; i++) {
-            float *s = S + i * nc;
-            int64_t nv = visible_keys(causal, q0, i, c0, nc);
-            float mx = -INFINITY, sum = 0.0f;
-#pragma omp simd reduction(max : mx)
-            for (int64_t j = 0; j < nv; j++)
-                mx = s[j] > mx ? s[j] : mx;
-            float m_new = mx > m[i] ? mx : m[i];
-#pragma omp simd
-            for (int64_t j = 0; j < nv; j++)
-                s[j] = bt_fast_expf(s[j] - m_new);
-#pragma omp simd reduction(+ : sum)
-            for (int64_t j = 0; j < nv; j++)
-                sum += s[j];
-            for (int64_t j = nv; j < nc; j++)
-                s[j] = 0.0f;
-            if (c0 > 0 && m_new > m[i]) { /* rescale what earlier chunks accumulated */
-                float correction = bt_fast_expf(m[i] - m_new);
-                l[i] *= correction;
-                for (int64_t d = 0; d < hs; d++)
-                    O[i * hs + d] *= correction;
-            }
-            if (nv > 0) m[i] = m_new;
-            l[i] += sum;
-        }
+        forward_tile_softmax(S, nq, nc, causal, q0, c0, m, l, O, hs);
         bt_cpu_sgemm(false, false, nq, hs, nc, 1.0f, S, nc, V + c0 * hs, hs, c0 > 0 ? 1.0f : 0.0f,
                      O, hs);
     }
@@ -145,18 +195,7 @@ static void backward_tile(const struct attention_grads *a, int64_t b, int64_t h,
     float *S = x->S, *dP = x->dP;
     bt_cpu_sgemm(false, true, nq, nc, hs, a->scale, Q, hs, K, hs, 0.0f, S, nc);
     bt_cpu_sgemm(false, true, nq, nc, hs, 1.0f, dO, hs, V, hs, 0.0f, dP, nc);
-    for (int64_t i = 0; i < nq; i++) {
-        float *s = S + i * nc, *dp = dP + i * nc, lse_t = L[i], D = x->D[i];
-        int64_t nv = visible_keys(a->causal, q0, i, c0, nc);
-#pragma omp simd
-        for (int64_t j = 0; j < nv; j++)
-            s[j] = bt_fast_expf(s[j] - lse_t);
-#pragma omp simd
-        for (int64_t j = 0; j < nv; j++)
-            dp[j] = s[j] * (dp[j] - D);
-        for (int64_t j = nv; j < nc; j++)
-            s[j] = dp[j] = 0.0f;
-    }
+    backward_tile_softmax(S, dP, nq, nc, a->causal, q0, c0, L, x->D);
     if (with_dq)
         bt_cpu_sgemm(false, false, nq, hs, nc, a->scale, dP, nc, K, hs, dq_beta, a->dq + row0 * hs,
                      hs);

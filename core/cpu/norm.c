@@ -4,29 +4,50 @@
 #include <math.h>
 
 #include "core/cpu/kernels.h"
+#include "core/cpu/vecmath.h"
 
 #define PARALLEL_MIN 16384 /* below this many elements threads cost more than they save */
 #define COL_BLOCK 32       /* columns per task in the dweight/dbias sums: one cache line pair */
 
-/* x, out (N, C); w, b (C) or NULL; mean, rstd (N)
- * out = (x - mean) * rstd * w + b, rstd = 1 / sqrt(var + eps) (biased variance) */
-void bt_cpu_layernorm(float *out, float *mean, float *rstd, const float *x, const float *w,
-                      const float *b, int64_t N, int64_t C, float eps) {
-#pragma omp parallel for schedule(static) if (N * C >= PARALLEL_MIN)
-    for (int64_t n = 0; n < N; n++) {
+#define ROW_BLOCK 16 /* rows per call of a dispatched row function */
+
+/* sum_c a[c] * (b ? b[c] : 1) over n floats, 16 lanes of partial sums */
+BT_VEC_INLINE float vec_dot(const float *a, const float *b, int64_t n) {
+    bt_vf acc = bt_vf_splat(0.0f);
+    int64_t c = 0;
+    for (; c + BT_VL <= n; c += BT_VL)
+        acc += b ? bt_vf_load(a + c) * bt_vf_load(b + c) : bt_vf_load(a + c);
+    float sum = bt_vf_sum(acc);
+    for (; c < n; c++)
+        sum += b ? a[c] * b[c] : a[c];
+    return sum;
+}
+
+/* Rows n0..n1-1 of the layernorm forward; sums in float, 16 lanes wide */
+BT_CPU_DISPATCH static void layernorm_rows(float *out, float *mean, float *rstd, const float *x,
+                                           const float *w, const float *b, int64_t n0, int64_t n1,
+                                           int64_t C, float eps) {
+    for (int64_t n = n0; n < n1; n++) {
         const float *xr = x + n * C;
         float *yr = out + n * C;
-        double sum = 0.0;
-        for (int64_t c = 0; c < C; c++)
-            sum += xr[c];
-        float m = C ? (float)(sum / (double)C) : 0.0f;
-        double var = 0.0; /* two passes: no cancellation when |mean| >> std */
-        for (int64_t c = 0; c < C; c++) {
-            float d = xr[c] - m;
-            var += (double)d * d;
+        float m = C ? vec_dot(xr, NULL, C) / (float)C : 0.0f;
+        bt_vf acc = bt_vf_splat(0.0f); /* two passes: no cancellation when |mean| >> std */
+        int64_t c = 0;
+        for (; c + BT_VL <= C; c += BT_VL) {
+            bt_vf d = bt_vf_load(xr + c) - m;
+            acc += d * d;
         }
-        float s = 1.0f / sqrtf((C ? (float)(var / (double)C) : 0.0f) + eps);
-        for (int64_t c = 0; c < C; c++) {
+        float var = bt_vf_sum(acc);
+        for (; c < C; c++)
+            var += (xr[c] - m) * (xr[c] - m);
+        float s = 1.0f / sqrtf((C ? var / (float)C : 0.0f) + eps);
+        for (c = 0; c + BT_VL <= C; c += BT_VL) {
+            bt_vf y = (bt_vf_load(xr + c) - m) * s;
+            if (w) y *= bt_vf_load(w + c);
+            if (b) y += bt_vf_load(b + c);
+            bt_vf_store(yr + c, y);
+        }
+        for (; c < C; c++) {
             float y = (xr[c] - m) * s;
             if (w) y *= w[c];
             if (b) y += b[c];
@@ -34,6 +55,74 @@ void bt_cpu_layernorm(float *out, float *mean, float *rstd, const float *x, cons
         }
         mean[n] = m;
         rstd[n] = s;
+    }
+}
+
+/* x, out (N, C); w, b (C) or NULL; mean, rstd (N)
+ * out = (x - mean) * rstd * w + b, rstd = 1 / sqrt(var + eps) (biased variance) */
+void bt_cpu_layernorm(float *out, float *mean, float *rstd, const float *x, const float *w,
+                      const float *b, int64_t N, int64_t C, float eps) {
+#pragma omp parallel for schedule(static) if (N * C >= PARALLEL_MIN)
+    for (int64_t n0 = 0; n0 < N; n0 += ROW_BLOCK)
+        layernorm_rows(out, mean, rstd, x, w, b, n0, n0 + ROW_BLOCK < N ? n0 + ROW_BLOCK : N, C,
+                       eps);
+}
+
+/* Rows n0..n1-1 of the layernorm backward's dx */
+BT_CPU_DISPATCH static void layernorm_dx_rows(float *dx, const float *dout, const float *x,
+                                              const float *w, const float *mean, const float *rstd,
+                                              int64_t n0, int64_t n1, int64_t C, bool accumulate) {
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xr = x + n * C, *gr = dout + n * C;
+        float *dr = dx + n * C;
+        float m = mean[n], s = rstd[n];
+        bt_vf acc = bt_vf_splat(0.0f), acc_norm = bt_vf_splat(0.0f);
+        int64_t c = 0;
+        for (; c + BT_VL <= C; c += BT_VL) {
+            bt_vf dnorm = w ? bt_vf_load(gr + c) * bt_vf_load(w + c) : bt_vf_load(gr + c);
+            acc += dnorm;
+            acc_norm += dnorm * ((bt_vf_load(xr + c) - m) * s);
+        }
+        float dnorm_sum = bt_vf_sum(acc), dnorm_norm_sum = bt_vf_sum(acc_norm);
+        for (; c < C; c++) {
+            float dnorm = w ? gr[c] * w[c] : gr[c];
+            dnorm_sum += dnorm;
+            dnorm_norm_sum += dnorm * ((xr[c] - m) * s);
+        }
+        float dnorm_mean = dnorm_sum / (float)C, dnorm_norm_mean = dnorm_norm_sum / (float)C;
+        for (c = 0; c + BT_VL <= C; c += BT_VL) {
+            bt_vf norm = (bt_vf_load(xr + c) - m) * s;
+            bt_vf dnorm = w ? bt_vf_load(gr + c) * bt_vf_load(w + c) : bt_vf_load(gr + c);
+            bt_vf d = s * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
+            bt_vf_store(dr + c, accumulate ? bt_vf_load(dr + c) + d : d);
+        }
+        for (; c < C; c++) {
+            float norm = (xr[c] - m) * s;
+            float dnorm = w ? gr[c] * w[c] : gr[c];
+            float d = s * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
+            dr[c] = accumulate ? dr[c] + d : d;
+        }
+    }
+}
+
+/* Columns c0..c0+COL_BLOCK-1 (or to C) of the layernorm's dw and db: sums over all N rows in
+ * double, in row order */
+BT_CPU_DISPATCH static void layernorm_param_grad_block(float *dw, float *db, const float *dout,
+                                                       const float *x, const float *mean,
+                                                       const float *rstd, int64_t N, int64_t C,
+                                                       int64_t c0, float beta_w, float beta_b) {
+    int64_t c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
+    double acc_w[COL_BLOCK] = {0}, acc_b[COL_BLOCK] = {0};
+    for (int64_t n = 0; n < N; n++) {
+        const float *xr = x + n * C, *gr = dout + n * C;
+        for (int64_t c = c0; c < c1; c++) {
+            acc_w[c - c0] += (double)gr[c] * ((xr[c] - mean[n]) * rstd[n]);
+            acc_b[c - c0] += gr[c];
+        }
+    }
+    for (int64_t c = c0; c < c1; c++) {
+        if (dw) dw[c] = beta_w == 0.0f ? (float)acc_w[c - c0] : dw[c] + (float)acc_w[c - c0];
+        if (db) db[c] = beta_b == 0.0f ? (float)acc_b[c - c0] : db[c] + (float)acc_b[c - c0];
     }
 }
 
@@ -45,44 +134,16 @@ void bt_cpu_layernorm_backward(float *dx, float *dw, float *db, const float *dou
                                int64_t C, float beta_x, float beta_w, float beta_b) {
     if (dx) {
 #pragma omp parallel for schedule(static) if (N * C >= PARALLEL_MIN)
-        for (int64_t n = 0; n < N; n++) {
-            const float *xr = x + n * C, *gr = dout + n * C;
-            float *dr = dx + n * C;
-            float m = mean[n], s = rstd[n];
-            double dnorm_sum = 0.0, dnorm_norm_sum = 0.0;
-            for (int64_t c = 0; c < C; c++) {
-                float dnorm = w ? gr[c] * w[c] : gr[c];
-                dnorm_sum += dnorm;
-                dnorm_norm_sum += (double)dnorm * ((xr[c] - m) * s);
-            }
-            float dnorm_mean = (float)(dnorm_sum / (double)C);
-            float dnorm_norm_mean = (float)(dnorm_norm_sum / (double)C);
-            for (int64_t c = 0; c < C; c++) {
-                float norm = (xr[c] - m) * s;
-                float dnorm = w ? gr[c] * w[c] : gr[c];
-                float d = s * (dnorm - dnorm_mean - norm * dnorm_norm_mean);
-                dr[c] = beta_x == 0.0f ? d : dr[c] + d;
-            }
-        }
+        for (int64_t n0 = 0; n0 < N; n0 += ROW_BLOCK)
+            layernorm_dx_rows(dx, dout, x, w, mean, rstd, n0,
+                              n0 + ROW_BLOCK < N ? n0 + ROW_BLOCK : N, C, beta_x != 0.0f);
     }
     if (!dw && !db) return;
     int64_t blocks = (C + COL_BLOCK - 1) / COL_BLOCK;
 #pragma omp parallel for schedule(static) if (N * C >= PARALLEL_MIN)
-    for (int64_t blk = 0; blk < blocks; blk++) {
-        int64_t c0 = blk * COL_BLOCK, c1 = c0 + COL_BLOCK < C ? c0 + COL_BLOCK : C;
-        double acc_w[COL_BLOCK] = {0}, acc_b[COL_BLOCK] = {0};
-        for (int64_t n = 0; n < N; n++) {
-            const float *xr = x + n * C, *gr = dout + n * C;
-            for (int64_t c = c0; c < c1; c++) {
-                acc_w[c - c0] += (double)gr[c] * ((xr[c] - mean[n]) * rstd[n]);
-                acc_b[c - c0] += gr[c];
-            }
-        }
-        for (int64_t c = c0; c < c1; c++) {
-            if (dw) dw[c] = beta_w == 0.0f ? (float)acc_w[c - c0] : dw[c] + (float)acc_w[c - c0];
-            if (db) db[c] = beta_b == 0.0f ? (float)acc_b[c - c0] : db[c] + (float)acc_b[c - c0];
-        }
-    }
+    for (int64_t blk = 0; blk < blocks; blk++)
+        layernorm_param_grad_block(dw, db, dout, x, mean, rstd, N, C, blk * COL_BLOCK, beta_w,
+                                   beta_b);
 }
 
 /* x, out (N, C); w (C) or NULL; rstd (N)
