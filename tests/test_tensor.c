@@ -95,6 +95,30 @@ START_TEST(test_views_share_storage) {
 }
 END_TEST
 
+START_TEST(test_large_strided_copies) {
+    /* bt_contiguous of big permuted views (threads split the rows of the copy) and of a dtype
+     * conversion, at odd shapes: every element lands where the index arithmetic says */
+    const int64_t A = 7, B = 131, C = 97; /* 88949 elements, over the parallel threshold */
+    bt_tensor *x = bt_empty(BT_SHAPE(A, B, C), BT_F32, bt_cpu());
+    float *xs = bt_f32(x);
+    for (int64_t i = 0; i < A * B * C; i++)
+        xs[i] = (float)i;
+    bt_tensor *p = bt_contiguous(bt_permute(x, (int[]){2, 0, 1}));
+    ck_assert_ptr_nonnull(p);
+    const float *ps = bt_f32(p);
+    for (int64_t c = 0; c < C; c++)
+        for (int64_t a = 0; a < A; a++)
+            for (int64_t b = 0; b < B; b++)
+                ck_assert_float_eq(ps[(c * A + a) * B + b], (float)((a * B + b) * C + c));
+    bt_tensor *t = bt_to_dtype(bt_transpose(x, 1, 2), BT_I32); /* (A, C, B), int32 */
+    ck_assert_ptr_nonnull(t);
+    for (int64_t i = 0; i < A * B * C; i += 9973) {
+        int64_t a = i / (C * B), c = i / B % C, b = i % B;
+        ck_assert_double_eq(bt_get(t, i), (double)((a * B + b) * C + c));
+    }
+}
+END_TEST
+
 START_TEST(test_view_errors) {
     bt_tensor *x = bt_zeros(BT_SHAPE(2, 3), BT_F32, bt_cpu());
     ck_assert_ptr_null(bt_reshape(x, BT_SHAPE(4, 2)));
@@ -248,6 +272,7 @@ static Suite *tensor_suite(void) {
     bt_suite_add(s, test_rng_reproducible);
     bt_suite_add(s, test_copy_converts_and_checks);
     bt_suite_add(s, test_alias_shares_storage);
+    bt_suite_add(s, test_large_strided_copies);
     return s;
 }
 

@@ -1,9 +1,12 @@
 /* CPU memory kernels: allocation, strided copies with dtype conversion, fills. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/cpu/kernels.h"
 #include "core/dtype_convert.h"
+
+#define COPY_PARALLEL_MIN 65536 /* elements: below this a strided copy stays on one thread */
 
 void *bt_cpu_alloc(size_t nbytes) {
     return aligned_alloc(64, (nbytes + 63) & ~(size_t)63);
@@ -33,31 +36,41 @@ void bt_cpu_copy_strided(void *dst, bt_dtype dst_dtype, const void *src, bt_dtyp
         memcpy(dst, src, (size_t)n * src_size);
         return;
     }
-    /* Walk the source in row-major order with an index counter; the innermost dim is a flat loop.
-     */
-    int64_t index[BT_MAX_DIMS] = {0};
+    /* Rows of the innermost dim, walked in row-major order; threads take blocks of rows, each
+     * starting its index counter at its first row. */
     int64_t inner = ndim ? shape[ndim - 1] : 1, inner_stride = ndim ? src_strides[ndim - 1] : 1;
-    char *out = dst;
-    for (int64_t done = 0; done < n; done += inner) {
-        int64_t off = 0;
-        for (int d = 0; d < ndim - 1; d++)
-            off += index[d] * src_strides[d];
-        const char *in = (const char *)src + off * (int64_t)src_size;
-        if (dst_dtype == BT_F32 && src_dtype == BT_F32) {
-            float *o = (float *)out;
-            const float *s = (const float *)in;
-            for (int64_t j = 0; j < inner; j++)
-                o[j] = s[j * inner_stride];
-        } else {
-            for (int64_t j = 0; j < inner; j++)
-                bt_store_from_double(
-                    out + j * (int64_t)dst_size, dst_dtype,
-                    bt_load_as_double(in + j * inner_stride * (int64_t)src_size, src_dtype));
+    int64_t rows = n / inner;
+#pragma omp parallel if (n >= COPY_PARALLEL_MIN && rows > 1)
+    {
+        int threads = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t r0 = rows * me / threads, r1 = rows * (me + 1) / threads;
+        int64_t index[BT_MAX_DIMS] = {0};
+        for (int64_t rem = r0, d = ndim - 2; d >= 0; d--) {
+            index[d] = rem % shape[d];
+            rem /= shape[d];
         }
-        out += inner * (int64_t)dst_size;
-        for (int d = ndim - 2; d >= 0; d--) {
-            if (++index[d] < shape[d]) break;
-            index[d] = 0;
+        char *out = (char *)dst + r0 * inner * (int64_t)dst_size;
+        for (int64_t r = r0; r < r1; r++) {
+            int64_t off = 0;
+            for (int d = 0; d < ndim - 1; d++)
+                off += index[d] * src_strides[d];
+            const char *in = (const char *)src + off * (int64_t)src_size;
+            if (dst_dtype == BT_F32 && src_dtype == BT_F32) {
+                float *o = (float *)out;
+                const float *s = (const float *)in;
+                for (int64_t j = 0; j < inner; j++)
+                    o[j] = s[j * inner_stride];
+            } else {
+                for (int64_t j = 0; j < inner; j++)
+                    bt_store_from_double(
+                        out + j * (int64_t)dst_size, dst_dtype,
+                        bt_load_as_double(in + j * inner_stride * (int64_t)src_size, src_dtype));
+            }
+            out += inner * (int64_t)dst_size;
+            for (int d = ndim - 2; d >= 0; d--) {
+                if (++index[d] < shape[d]) break;
+                index[d] = 0;
+            }
         }
     }
 }
