@@ -215,16 +215,28 @@ static bt_status narrow_backward(struct ag_node *node) {
     float beta;
     bt_tensor *gx = ag_grad_target(x, &beta);
     if (!gx) return BT_ERR;
-    if (beta == 0.0f) bt_fill(gx, 0.0);
     int d = (int)node->i[0];
     int64_t outer, dim, inner;
     op_split_dims(x, d, &outer, &dim, &inner);
     int64_t start = node->i[1], length = g->shape[d];
     float *dst = bt_f32(gx);
     const float *src = bt_f32(g);
-    for (int64_t o = 0; o < outer; o++)
-        for (int64_t j = 0; j < length * inner; j++)
-            dst[(o * dim + start) * inner + j] += src[o * length * inner + j];
+    /* per outer row: the slice's gradient lands at [start, start + length); a fresh buffer
+     * (beta 0) gets zeros around it, an accumulating one keeps what it has */
+#pragma omp parallel for schedule(static) if (outer * dim * inner >= 65536)
+    for (int64_t o = 0; o < outer; o++) {
+        float *row = dst + o * dim * inner, *slice = row + start * inner;
+        const float *from = src + o * length * inner;
+        if (beta == 0.0f) {
+            memset(row, 0, (size_t)(start * inner) * sizeof(float));
+            memcpy(slice, from, (size_t)(length * inner) * sizeof(float));
+            memset(slice + length * inner, 0,
+                   (size_t)((dim - start - length) * inner) * sizeof(float));
+        } else {
+            for (int64_t j = 0; j < length * inner; j++)
+                slice[j] += from[j];
+        }
+    }
     return BT_OK;
 }
 
