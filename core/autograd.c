@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/backend.h"
+#include "core/profile.h"
 #include "core/runtime.h"
 
 bool bt_set_grad_enabled(bool enabled) {
@@ -65,6 +66,7 @@ struct ag_node *ag_record(const char *op, ag_backward_fn backward, bt_tensor *ou
     rt->tape = node;
     out->requires_grad = true;
     out->grad_fn = node;
+    bt_profile_mark("forward", op);
     return node;
 }
 
@@ -210,7 +212,10 @@ bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
             link = &node->prev;
             continue;
         }
-        if (node->backward(node) != BT_OK) {
+        bt_profile_mark("backward", "(autograd, hooks)");
+        bt_status ran = node->backward(node);
+        bt_profile_mark("backward", node->op);
+        if (ran != BT_OK) {
             if (!bt_has_error()) bt_error("backward: %s failed", node->op);
             status = BT_ERR;
             break;

@@ -11,6 +11,7 @@
 
 #include "comm/comm.h"
 #include "core/optim.h"
+#include "core/profile.h"
 #include "core/runtime.h"
 #include "core/schedule.h"
 #include "data/checkpoint.h"
@@ -33,7 +34,11 @@ static const char train_usage[] =
     "Writes <log.dir>/metrics.jsonl and <checkpoint.dir>/step_<8 digits>.h5 + latest, and\n"
     "resumes from <checkpoint.dir>/latest when it exists (checkpoint.resume=auto, the default;\n"
     "none = start fresh; or a checkpoint path). SIGTERM or Ctrl-C ends the run after the\n"
-    "current step with a checkpoint (exit status 143 or 130).\n";
+    "current step with a checkpoint (exit status 143 or 130).\n"
+    "\n"
+    "Environment: BRAID_PROFILE=1 prints, at the end, where a step's time went: milliseconds\n"
+    "per step by op (forward, backward) and by the loop's other parts, after 3 warm-up steps\n"
+    "(docs/performance.md). OMP_NUM_THREADS sets the CPU threads.\n";
 
 /* Everything a run holds, released by run_free in reverse order. */
 struct run {
@@ -563,6 +568,7 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
         struct stage_batch sb = {.r = r, .data = r->train_data, .first = first, .micro0 = micro0};
         struct pp_step_stats stats;
         if (pp_step(r->pp, stage_forward, arm_data_parallel, &sb, &stats) != BT_OK) return BT_ERR;
+        bt_profile_mark("step", "(pipeline: waits, others)");
         bt_step_end();
         /* the last stage's tp rank 0 speaks for its dp rank's micro-batches */
         if (holds_last_stage(r) && r->grid.tp_rank == 0)
@@ -579,12 +585,14 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
         bt_tensor *x, *y;
         if (data_loader_batch(r->train_data, first + g * B, B, &x, &y) != BT_OK) return BT_ERR;
         seed_dropout((uint64_t)t->seed, micro0 + g);
+        bt_profile_mark("step", "data");
         bt_tensor *loss = model_forward(r->model, x, y, NULL);
         /* the step's loss is the mean over micro-batches: scale each one's gradient (and dp
          * averages over ranks) */
         bt_tensor *scaled = bt_mul_scalar(loss, 1.0 / (double)t->grad_accum);
         if (r->dp && m == t->grad_accum - 1) dp_arm(r->dp); /* only the last one reduces */
         if (!scaled || bt_backward(scaled) != BT_OK) return BT_ERR;
+        bt_profile_mark("backward", "(autograd, hooks)");
         sums[0] += bt_item(loss);
         bt_step_end();
     }
@@ -595,6 +603,7 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
     if (r->grid.world > dp &&
         comm_allreduce_doubles(r->grid.world_group, &sums[1], 1, COMM_MAX) != BT_OK)
         return BT_ERR;
+    bt_profile_mark("step", "dp finish, loss sums");
     return finish_step(r, step, lr, sums, loss_out, norm_out, stop);
 }
 
@@ -614,6 +623,7 @@ static bt_status finish_step(struct run *r, int64_t step, double lr, const doubl
         .counted_elsewhere = tied_copy ? tied_embedding_name(r) : NULL};
     *norm_out = grid_clip_grad_norm(r->dp ? dp_optim_params(r->dp) : &r->params, &groups, max_norm);
     if (*norm_out < 0.0) return BT_ERR;
+    bt_profile_mark("step", "clip_grad_norm");
     if (!isfinite(*loss_out)) {
         error_everywhere = true; /* the loss was averaged: every rank sees it */
         return bt_error("step %lld: loss is %g (diverged); lower optimizer.lr or set "
@@ -621,7 +631,10 @@ static bt_status finish_step(struct run *r, int64_t step, double lr, const doubl
                         (long long)step + 1, *loss_out);
     }
     if (optim_step(r->opt, lr) != BT_OK) return BT_ERR;
-    return r->dp ? dp_gather_params(r->dp) : BT_OK;
+    bt_profile_mark("step", "optimizer");
+    bt_status gathered = r->dp ? dp_gather_params(r->dp) : BT_OK;
+    bt_profile_mark("step", "dp gather params");
+    return gathered;
 }
 
 static void format_duration(double s, char *buf, size_t size) {
@@ -665,6 +678,13 @@ static bt_status save_checkpoint(struct run *r, int64_t steps_done) {
     return BT_OK;
 }
 
+/* BRAID_PROFILE=1: steps left out of the per-op profile (allocation, first touches), fewer when
+ * the run is short */
+static int64_t profile_warmup(const struct run *r) {
+    int64_t steps = r->cfg.train.max_steps - r->start_step;
+    return steps > 6 ? 3 : steps / 2;
+}
+
 static bt_status train_loop(struct run *r) {
     const struct braid_config *cfg = &r->cfg;
     const struct cfg_train *t = &cfg->train;
@@ -680,6 +700,7 @@ static bt_status train_loop(struct run *r) {
                (long long)r->start_step, (long long)t->max_steps);
         return BT_OK;
     }
+    bt_profile_start();
     for (int64_t step = r->start_step; step < t->max_steps; step++) {
         int64_t done = step + 1;
         double lr = sched_lr(&r->sched, step), loss, norm;
@@ -718,6 +739,8 @@ static bt_status train_loop(struct run *r) {
         bool periodic = cfg->checkpoint.every > 0 && done % cfg->checkpoint.every == 0;
         /* every rank stops at the same step: train_step summed the requests over the ranks */
         if ((periodic || last || stop) && save_checkpoint(r, done) != BT_OK) return BT_ERR;
+        bt_profile_mark("step", "eval, log, checkpoint");
+        if (done - r->start_step == profile_warmup(r)) bt_profile_reset();
         if (stop && !last) {
             error_everywhere = true;
             if (!stop_signal) stop_signal = SIGTERM; /* another rank got it: end the same way */
@@ -726,6 +749,7 @@ static bt_status train_loop(struct run *r) {
                             stop_signal == SIGINT ? "SIGINT" : "SIGTERM", (long long)done);
         }
     }
+    bt_profile_report(stdout, t->max_steps - r->start_step - profile_warmup(r));
     return BT_OK;
 }
 
@@ -809,6 +833,8 @@ int cmd_train(int argc, char **argv) {
         comm_abort(1);
     } else {
         catch_stop_signals();
+        const char *profile = getenv("BRAID_PROFILE");
+        if (profile && *profile && strcmp(profile, "0") != 0) bt_profile_enable(true);
         if (train_loop(&r) != BT_OK) {
             status = stop_signal ? 128 + stop_signal : 1;
             if (size == 1 || error_everywhere) {

@@ -36,3 +36,11 @@ foreach(case bitexact redo refuse_model report_changes damaged broken_latest not
                    ${PROJECT_SOURCE_DIR} ${TRAIN_OUT}/resume)
   set_tests_properties(resume_${case} PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2" TIMEOUT 300)
 endforeach()
+
+# BRAID_PROFILE=1: the per-op time table (tests/cli/profile.sh)
+foreach(case one_rank dp2)
+  add_test(NAME profile_${case}
+           COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/profile.sh ${case} $<TARGET_FILE:braid>
+                   ${PROJECT_SOURCE_DIR} ${TRAIN_OUT}/profile)
+  set_tests_properties(profile_${case} PROPERTIES TIMEOUT 300)
+endforeach()
