@@ -12,6 +12,15 @@
 
 typedef enum { BT_BIN_ADD, BT_BIN_SUB, BT_BIN_MUL, BT_BIN_DIV } bt_binary_op;
 
+/* Where attention's row (b, h, t) of an operand starts: b·batch + h·head + t·time floats from
+ * its base; the row's hs floats are contiguous. Contiguous (B, H, T, hs): {H·T·hs, T·hs, hs}. */
+struct bt_attn_layout {
+    int64_t batch, head, time;
+};
+struct bt_attn_layouts {
+    struct bt_attn_layout q, k, v, out, dout, dq, dk, dv; /* the backward's: dout, dq, dk, dv */
+};
+
 typedef enum {
     BT_UN_NEG,
     BT_UN_EXP,
@@ -121,16 +130,18 @@ struct bt_backend {
                  float theta, int64_t pos_offset, bool inverse);
 
     /* ---- attention (core/cpu/attention.c) ---- */
-    /* q (B, NH, T, hs), k and v (B, NKV, T, hs), out (B, NH, T, hs), lse (B, NH, T) saved;
-     * causal when `causal`; query head h reads kv head h / (NH / NKV) */
+    /* q (B, NH, T, hs), k and v (B, NKV, T, hs), out (B, NH, T, hs), each laid out as its
+     * struct bt_attn_layout says (rows of hs contiguous floats; e.g. q, k, v read in place from
+     * GPT's fused (B, T, 3C) projection); lse (B, NH, T) contiguous, saved; causal when `causal`;
+     * query head h reads kv head h / (NH / NKV) */
     void (*attention)(float *out, float *lse, const float *q, const float *k, const float *v,
                       int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs, float scale,
-                      bool causal);
-    /* dq, dk, dv overwritten (same shapes as q, k, v) */
+                      bool causal, const struct bt_attn_layouts *layouts);
+    /* dq, dk, dv overwritten (shapes of q, k, v; layouts dq, dk, dv); dout at layout dout */
     void (*attention_backward)(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                const float *k, const float *v, const float *out, const float *lse,
                                int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs,
-                               float scale, bool causal);
+                               float scale, bool causal, const struct bt_attn_layouts *layouts);
 };
 
 /* The backend of a device; NULL with an error set when that device type is not built/available. */

@@ -71,6 +71,12 @@ bt_tensor *bt_rope(bt_tensor *x, double theta, int64_t pos_offset);
  * (B, NH, T, hs); softmax(q k^T * scale) v, causal mask; scale <= 0 means 1/sqrt(hs). Fused: keeps
  * only the (B, NH, T) log-sum-exp for the backward, never the T x T matrix. */
 bt_tensor *bt_attention(bt_tensor *q, bt_tensor *k, bt_tensor *v, bool causal, double scale);
+/* The same on a fused projection: qkv (B, T, (NH + 2 NKV) hs) holds, per position, the NH query
+ * heads, then the NKV key heads, then the NKV value heads (GPT's c_attn output) -> (B, T, NH hs),
+ * the heads side by side. Equals splitting qkv, transposing each part to (B, heads, T, hs),
+ * bt_attention and transposing back, without any of those copies: the kernels read q, k, v in
+ * place and the backward writes the (B, T, (NH + 2 NKV) hs) gradient directly. */
+bt_tensor *bt_attention_qkv(bt_tensor *qkv, int64_t NH, int64_t NKV, bool causal, double scale);
 
 /* ---- joining and splitting (core/ops/views.c) ---- */
 bt_tensor *bt_cat(bt_tensor *const *xs, int n, int dim);

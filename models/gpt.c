@@ -79,17 +79,21 @@ static bt_tensor *attention_forward(const struct model_config *c, struct gpt_att
         return NULL;
     }
     int64_t B = qkv->shape[0], T = qkv->shape[1], NH = a->n_head, hs = a->head_size;
-    /* (B, T, 3*NH, hs) split into q, k, v, each (B, T, NH, hs): views, no copy */
-    bt_tensor *heads[3] = {NULL, NULL, NULL};
-    bt_tensor *qkv_heads = bt_view(qkv, BT_SHAPE(B, T, 3 * NH, hs));
-    if (qkv_heads) bt_split(qkv_heads, (int64_t[]){NH, NH, NH}, 3, 2, heads);
-    /* (B, T, NH, hs) -> (B, NH, T, hs) */
-    bt_tensor *q = bt_transpose(heads[0], 1, 2);
-    bt_tensor *k = bt_transpose(heads[1], 1, 2);
-    bt_tensor *v = bt_transpose(heads[2], 1, 2);
-    bt_tensor *y = cache ? model_cache_attend(cache, layer, q, k, v)
-                         : bt_attention(q, k, v, true, 0.0); /* (B, NH, T, hs), scale 1/sqrt(hs) */
-    y = bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, NH * hs)); /* heads side by side */
+    bt_tensor *y;
+    if (!cache) { /* q, k, v read in place from qkv; (B, T, NH * hs), heads side by side */
+        y = bt_attention_qkv(qkv, NH, NH, true, 0.0); /* scale 1/sqrt(hs) */
+    } else {
+        /* (B, T, 3*NH, hs) split into q, k, v, each (B, T, NH, hs): views, no copy */
+        bt_tensor *heads[3] = {NULL, NULL, NULL};
+        bt_tensor *qkv_heads = bt_view(qkv, BT_SHAPE(B, T, 3 * NH, hs));
+        if (qkv_heads) bt_split(qkv_heads, (int64_t[]){NH, NH, NH}, 3, 2, heads);
+        /* (B, T, NH, hs) -> (B, NH, T, hs) */
+        bt_tensor *q = bt_transpose(heads[0], 1, 2);
+        bt_tensor *k = bt_transpose(heads[1], 1, 2);
+        bt_tensor *v = bt_transpose(heads[2], 1, 2);
+        y = model_cache_attend(cache, layer, q, k, v); /* (B, NH, T, hs) */
+        y = bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, NH * hs));
+    }
     y = a->c_proj_tp ? tp_row_linear_forward(a->c_proj_tp, y)
                      : nn_linear_forward(a->c_proj, y); /* (B, T, C), replicated with tp (SP:
                                                          * this rank's (B, T/P, C)) */

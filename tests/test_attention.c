@@ -259,6 +259,90 @@ START_TEST(test_bad_inputs) {
 }
 END_TEST
 
+/* ---- bt_attention_qkv: the fused projection, read and written in place ---- */
+
+struct qkv_case {
+    int64_t NH, NKV;
+    bool causal;
+};
+
+static bt_tensor *fn_attention_qkv(bt_tensor **in, void *ctx) {
+    const struct qkv_case *c = ctx;
+    return bt_attention_qkv(in[0], c->NH, c->NKV, c->causal, 0.0);
+}
+
+/* the same through views: split qkv into heads, transpose, bt_attention, back to (B, T, NH hs) */
+static bt_tensor *attention_via_views(bt_tensor *qkv, int64_t NH, int64_t NKV, bool causal) {
+    int64_t B = qkv->shape[0], T = qkv->shape[1], hs = qkv->shape[2] / (NH + 2 * NKV);
+    bt_tensor *parts[3];
+    ck_assert_int_eq(bt_split(bt_view(qkv, BT_SHAPE(B, T, NH + 2 * NKV, hs)),
+                              (int64_t[]){NH, NKV, NKV}, 3, 2, parts),
+                     BT_OK);
+    bt_tensor *y = bt_attention(bt_transpose(parts[0], 1, 2), bt_transpose(parts[1], 1, 2),
+                                bt_transpose(parts[2], 1, 2), causal, 0.0);
+    return bt_reshape(bt_transpose(y, 1, 2), BT_SHAPE(B, T, NH * hs));
+}
+
+START_TEST(test_qkv_gradients) {
+    /* small shapes, MHA and GQA, causal and full; then T = 70 over two query blocks with one
+     * (batch, kv head) group (the backward's two-pass schedule) and B = 4 (one pass) */
+    for (int causal = 0; causal < 2; causal++) {
+        struct qkv_case mha = {2, 2, causal}, gqa = {4, 2, causal};
+        bt_tensor *a[1] = {test_param(BT_SHAPE(2, 5, 6 * 3), 800 + causal, -1, 1)};
+        GRADCHECK("attention_qkv(MHA)", fn_attention_qkv, a, 1, &mha);
+        bt_tensor *b[1] = {test_param(BT_SHAPE(2, 4, 8 * 2), 810 + causal, -1, 1)};
+        GRADCHECK("attention_qkv(GQA)", fn_attention_qkv, b, 1, &gqa);
+    }
+    struct qkv_case one = {2, 1, true}, many = {2, 2, true};
+    bt_tensor *c[1] = {test_param(BT_SHAPE(1, 70, 4 * 2), 820, -1, 1)};
+    GRADCHECK("attention_qkv(T=70)", fn_attention_qkv, c, 1, &one);
+    bt_tensor *d[1] = {test_param(BT_SHAPE(4, 40, 6 * 2), 830, -1, 1)};
+    GRADCHECK("attention_qkv(B=4, T=40)", fn_attention_qkv, d, 1, &many);
+    /* d now holds a gradient: the backward adds into it */
+    GRADCHECK("attention_qkv(existing grad)", fn_attention_qkv, d, 1, &many);
+}
+END_TEST
+
+START_TEST(test_qkv_equals_views) {
+    /* GPT-sized heads (hs 64, T 200 over several query blocks): outputs and qkv gradients of the
+     * fused form and of the view path agree to float rounding */
+    const int64_t cases[][4] = {{2, 6, 6, 200}, {2, 4, 2, 130}, {1, 2, 1, 64}};
+    for (int ci = 0; ci < 3; ci++) {
+        int64_t B = cases[ci][0], NH = cases[ci][1], NKV = cases[ci][2], T = cases[ci][3];
+        int64_t W = (NH + 2 * NKV) * 64;
+        bt_tensor *x1 = test_param(BT_SHAPE(B, T, W), 900 + (uint64_t)ci, -1, 1);
+        bt_tensor *x2 = test_param(BT_SHAPE(B, T, W), 900 + (uint64_t)ci, -1, 1);
+        bt_tensor *w = test_param(BT_SHAPE(B, T, NH * 64), 950 + (uint64_t)ci, -1, 1);
+        bt_tensor *y1 = bt_attention_qkv(x1, NH, NKV, true, 0.0);
+        bt_tensor *y2 = attention_via_views(x2, NH, NKV, true);
+        ck_assert_msg(y1 && y2, "%s", bt_last_error());
+        for (int64_t i = 0; i < bt_numel(y1); i++)
+            ck_assert_msg(fabs(bt_get(y1, i) - bt_get(y2, i)) <= 1e-6, "case %d y[%lld]", ci,
+                          (long long)i);
+        ck_assert_int_eq(bt_backward(bt_sum_all(bt_mul(y1, w))), BT_OK);
+        ck_assert_int_eq(bt_backward(bt_sum_all(bt_mul(y2, w))), BT_OK);
+        for (int64_t i = 0; i < bt_numel(x1); i++)
+            ck_assert_msg(fabs(bt_get(x1->grad, i) - bt_get(x2->grad, i)) <= 1e-5,
+                          "case %d dqkv[%lld]: %g vs %g", ci, (long long)i, bt_get(x1->grad, i),
+                          bt_get(x2->grad, i));
+        bt_step_end();
+    }
+}
+END_TEST
+
+START_TEST(test_qkv_bad_inputs) {
+    bt_tensor *x = bt_zeros(BT_SHAPE(2, 3, 10), BT_F32, bt_cpu());
+    ck_assert_ptr_null(bt_attention_qkv(x, 2, 2, true, 0.0)); /* 10 is not a multiple of 6 */
+    ck_assert_error_contains(
+        "attention_qkv: qkv (2,3,10) does not hold 2 query and 2 x 2 kv heads");
+    ck_assert_ptr_null(bt_attention_qkv(x, 3, 2, true, 0.0));
+    ck_assert_error_contains("does not hold 3 query and 2 x 2 kv heads");
+    bt_tensor *flat = bt_zeros(BT_SHAPE(6, 12), BT_F32, bt_cpu());
+    ck_assert_ptr_null(bt_attention_qkv(flat, 2, 1, true, 0.0));
+    ck_assert_error_contains("attention_qkv: qkv (6,12) must be 3-D");
+}
+END_TEST
+
 static Suite *attention_suite(void) {
     Suite *s = suite_create("attention");
     bt_suite_add(s, test_forward_matches_reference);
@@ -271,6 +355,9 @@ static Suite *attention_suite(void) {
     bt_suite_add(s, test_gradient_same_tensor_three_times);
     bt_suite_add(s, test_no_grad_records_nothing);
     bt_suite_add(s, test_bad_inputs);
+    bt_suite_add(s, test_qkv_gradients);
+    bt_suite_add(s, test_qkv_equals_views);
+    bt_suite_add(s, test_qkv_bad_inputs);
     return s;
 }
 

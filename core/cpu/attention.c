@@ -8,6 +8,7 @@
 #include <math.h>
 #include <omp.h>
 #include <stdalign.h>
+#include <string.h>
 
 #include "core/cpu/fastmath.h"
 #include "core/cpu/kernels.h"
@@ -73,7 +74,7 @@ BT_VEC_INLINE float row_exp(float *s, int64_t n, int64_t nc, float shift) {
  * far are rescaled to the new running max m_new, and m, l take the chunk in. */
 BT_CPU_DISPATCH static void forward_tile_softmax(float *S, int64_t nq, int64_t nc, bool causal,
                                                  int64_t q0, int64_t c0, float *m, float *l,
-                                                 float *O, int64_t hs) {
+                                                 float *O, int64_t ldo, int64_t hs) {
     for (int64_t i = 0; i < nq; i++) {
         float *s = S + i * nc;
         int64_t nv = visible_keys(causal, q0, i, c0, nc);
@@ -84,7 +85,7 @@ BT_CPU_DISPATCH static void forward_tile_softmax(float *S, int64_t nq, int64_t n
             float correction = bt_fast_expf(m[i] - m_new);
             l[i] *= correction;
             for (int64_t d = 0; d < hs; d++)
-                O[i * hs + d] *= correction;
+                O[i * ldo + d] *= correction;
         }
         if (nv > 0) m[i] = m_new;
         l[i] += sum;
@@ -110,36 +111,44 @@ BT_CPU_DISPATCH static void backward_tile_softmax(float *S, float *dP, int64_t n
     }
 }
 
+/* Where row t of head h in batch b starts, for an operand of layout L */
+static inline int64_t row_at(const struct bt_attn_layout *L, int64_t b, int64_t h, int64_t t) {
+    return b * L->batch + h * L->head + t * L->time;
+}
+
 /* Forward of query rows q0..q1-1 of head h in batch b (q1 - q0 <= BQ). S: BQ * KC scratch. */
 static void forward_block(float *out, float *lse, const float *q, const float *k, const float *v,
                           int64_t b, int64_t h, int64_t q0, int64_t q1, int64_t NH, int64_t NKV,
-                          int64_t T, int64_t hs, float scale, bool causal, float *S) {
-    int64_t nq = q1 - q0, row0 = (b * NH + h) * T + q0;
-    int64_t kv_off = (b * NKV + h / (NH / NKV)) * T * hs;
-    const float *Q = q + row0 * hs, *K = k + kv_off, *V = v + kv_off;
-    float *O = out + row0 * hs, m[BQ], l[BQ];
+                          int64_t T, int64_t hs, float scale, bool causal,
+                          const struct bt_attn_layouts *L, float *S) {
+    int64_t nq = q1 - q0, g = h / (NH / NKV);
+    const float *Q = q + row_at(&L->q, b, h, q0), *K = k + row_at(&L->k, b, g, 0);
+    const float *V = v + row_at(&L->v, b, g, 0);
+    int64_t ldq = L->q.time, ldk = L->k.time, ldv = L->v.time, ldo = L->out.time;
+    float *O = out + row_at(&L->out, b, h, q0), m[BQ], l[BQ];
     int64_t n_keys = causal ? q1 : T;
     for (int64_t i = 0; i < nq; i++)
         m[i] = -INFINITY, l[i] = 0.0f;
     for (int64_t c0 = 0; c0 < n_keys; c0 += KC) {
         int64_t nc = min64(KC, n_keys - c0);
-        bt_cpu_sgemm(false, true, nq, nc, hs, scale, Q, hs, K + c0 * hs, hs, 0.0f, S, nc);
-        forward_tile_softmax(S, nq, nc, causal, q0, c0, m, l, O, hs);
-        bt_cpu_sgemm(false, false, nq, hs, nc, 1.0f, S, nc, V + c0 * hs, hs, c0 > 0 ? 1.0f : 0.0f,
-                     O, hs);
+        bt_cpu_sgemm(false, true, nq, nc, hs, scale, Q, ldq, K + c0 * ldk, ldk, 0.0f, S, nc);
+        forward_tile_softmax(S, nq, nc, causal, q0, c0, m, l, O, ldo, hs);
+        bt_cpu_sgemm(false, false, nq, hs, nc, 1.0f, S, nc, V + c0 * ldv, ldv, c0 > 0 ? 1.0f : 0.0f,
+                     O, ldo);
     }
+    int64_t lse0 = (b * NH + h) * T + q0;
     for (int64_t i = 0; i < nq; i++) {
         float inv_l = 1.0f / l[i];
         for (int64_t d = 0; d < hs; d++)
-            O[i * hs + d] *= inv_l;
-        lse[row0 + i] = m[i] + logf(l[i]);
+            O[i * ldo + d] *= inv_l;
+        lse[lse0 + i] = m[i] + logf(l[i]);
     }
 }
 
 void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, const float *v,
                       int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs, float scale,
-                      bool causal) {
-    /* q and out are (B, NH, T, hs), k and v (B, NKV, T, hs), lse (B, NH, T); row r = (b, h, t):
+                      bool causal, const struct bt_attn_layouts *layouts) {
+    /* row (b, h, t) of q and out, (b, g, t) of k and v at their layouts; lse (B, NH, T):
      *   out_t = sum_s softmax_s(q_t . k_s * scale) v_s,  lse_t = log sum_s exp(q_t . k_s * scale)
      * over s <= t when causal, all s otherwise; query head h reads kv head h / (NH / NKV).
      * Per tile S = Q K^T * scale; online softmax across key chunks (Milakov & Gimelshein 2018);
@@ -153,7 +162,7 @@ void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, co
         for (int64_t task = 0; task < tasks; task++) {
             int64_t qb = n_qblocks - 1 - task / heads, bh = task % heads;
             forward_block(out, lse, q, k, v, bh / NH, bh % NH, qb * BQ, min64(qb * BQ + BQ, T), NH,
-                          NKV, T, hs, scale, causal, S);
+                          NKV, T, hs, scale, causal, layouts, S);
         }
     }
 }
@@ -165,6 +174,7 @@ struct attention_grads {
     int64_t NH, NKV, T, hs;
     float scale;
     bool causal;
+    const struct bt_attn_layouts *L;
 };
 
 /* Per-thread scratch of the backward: scores / probabilities, dP / dS, and D of a query tile */
@@ -177,9 +187,10 @@ struct backward_scratch {
 /* D_t = dout_t . out_t for the query rows q0..q1-1 of head h in batch b */
 static void backward_rowsums(const struct attention_grads *a, int64_t b, int64_t h, int64_t q0,
                              int64_t q1, float *D) {
-    int64_t row0 = (b * a->NH + h) * a->T + q0, hs = a->hs;
+    const float *dO = a->dout + row_at(&a->L->dout, b, h, q0);
+    const float *O = a->out + row_at(&a->L->out, b, h, q0);
     for (int64_t i = 0; i < q1 - q0; i++)
-        D[i] = dot(a->dout + (row0 + i) * hs, a->out + (row0 + i) * hs, hs);
+        D[i] = dot(dO + i * a->L->dout.time, O + i * a->L->out.time, a->hs);
 }
 
 /* Queries q0..q1-1 (at most BQ) of head h in batch b against keys c0..c1-1 (at most KC) of its kv
@@ -188,20 +199,34 @@ static void backward_rowsums(const struct attention_grads *a, int64_t b, int64_t
 static void backward_tile(const struct attention_grads *a, int64_t b, int64_t h, int64_t q0,
                           int64_t q1, int64_t c0, int64_t c1, struct backward_scratch *x,
                           bool with_dq, float dq_beta, bool with_dkdv) {
+    const struct bt_attn_layouts *L = a->L;
     int64_t NH = a->NH, T = a->T, hs = a->hs, nq = q1 - q0, nc = c1 - c0;
-    int64_t row0 = (b * NH + h) * T + q0, kv_off = ((b * a->NKV + h / (NH / a->NKV)) * T + c0) * hs;
-    const float *Q = a->q + row0 * hs, *dO = a->dout + row0 * hs, *L = a->lse + row0;
-    const float *K = a->k + kv_off, *V = a->v + kv_off;
+    int64_t g = h / (NH / a->NKV);
+    const float *Q = a->q + row_at(&L->q, b, h, q0), *dO = a->dout + row_at(&L->dout, b, h, q0);
+    const float *Lse = a->lse + (b * NH + h) * T + q0;
+    const float *K = a->k + row_at(&L->k, b, g, c0), *V = a->v + row_at(&L->v, b, g, c0);
+    int64_t ldq = L->q.time, lddo = L->dout.time, ldk = L->k.time, ldv = L->v.time;
     float *S = x->S, *dP = x->dP;
-    bt_cpu_sgemm(false, true, nq, nc, hs, a->scale, Q, hs, K, hs, 0.0f, S, nc);
-    bt_cpu_sgemm(false, true, nq, nc, hs, 1.0f, dO, hs, V, hs, 0.0f, dP, nc);
-    backward_tile_softmax(S, dP, nq, nc, a->causal, q0, c0, L, x->D);
+    bt_cpu_sgemm(false, true, nq, nc, hs, a->scale, Q, ldq, K, ldk, 0.0f, S, nc);
+    bt_cpu_sgemm(false, true, nq, nc, hs, 1.0f, dO, lddo, V, ldv, 0.0f, dP, nc);
+    backward_tile_softmax(S, dP, nq, nc, a->causal, q0, c0, Lse, x->D);
     if (with_dq)
-        bt_cpu_sgemm(false, false, nq, hs, nc, a->scale, dP, nc, K, hs, dq_beta, a->dq + row0 * hs,
-                     hs);
+        bt_cpu_sgemm(false, false, nq, hs, nc, a->scale, dP, nc, K, ldk, dq_beta,
+                     a->dq + row_at(&L->dq, b, h, q0), L->dq.time);
     if (with_dkdv) {
-        bt_cpu_sgemm(true, false, nc, hs, nq, a->scale, dP, nc, Q, hs, 1.0f, a->dk + kv_off, hs);
-        bt_cpu_sgemm(true, false, nc, hs, nq, 1.0f, S, nc, dO, hs, 1.0f, a->dv + kv_off, hs);
+        bt_cpu_sgemm(true, false, nc, hs, nq, a->scale, dP, nc, Q, ldq, 1.0f,
+                     a->dk + row_at(&L->dk, b, g, c0), L->dk.time);
+        bt_cpu_sgemm(true, false, nc, hs, nq, 1.0f, S, nc, dO, lddo, 1.0f,
+                     a->dv + row_at(&L->dv, b, g, c0), L->dv.time);
+    }
+}
+
+/* Zeros rows t0..t1-1 of kv head g in batch b of dk and dv */
+static void zero_kv_rows(const struct attention_grads *a, int64_t b, int64_t g, int64_t t0,
+                         int64_t t1) {
+    for (int64_t t = t0; t < t1; t++) {
+        memset(a->dk + row_at(&a->L->dk, b, g, t), 0, (size_t)a->hs * sizeof(float));
+        memset(a->dv + row_at(&a->L->dv, b, g, t), 0, (size_t)a->hs * sizeof(float));
     }
 }
 
@@ -209,10 +234,8 @@ static void backward_tile(const struct attention_grads *a, int64_t b, int64_t h,
  * group's dk, dv and the dq of those heads. */
 static void backward_group(const struct attention_grads *a, int64_t b, int64_t g,
                            struct backward_scratch *x) {
-    int64_t T = a->T, hs = a->hs, group = a->NH / a->NKV;
-    float *dkg = a->dk + (b * a->NKV + g) * T * hs, *dvg = a->dv + (b * a->NKV + g) * T * hs;
-    for (int64_t i = 0; i < T * hs; i++)
-        dkg[i] = dvg[i] = 0.0f;
+    int64_t T = a->T, group = a->NH / a->NKV;
+    zero_kv_rows(a, b, g, 0, T);
     for (int64_t h = g * group; h < (g + 1) * group; h++)
         for (int64_t q0 = 0; q0 < T; q0 += BQ) {
             int64_t q1 = min64(q0 + BQ, T), n_keys = a->causal ? q1 : T;
@@ -227,10 +250,8 @@ static void backward_group(const struct attention_grads *a, int64_t b, int64_t g
  * that sees them; overwrites those dk, dv rows. */
 static void backward_key_block(const struct attention_grads *a, int64_t b, int64_t g, int64_t s0,
                                int64_t s1, struct backward_scratch *x) {
-    int64_t T = a->T, hs = a->hs, group = a->NH / a->NKV;
-    int64_t off = ((b * a->NKV + g) * T + s0) * hs;
-    for (int64_t i = 0; i < (s1 - s0) * hs; i++)
-        a->dk[off + i] = a->dv[off + i] = 0.0f;
+    int64_t T = a->T, group = a->NH / a->NKV;
+    zero_kv_rows(a, b, g, s0, s1);
     for (int64_t h = g * group; h < (g + 1) * group; h++)
         for (int64_t q0 = a->causal ? s0 : 0; q0 < T; q0 += BQ) {
             int64_t q1 = min64(q0 + BQ, T);
@@ -252,8 +273,9 @@ static void backward_query_block(const struct attention_grads *a, int64_t b, int
 void bt_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                const float *k, const float *v, const float *out, const float *lse,
                                int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs,
-                               float scale, bool causal) {
-    /* Shapes as in the forward; dq, dout like q; dk, dv like k, v; all overwritten.
+                               float scale, bool causal, const struct bt_attn_layouts *layouts) {
+    /* Shapes as in the forward; dq, dout rows like q's, dk, dv like k's, each at its own layout;
+     * dq, dk, dv overwritten.
      * FlashAttention-2 (Dao 2023, Alg. 2) per tile of queries i and keys j, P recomputed from lse:
      *   S = Q K^T * scale,  P = exp(S - lse_i) (0 where masked),  D_i = dout_i . out_i
      *   dP = dO V^T,  dS = P * (dP - D_i)
@@ -263,7 +285,8 @@ void bt_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dou
      * Else two passes with more tasks: dk, dv by (b, kv head, key block), then dq by (b, head,
      * query block); this scores every pair twice. */
     if (NKV <= 0 || T <= 0) return;
-    struct attention_grads a = {dq, dk, dv, dout, q, k, v, out, lse, NH, NKV, T, hs, scale, causal};
+    struct attention_grads a = {dq,  dk, dv,  dout, q,  k,     v,      out,
+                                lse, NH, NKV, T,    hs, scale, causal, layouts};
     int64_t groups = B * NKV, heads = B * NH;
     int64_t n_kblocks = (T + BQ - 1) / BQ, n_qblocks = n_kblocks;
     bool parallel = heads * T * T * hs >= 32768;

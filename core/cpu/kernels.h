@@ -80,10 +80,10 @@ void bt_cpu_rope(float *out, const float *x, int64_t B, int64_t NH, int64_t T, i
 /* attention.c */
 void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, const float *v,
                       int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs, float scale,
-                      bool causal);
+                      bool causal, const struct bt_attn_layouts *layouts);
 void bt_cpu_attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
                                const float *k, const float *v, const float *out, const float *lse,
                                int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs,
-                               float scale, bool causal);
+                               float scale, bool causal, const struct bt_attn_layouts *layouts);
 
 #endif

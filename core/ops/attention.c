@@ -5,6 +5,12 @@
 #include "core/ops.h"
 #include "core/ops/op_common.h"
 
+/* Every operand contiguous: q, out, dout, dq (B, NH, T, hs); k, v, dk, dv (B, NKV, T, hs) */
+static struct bt_attn_layouts contiguous_layouts(int64_t NH, int64_t NKV, int64_t T, int64_t hs) {
+    struct bt_attn_layout qs = {NH * T * hs, T * hs, hs}, ks = {NKV * T * hs, T * hs, hs};
+    return (struct bt_attn_layouts){qs, ks, ks, qs, qs, qs, ks, ks};
+}
+
 static bt_status attention_backward(struct ag_node *node) {
     bt_tensor *g = node->out->grad, *out = node->out;
     bt_tensor *qc = node->saved[0], *kc = node->saved[1], *vc = node->saved[2];
@@ -27,10 +33,11 @@ static bt_status attention_backward(struct ag_node *node) {
             if (!temps[n]) return BT_ERR;
         }
     }
+    int64_t NH = qc->shape[1], NKV = kc->shape[1], T = qc->shape[2], hs = qc->shape[3];
+    struct bt_attn_layouts lay = contiguous_layouts(NH, NKV, T, hs);
     be->attention_backward(bt_f32(grads[0]), bt_f32(grads[1]), bt_f32(grads[2]), bt_f32(g),
                            bt_f32(qc), bt_f32(kc), bt_f32(vc), bt_f32(out), bt_f32(lse),
-                           qc->shape[0], qc->shape[1], kc->shape[1], qc->shape[2], qc->shape[3],
-                           (float)node->f[0], node->i[0] != 0);
+                           qc->shape[0], NH, NKV, T, hs, (float)node->f[0], node->i[0] != 0, &lay);
     for (int n = 0; n < 3; n++) {
         bt_tensor *x = node->inputs[n];
         if (temps[n] && ag_wants_grad(x) && ag_accumulate(x, temps[n]) != BT_OK) return BT_ERR;
@@ -84,8 +91,9 @@ bt_tensor *bt_attention(bt_tensor *q, bt_tensor *k, bt_tensor *v, bool causal, d
     bt_tensor *lse = out ? op_new_like_shape(q, 3, q->shape) : NULL;
     const struct bt_backend *be = op_backend("attention", q);
     if (!lse || !be) return NULL;
+    struct bt_attn_layouts lay = contiguous_layouts(NH, NKV, T, hs);
     be->attention(bt_f32(out), bt_f32(lse), bt_f32(qc), bt_f32(kc), bt_f32(vc), B, NH, NKV, T, hs,
-                  (float)scale, causal);
+                  (float)scale, causal, &lay);
     struct ag_node *node =
         ag_record("attention", attention_backward, out, 3, (bt_tensor *[]){q, k, v});
     if (node) {
@@ -95,6 +103,84 @@ bt_tensor *bt_attention(bt_tensor *q, bt_tensor *k, bt_tensor *v, bool causal, d
         node->saved[3] = lse;
         node->f[0] = scale;
         node->i[0] = causal;
+    }
+    return out;
+}
+
+/* ---- the fused-projection form ---- */
+
+/* q, k, v read in place from qkv (B, T, W), W = (NH + 2 NKV) hs, and their gradients written in
+ * place into dqkv of the same shape; out and dout (B, T, NH hs) */
+static struct bt_attn_layouts qkv_layouts(int64_t NH, int64_t NKV, int64_t T, int64_t hs) {
+    int64_t W = (NH + 2 * NKV) * hs;
+    struct bt_attn_layout in = {T * W, hs, W}, o = {T * NH * hs, hs, NH * hs};
+    return (struct bt_attn_layouts){in, in, in, o, o, in, in, in};
+}
+
+static bt_status attention_qkv_backward(struct ag_node *node) {
+    bt_tensor *qkv = node->inputs[0], *out = node->out, *lse = node->saved[1];
+    bt_tensor *qc = node->saved[0], *g = bt_contiguous(out->grad);
+    const struct bt_backend *be = op_backend("backward", out);
+    if (!g || !be) return BT_ERR;
+    /* the kernel overwrites every element of dqkv: straight into a new gradient, else a step
+     * buffer added afterwards */
+    float beta = 1.0f;
+    bt_tensor *dqkv = qkv->grad ? NULL : ag_grad_target(qkv, &beta);
+    if (!qkv->grad) return BT_ERR; /* ag_grad_target failed */
+    bt_tensor *temp = NULL;
+    if (beta != 0.0f) {
+        dqkv = temp = op_new_like_shape(g, 3, qkv->shape);
+        if (!temp) return BT_ERR;
+    }
+    int64_t B = qkv->shape[0], T = qkv->shape[1], NH = node->i[1], NKV = node->i[2];
+    int64_t hs = node->i[3];
+    struct bt_attn_layouts lay = qkv_layouts(NH, NKV, T, hs);
+    const float *q = bt_f32(qc);
+    float *dq = bt_f32(dqkv);
+    be->attention_backward(dq, dq + NH * hs, dq + (NH + NKV) * hs, bt_f32(g), q, q + NH * hs,
+                           q + (NH + NKV) * hs, bt_f32(out), bt_f32(lse), B, NH, NKV, T, hs,
+                           (float)node->f[0], node->i[0] != 0, &lay);
+    return temp ? ag_accumulate(qkv, temp) : BT_OK;
+}
+
+bt_tensor *bt_attention_qkv(bt_tensor *qkv, int64_t NH, int64_t NKV, bool causal, double scale) {
+    if (!OP_INPUTS("attention_qkv", qkv)) return NULL;
+    if (!op_check_float("attention_qkv", "qkv", qkv)) return NULL;
+    if (qkv->ndim != 3) {
+        bt_error("attention_qkv: qkv %s must be 3-D (batch, time, (heads + 2 kv heads) * head "
+                 "size)",
+                 SHAPE(qkv));
+        return NULL;
+    }
+    int64_t heads = NH + 2 * NKV;
+    if (NH <= 0 || NKV <= 0 || NH % NKV != 0 || qkv->shape[2] % heads != 0) {
+        bt_error("attention_qkv: qkv %s does not hold %lld query and 2 x %lld kv heads (query "
+                 "heads must be a positive multiple of kv heads, and the last dimension a "
+                 "multiple of their sum)",
+                 SHAPE(qkv), (long long)NH, (long long)NKV);
+        return NULL;
+    }
+    int64_t B = qkv->shape[0], T = qkv->shape[1], hs = qkv->shape[2] / heads;
+    if (scale <= 0.0) scale = 1.0 / sqrt((double)(hs > 0 ? hs : 1));
+    bt_tensor *qc = op_contiguous_data(qkv);
+    if (!qc) return NULL;
+    bt_tensor *out = op_new_like_shape(qkv, 3, (int64_t[]){B, T, NH * hs});
+    bt_tensor *lse = out ? op_new_like_shape(qkv, 3, (int64_t[]){B, NH, T}) : NULL;
+    const struct bt_backend *be = op_backend("attention_qkv", qkv);
+    if (!lse || !be) return NULL;
+    struct bt_attn_layouts lay = qkv_layouts(NH, NKV, T, hs);
+    const float *q = bt_f32(qc);
+    be->attention(bt_f32(out), bt_f32(lse), q, q + NH * hs, q + (NH + NKV) * hs, B, NH, NKV, T, hs,
+                  (float)scale, causal, &lay);
+    struct ag_node *node = ag_record("attention", attention_qkv_backward, out, 1, &qkv);
+    if (node) {
+        node->saved[0] = qc;
+        node->saved[1] = lse;
+        node->f[0] = scale;
+        node->i[0] = causal;
+        node->i[1] = NH;
+        node->i[2] = NKV;
+        node->i[3] = hs;
     }
     return out;
 }
