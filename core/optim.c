@@ -4,11 +4,13 @@
 #include "core/optim.h"
 
 #include <math.h>
+#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "core/autograd.h"
+#include "core/cpu/kernels.h"
 
 enum { MAX_STATE = 3 };
 
@@ -31,6 +33,7 @@ struct optim {
     struct optim_group_info groups[OPTIM_MAX_GROUPS];
     int n_groups;
     int64_t step_count;
+    struct bt_adamw_span *spans; /* AdamW: one per parameter, filled each step */
 };
 
 static const char *const adamw_state[] = {"exp_avg", "exp_avg_sq", "step"};
@@ -149,16 +152,20 @@ struct optim *optim_create(const struct optim_config *cfg, const struct nn_param
                 return NULL;
             }
     }
+    size_t count = (size_t)(params->count ? params->count : 1);
     struct optim *opt = calloc(1, sizeof(*opt));
-    struct optim_slot *slots = calloc((size_t)(params->count ? params->count : 1), sizeof(*slots));
-    if (!opt || !slots) {
+    struct optim_slot *slots = calloc(count, sizeof(*slots));
+    struct bt_adamw_span *spans = calloc(count, sizeof(*spans));
+    if (!opt || !slots || !spans) {
         free(opt);
         free(slots);
+        free(spans);
         bt_error("%s: out of memory", kind_name(cfg->kind));
         return NULL;
     }
     opt->cfg = *cfg;
     opt->slots = slots;
+    opt->spans = spans;
     opt->groups[0] = (struct optim_group_info){"decay", cfg->weight_decay};
     opt->groups[1] = (struct optim_group_info){"no_decay", 0.0};
     opt->n_groups = 2;
@@ -184,6 +191,7 @@ void optim_free(struct optim *opt) {
         free(s->name);
     }
     free(opt->slots);
+    free(opt->spans);
     free(opt);
 }
 
@@ -194,34 +202,29 @@ void optim_zero_grad(struct optim *opt) {
         bt_zero_grad(opt->slots[i].param);
 }
 
-/* p, g, m, v: n floats. torch.optim.AdamW (_single_tensor_adamw), operation for operation. */
-static void adamw_update(float *p, const float *g, float *m, float *v, int64_t n, double lr,
-                         double wd, const struct optim_config *cfg, int64_t step) {
-    const float decay = (float)(1.0 - lr * wd);
-    const float beta1 = (float)cfg->beta1, beta2 = (float)cfg->beta2;
-    const float one_minus_beta1 = (float)(1.0 - cfg->beta1);
-    const float one_minus_beta2 = (float)(1.0 - cfg->beta2);
-    const float step_size = (float)(lr / (1.0 - pow(cfg->beta1, (double)step)));
-    const float bias_correction2_sqrt = (float)sqrt(1.0 - pow(cfg->beta2, (double)step));
-    const float eps = (float)cfg->eps;
-#pragma omp parallel for if (n > 32768)
-    for (int64_t i = 0; i < n; i++) {
-        float pi = p[i] * decay;
-        m[i] = m[i] * beta1 + one_minus_beta1 * g[i];
-        v[i] = v[i] * beta2 + one_minus_beta2 * g[i] * g[i];
-        float denom = sqrtf(v[i]) / bias_correction2_sqrt + eps;
-        p[i] = pi + -step_size * (m[i] / denom);
-    }
+/* AdamW's constants for one parameter at its step `step` (torch.optim.AdamW,
+ * _single_tensor_adamw); the buffers are set by the caller */
+static struct bt_adamw_span adamw_constants(const struct optim_config *cfg, double lr, double wd,
+                                            int64_t step) {
+    return (struct bt_adamw_span){.decay = (float)(1.0 - lr * wd),
+                                  .beta1 = (float)cfg->beta1,
+                                  .beta2 = (float)cfg->beta2,
+                                  .one_minus_beta1 = (float)(1.0 - cfg->beta1),
+                                  .one_minus_beta2 = (float)(1.0 - cfg->beta2),
+                                  .step_size = (float)(lr / (1.0 - pow(cfg->beta1, (double)step))),
+                                  .bias_correction2_sqrt =
+                                      (float)sqrt(1.0 - pow(cfg->beta2, (double)step)),
+                                  .eps = (float)cfg->eps};
 }
 
 /* torch.optim.SGD with dampening 0, no nesterov; buf starts at zero, so buf = g on the first step
  * exactly as PyTorch's clone. buf is NULL when momentum is 0. */
 static void sgd_update(float *p, const float *g, float *buf, int64_t n, double lr, double wd,
-                       double momentum) {
+                       double momentum, float grad_scale) {
     const float neg_lr = (float)-lr, decay = (float)wd, mom = (float)momentum;
 #pragma omp parallel for if (n > 32768)
     for (int64_t i = 0; i < n; i++) {
-        float d = g[i];
+        float d = g[i] * grad_scale;
         if (decay != 0.0f) d = d + decay * p[i];
         if (buf) {
             buf[i] = buf[i] * mom + d;
@@ -232,7 +235,14 @@ static void sgd_update(float *p, const float *g, float *buf, int64_t n, double l
 }
 
 bt_status optim_step(struct optim *opt, double lr) {
+    return optim_step_scaled(opt, lr, 1.0);
+}
+
+bt_status optim_step_scaled(struct optim *opt, double lr, double grad_scale) {
     if (!opt) return bt_error("optim_step: optimizer is NULL");
+    if (!(grad_scale >= 0.0) || !isfinite(grad_scale))
+        return bt_error("%s: gradient scale must be a non-negative number, got %g",
+                        kind_name(opt->cfg.kind), grad_scale);
     const char *name = kind_name(opt->cfg.kind);
     if (!(lr >= 0.0) || !isfinite(lr))
         return bt_error("%s: lr must be a non-negative number, got %g", name, lr);
@@ -247,6 +257,8 @@ bt_status optim_step(struct optim *opt, double lr) {
                             bt_shape_str(g, a, sizeof a), bt_shape_str(p, b, sizeof b));
     }
     bool grad_mode = bt_set_grad_enabled(false);
+    const float scale = (float)grad_scale; /* as clip_grad_norm's in-place scaling */
+    int64_t n_spans = 0;
     for (int64_t i = 0; i < opt->n_params; i++) {
         struct optim_slot *s = &opt->slots[i];
         if (!s->param->grad) continue;
@@ -257,16 +269,61 @@ bt_status optim_step(struct optim *opt, double lr) {
         if (opt->cfg.kind == OPTIM_ADAMW) {
             int64_t *step = (int64_t *)bt_data(s->state[STEP]);
             *step += 1;
-            adamw_update(p, g, bt_f32(s->state[EXP_AVG]), bt_f32(s->state[EXP_AVG_SQ]), n, lr, wd,
-                         &opt->cfg, *step);
+            struct bt_adamw_span *span = &opt->spans[n_spans++];
+            *span = adamw_constants(&opt->cfg, lr, wd, *step);
+            span->p = p, span->g = g, span->n = n;
+            span->m = bt_f32(s->state[EXP_AVG]), span->v = bt_f32(s->state[EXP_AVG_SQ]);
         } else {
             bt_tensor *buf = s->state[MOMENTUM_BUFFER];
-            sgd_update(p, g, buf ? bt_f32(buf) : NULL, n, lr, wd, opt->cfg.momentum);
+            sgd_update(p, g, buf ? bt_f32(buf) : NULL, n, lr, wd, opt->cfg.momentum, scale);
         }
     }
+    if (n_spans) bt_cpu_adamw(opt->spans, n_spans, scale); /* every parameter in one pass */
     bt_set_grad_enabled(grad_mode);
     opt->step_count++;
     return BT_OK;
+}
+
+double optim_clip_coef(double norm, double max_norm) {
+    double scale = max_norm / (norm + 1e-6);
+    return !isfinite(norm) || scale >= 1.0 ? 1.0 : scale;
+}
+
+double optim_grad_norm(bt_tensor *const *params, int64_t n) {
+    if (n > 0 && !params) {
+        bt_error("grad_norm: parameter array is NULL");
+        return -1.0;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const bt_tensor *g = params[i] ? params[i]->grad : NULL;
+        if (g && (g->dtype != BT_F32 || !bt_is_contiguous(g) ||
+                  g->storage->device.type != BT_DEVICE_CPU)) {
+            bt_error("grad_norm: gradient of parameter %lld must be contiguous float32 on "
+                     "cpu",
+                     (long long)i);
+            return -1.0;
+        }
+    }
+    /* one parallel region: each thread sums the squares of an equal share of all the elements */
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++)
+        total += params[i] && params[i]->grad ? bt_numel(params[i]->grad) : 0;
+    double sum_sq = 0.0;
+#pragma omp parallel reduction(+ : sum_sq) if (total > 32768)
+    {
+        int threads = omp_get_num_threads(), me = omp_get_thread_num();
+        int64_t lo = total * me / threads, hi = total * (me + 1) / threads, off = 0;
+        for (int64_t i = 0; i < n && off < hi; i++) {
+            const bt_tensor *g = params[i] ? params[i]->grad : NULL;
+            if (!g) continue;
+            int64_t m = bt_numel(g), a = lo > off ? lo : off, b = hi < off + m ? hi : off + m;
+            const float *x = bt_f32(g);
+            for (int64_t k = a - off; k < b - off; k++)
+                sum_sq += (double)x[k] * (double)x[k];
+            off += m;
+        }
+    }
+    return sqrt(sum_sq);
 }
 
 double optim_clip_grad_norm(bt_tensor *const *params, int64_t n, double max_norm) {
@@ -274,36 +331,10 @@ double optim_clip_grad_norm(bt_tensor *const *params, int64_t n, double max_norm
         bt_error("clip_grad_norm: max_norm must be positive, got %g", max_norm);
         return -1.0;
     }
-    if (n > 0 && !params) {
-        bt_error("clip_grad_norm: parameter array is NULL");
-        return -1.0;
-    }
-    for (int64_t i = 0; i < n; i++) {
-        const bt_tensor *g = params[i] ? params[i]->grad : NULL;
-        if (g && (g->dtype != BT_F32 || !bt_is_contiguous(g) ||
-                  g->storage->device.type != BT_DEVICE_CPU)) {
-            bt_error("clip_grad_norm: gradient of parameter %lld must be contiguous float32 on "
-                     "cpu",
-                     (long long)i);
-            return -1.0;
-        }
-    }
-    double sum_sq = 0.0;
-    for (int64_t i = 0; i < n; i++) {
-        const bt_tensor *g = params[i] ? params[i]->grad : NULL;
-        if (!g) continue;
-        const float *x = bt_f32(g);
-        int64_t m = bt_numel(g);
-        double s = 0.0;
-#pragma omp parallel for reduction(+ : s) if (m > 32768)
-        for (int64_t k = 0; k < m; k++)
-            s += (double)x[k] * (double)x[k];
-        sum_sq += s;
-    }
-    double norm = sqrt(sum_sq);
-    double scale = max_norm / (norm + 1e-6);
-    if (!isfinite(norm) || scale >= 1.0) return norm;
-    const float fscale = (float)scale;
+    double norm = optim_grad_norm(params, n);
+    double coef = norm < 0.0 ? 1.0 : optim_clip_coef(norm, max_norm);
+    if (coef >= 1.0) return norm;
+    const float fscale = (float)coef;
     for (int64_t i = 0; i < n; i++) {
         bt_tensor *g = params[i] ? params[i]->grad : NULL;
         if (!g) continue;

@@ -45,11 +45,21 @@ void optim_zero_grad(struct optim *opt);
  * per-parameter step count unchanged), like PyTorch. */
 bt_status optim_step(struct optim *opt, double lr);
 
+/* optim_step with every gradient multiplied by grad_scale as the update reads it: the same floats
+ * as scaling the gradients first (optim_clip_grad_norm) without a pass over them; the gradients
+ * are left as they are. AdamW updates every parameter in one parallel pass. */
+bt_status optim_step_scaled(struct optim *opt, double lr, double grad_scale);
+
 /* Scales the gradients of params so that their global L2 norm is at most max_norm (PyTorch's
  * clip_grad_norm_: scale = max_norm / (norm + 1e-6), applied only when < 1). Returns the norm
  * before clipping, summed in double; parameters without .grad are skipped. A non-finite norm is
  * returned with the gradients left as they are. -1 with a message on bad arguments. */
 double optim_clip_grad_norm(bt_tensor *const *params, int64_t n, double max_norm);
+/* The two halves of it: the global L2 norm of params' gradients (-1 with a message on bad
+ * arguments), and the factor clipping to max_norm applies (1 when none, or the norm is not
+ * finite) — for optim_step_scaled. */
+double optim_grad_norm(bt_tensor *const *params, int64_t n);
+double optim_clip_coef(double norm, double max_norm);
 
 /* ---- parameter groups: 0 = "decay" (cfg weight_decay), 1 = "no_decay" (0), then any added ---- */
 #define OPTIM_MAX_GROUPS 8

@@ -621,8 +621,11 @@ static bt_status finish_step(struct run *r, int64_t step, double lr, const doubl
         .tp = r->grid.tp_group,
         .pp = r->grid.pp_group,
         .counted_elsewhere = tied_copy ? tied_embedding_name(r) : NULL};
-    *norm_out = grid_clip_grad_norm(r->dp ? dp_optim_params(r->dp) : &r->params, &groups, max_norm);
+    /* clip_grad_norm_ folded into the update: the factor multiplies each gradient as the
+     * optimizer reads it (the same floats as scaling them first, one pass fewer) */
+    *norm_out = grid_grad_norm(r->dp ? dp_optim_params(r->dp) : &r->params, &groups);
     if (*norm_out < 0.0) return BT_ERR;
+    double clip = optim_clip_coef(*norm_out, max_norm);
     bt_profile_mark("step", "clip_grad_norm");
     if (!isfinite(*loss_out)) {
         error_everywhere = true; /* the loss was averaged: every rank sees it */
@@ -630,7 +633,7 @@ static bt_status finish_step(struct run *r, int64_t step, double lr, const doubl
                         "train.grad_clip",
                         (long long)step + 1, *loss_out);
     }
-    if (optim_step(r->opt, lr) != BT_OK) return BT_ERR;
+    if (optim_step_scaled(r->opt, lr, clip) != BT_OK) return BT_ERR;
     bt_profile_mark("step", "optimizer");
     bt_status gathered = r->dp ? dp_gather_params(r->dp) : BT_OK;
     bt_profile_mark("step", "dp gather params");

@@ -66,13 +66,12 @@ static bool spans(struct comm *c) {
     return c && comm_size(c) > 1;
 }
 
-double grid_clip_grad_norm(const struct nn_param_list *params,
-                           const struct grid_norm_groups *groups, double max_norm) {
+double grid_grad_norm(const struct nn_param_list *params, const struct grid_norm_groups *groups) {
     struct grid_norm_groups none = {0};
     const struct grid_norm_groups *g = groups ? groups : &none;
     bool rows = spans(g->rows), tp = spans(g->tp), pp = spans(g->pp);
     if (!rows && !tp && !pp && !g->counted_elsewhere)
-        return optim_clip_grad_norm(params->tensors, params->count, max_norm);
+        return optim_grad_norm(params->tensors, params->count);
     /* [0]: the pieces of cut tensors, summed over tp; [1]: replicated ones, counted once */
     double sumsq[2] = {0.0, 0.0};
     for (int64_t i = 0; i < params->count; i++) {
@@ -83,9 +82,16 @@ double grid_clip_grad_norm(const struct nn_param_list *params,
     if (rows && comm_allreduce_doubles(g->rows, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;
     if (tp && comm_allreduce_doubles(g->tp, &sumsq[0], 1, COMM_SUM) != BT_OK) return -1.0;
     if (pp && comm_allreduce_doubles(g->pp, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;
-    double norm = sqrt(sumsq[0] + sumsq[1]), scale = max_norm / (norm + 1e-6);
-    if (!isfinite(norm) || scale >= 1.0) return norm;
-    const float fscale = (float)scale; /* as optim_clip_grad_norm */
+    return sqrt(sumsq[0] + sumsq[1]);
+}
+
+double grid_clip_grad_norm(const struct nn_param_list *params,
+                           const struct grid_norm_groups *groups, double max_norm) {
+    double norm = grid_grad_norm(params, groups);
+    if (norm < 0.0) return -1.0;
+    double coef = optim_clip_coef(norm, max_norm);
+    if (coef >= 1.0) return norm;
+    const float fscale = (float)coef; /* as optim_clip_grad_norm */
     for (int64_t i = 0; i < params->count; i++) {
         float *x = bt_f32(params->tensors[i]->grad);
         for (int64_t k = 0, n = bt_numel(params->tensors[i]->grad); k < n; k++)

@@ -47,5 +47,8 @@ struct grid_norm_groups {
  * optim_clip_grad_norm's, bit for bit. */
 double grid_clip_grad_norm(const struct nn_param_list *params,
                            const struct grid_norm_groups *groups, double max_norm);
+/* Its first half: the global norm alone, gradients untouched (braid train folds the clipping
+ * factor, optim_clip_coef, into the update: optim_step_scaled). */
+double grid_grad_norm(const struct nn_param_list *params, const struct grid_norm_groups *groups);
 
 #endif

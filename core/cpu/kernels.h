@@ -77,6 +77,17 @@ void bt_cpu_dropout(float *out, const float *x, int64_t n, float p, uint64_t see
 void bt_cpu_rope(float *out, const float *x, int64_t B, int64_t NH, int64_t T, int64_t hs,
                  float theta, int64_t pos_offset, bool inverse);
 
+/* optim.c: AdamW over many parameters in one parallel pass; each span is one parameter's
+ * buffers (n floats each) and its update's constants, gradients read times grad_scale */
+struct bt_adamw_span {
+    float *p, *m, *v;
+    const float *g;
+    int64_t n;
+    float decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt,
+        eps;
+};
+void bt_cpu_adamw(const struct bt_adamw_span *spans, int64_t n_spans, float grad_scale);
+
 /* attention.c */
 void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, const float *v,
                       int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs, float scale,

@@ -146,21 +146,61 @@ void bt_cpu_layernorm_backward(float *dx, float *dw, float *db, const float *dou
                                    beta_b);
 }
 
+/* Rows n0..n1-1 of the rmsnorm forward; sums in float, 16 lanes wide */
+BT_CPU_DISPATCH static void rmsnorm_rows(float *out, float *rstd, const float *x, const float *w,
+                                         int64_t n0, int64_t n1, int64_t C, float eps) {
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xr = x + n * C;
+        float *yr = out + n * C;
+        float s = 1.0f / sqrtf((C ? vec_dot(xr, xr, C) / (float)C : 0.0f) + eps);
+        int64_t c = 0;
+        for (; c + BT_VL <= C; c += BT_VL) {
+            bt_vf y = bt_vf_load(xr + c) * s;
+            bt_vf_store(yr + c, w ? y * bt_vf_load(w + c) : y);
+        }
+        for (; c < C; c++)
+            yr[c] = w ? xr[c] * s * w[c] : xr[c] * s;
+        rstd[n] = s;
+    }
+}
+
 /* x, out (N, C); w (C) or NULL; rstd (N)
  * out = x * rstd * w, rstd = 1 / sqrt(mean_c(x^2) + eps) */
 void bt_cpu_rmsnorm(float *out, float *rstd, const float *x, const float *w, int64_t N, int64_t C,
                     float eps) {
 #pragma omp parallel for schedule(static) if (N * C >= PARALLEL_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        const float *xr = x + n * C;
-        float *yr = out + n * C;
-        double ss = 0.0;
-        for (int64_t c = 0; c < C; c++)
-            ss += (double)xr[c] * xr[c];
-        float s = 1.0f / sqrtf((C ? (float)(ss / (double)C) : 0.0f) + eps);
-        for (int64_t c = 0; c < C; c++)
-            yr[c] = w ? xr[c] * s * w[c] : xr[c] * s;
-        rstd[n] = s;
+    for (int64_t n0 = 0; n0 < N; n0 += ROW_BLOCK)
+        rmsnorm_rows(out, rstd, x, w, n0, n0 + ROW_BLOCK < N ? n0 + ROW_BLOCK : N, C, eps);
+}
+
+/* Rows n0..n1-1 of the rmsnorm backward's dx */
+BT_CPU_DISPATCH static void rmsnorm_dx_rows(float *dx, const float *dout, const float *x,
+                                            const float *w, const float *rstd, int64_t n0,
+                                            int64_t n1, int64_t C, bool accumulate) {
+    for (int64_t n = n0; n < n1; n++) {
+        const float *xr = x + n * C, *gr = dout + n * C;
+        float *dr = dx + n * C;
+        float s = rstd[n];
+        bt_vf acc = bt_vf_splat(0.0f);
+        int64_t c = 0;
+        for (; c + BT_VL <= C; c += BT_VL) {
+            bt_vf dnorm = w ? bt_vf_load(gr + c) * bt_vf_load(w + c) : bt_vf_load(gr + c);
+            acc += dnorm * (bt_vf_load(xr + c) * s);
+        }
+        float dnorm_norm_sum = bt_vf_sum(acc);
+        for (; c < C; c++)
+            dnorm_norm_sum += (w ? gr[c] * w[c] : gr[c]) * (xr[c] * s);
+        float dnorm_norm_mean = dnorm_norm_sum / (float)C;
+        for (c = 0; c + BT_VL <= C; c += BT_VL) {
+            bt_vf dnorm = w ? bt_vf_load(gr + c) * bt_vf_load(w + c) : bt_vf_load(gr + c);
+            bt_vf d = s * (dnorm - bt_vf_load(xr + c) * s * dnorm_norm_mean);
+            bt_vf_store(dr + c, accumulate ? bt_vf_load(dr + c) + d : d);
+        }
+        for (; c < C; c++) {
+            float dnorm = w ? gr[c] * w[c] : gr[c];
+            float d = s * (dnorm - xr[c] * s * dnorm_norm_mean);
+            dr[c] = accumulate ? dr[c] + d : d;
+        }
     }
 }
 
@@ -171,22 +211,9 @@ void bt_cpu_rmsnorm_backward(float *dx, float *dw, const float *dout, const floa
                              float beta_w) {
     if (dx) {
 #pragma omp parallel for schedule(static) if (N * C >= PARALLEL_MIN)
-        for (int64_t n = 0; n < N; n++) {
-            const float *xr = x + n * C, *gr = dout + n * C;
-            float *dr = dx + n * C;
-            float s = rstd[n];
-            double dnorm_norm_sum = 0.0;
-            for (int64_t c = 0; c < C; c++) {
-                float dnorm = w ? gr[c] * w[c] : gr[c];
-                dnorm_norm_sum += (double)dnorm * (xr[c] * s);
-            }
-            float dnorm_norm_mean = (float)(dnorm_norm_sum / (double)C);
-            for (int64_t c = 0; c < C; c++) {
-                float dnorm = w ? gr[c] * w[c] : gr[c];
-                float d = s * (dnorm - xr[c] * s * dnorm_norm_mean);
-                dr[c] = beta_x == 0.0f ? d : dr[c] + d;
-            }
-        }
+        for (int64_t n0 = 0; n0 < N; n0 += ROW_BLOCK)
+            rmsnorm_dx_rows(dx, dout, x, w, rstd, n0, n0 + ROW_BLOCK < N ? n0 + ROW_BLOCK : N, C,
+                            beta_x != 0.0f);
     }
     if (!dw) return;
     int64_t blocks = (C + COL_BLOCK - 1) / COL_BLOCK;
