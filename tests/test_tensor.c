@@ -97,7 +97,8 @@ END_TEST
 
 START_TEST(test_large_strided_copies) {
     /* bt_contiguous of big permuted views (threads split the rows of the copy) and of a dtype
-     * conversion, at odd shapes: every element lands where the index arithmetic says */
+     * conversion, at odd shapes: every element lands where the index arithmetic says; a big
+     * fill with zeros */
     const int64_t A = 7, B = 131, C = 97; /* 88949 elements, over the parallel threshold */
     bt_tensor *x = bt_empty(BT_SHAPE(A, B, C), BT_F32, bt_cpu());
     float *xs = bt_f32(x);
@@ -110,6 +111,13 @@ START_TEST(test_large_strided_copies) {
         for (int64_t a = 0; a < A; a++)
             for (int64_t b = 0; b < B; b++)
                 ck_assert_float_eq(ps[(c * A + a) * B + b], (float)((a * B + b) * C + c));
+    /* zeroing a big buffer (threads take 1 MiB chunks; the last one is partial) */
+    bt_tensor *big = bt_empty(BT_SHAPE(1234567), BT_F32, bt_cpu());
+    for (int64_t i = 0; i < 1234567; i++)
+        bt_f32(big)[i] = 1.0f;
+    bt_fill(big, 0.0);
+    for (int64_t i = 0; i < 1234567; i++)
+        ck_assert_float_eq(bt_f32(big)[i], 0.0f);
     bt_tensor *t = bt_to_dtype(bt_transpose(x, 1, 2), BT_I32); /* (A, C, B), int32 */
     ck_assert_ptr_nonnull(t);
     for (int64_t i = 0; i < A * B * C; i += 9973) {

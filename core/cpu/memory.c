@@ -76,8 +76,14 @@ void bt_cpu_copy_strided(void *dst, bt_dtype dst_dtype, const void *src, bt_dtyp
 }
 
 void bt_cpu_fill(void *dst, bt_dtype dtype, int64_t n, double value) {
-    if (value == 0.0) {
-        memset(dst, 0, (size_t)n * bt_dtype_size(dtype));
+    if (value == 0.0) { /* zeroing gradients: big ones split over the threads */
+        size_t bytes = (size_t)n * bt_dtype_size(dtype), chunk = (size_t)1 << 20;
+        int64_t chunks = (int64_t)((bytes + chunk - 1) / chunk);
+#pragma omp parallel for schedule(static) if (chunks >= 4)
+        for (int64_t c = 0; c < chunks; c++) {
+            size_t at = (size_t)c * chunk;
+            memset((char *)dst + at, 0, bytes - at < chunk ? bytes - at : chunk);
+        }
         return;
     }
     if (dtype == BT_F32) {
