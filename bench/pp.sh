@@ -1,49 +1,85 @@
 #!/usr/bin/env bash
 # The pipeline scheduler (bench/README.md): bubble fraction and peak activation memory of GPipe,
-# 1F1B and interleaved 1F1B (2 chunks per rank) on equal synthetic stages (bench_pp: 4 MLP layers
-# of width 512 on 256-row micro-batches per rank), against the analytic bubble (S-1)/(M+S-1),
-# and (S-1)/(2M+S-1) interleaved.
-#  - pp=2: one rank per core (OMP_NUM_THREADS=1), M = 2, 4, 8, 16: bubble and memory;
+# 1F1B and interleaved 1F1B (2 chunks per rank) on equal synthetic stages (bench_pp, 4 layers per
+# rank), against the analytic bubble (S-1)/(M+S-1), and (S-1)/(2M+S-1) interleaved.
+#  - Timed stages (bench_pp --compute timed): each layer a tiny real layer padded by sleeping to
+#    LAYER_MS forward and twice that backward, at pp=2 and pp=4, M = 2, 4, 8, 16: the schedule's
+#    bubble (ordering, dependency waits, transfers, scheduler overhead). Sleeping stages need no
+#    core, so pp=4 is measured on 2 cores too; compute contention is not measured.
+#  - Real compute (bench_pp --compute mlp: MLP layers of width 512 on 256-row micro-batches):
+#    pp=2 one rank per core (OMP_NUM_THREADS=1), bubble and memory; pp=4 memory and micro-batches
+#    in flight only when there are fewer than 4 cores (the ranks' compute would share cores).
 #    Interleaving needs M divisible by the stages (M=2 at pp=4 is left out).
-#  - pp=4: 4 ranks on this machine's cores: more ranks than cores, so the ranks' waits and
-#    compute overlap on a core and the bubble is not measured there; memory and micro-batches in
-#    flight are (they do not depend on timing).
 #  - braid train tokens/s on bench/train_cpu.yaml (GPT L6 C384 T256, 4 micro-batches of 8
 #    sequences a step) at pp=1 and at pp=2 with each schedule.
-#   bench/pp.sh            (BUILD=build, STEPS=6, TRAIN_STEPS=12)
+#   bench/pp.sh            (BUILD=build, STEPS=6, LAYER_MS=3, TRAIN_STEPS=12)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD:-build}
 steps=${STEPS:-6}
+layer_ms=${LAYER_MS:-3}
 train_steps=${TRAIN_STEPS:-12}
 cores=$(nproc) # before OMP_NUM_THREADS, which nproc honours
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 [[ -x $build/bench_pp ]] || { echo "bench/pp.sh: $build/bench_pp is not built" >&2; exit 1; }
 field() { tr ' ' '\n' <<< "$2" | sed -n "s/^$1=//p" | head -1; }
 
-echo "command: bench/pp.sh   ($cores cores, $(date +%F))"
-format='%-6s %-16s %4s %8s %9s %15s %10s\n'
-printf "$format" stages schedule M bubble analytic peak_act_MB in_flight
-for stages in 2 4; do
-  for m in 2 4 8 16; do
-    for schedule in gpipe 1f1b interleaved; do
-      args=(--schedule "$schedule") label=$schedule
-      if [[ $schedule == interleaved ]]; then
-        ((m % stages == 0)) || continue
-        args=(--schedule 1f1b --chunks 2) label="1f1b, 2 chunks"
-      fi
-      out=$(mpirun -np "$stages" --oversubscribe "$build/bench_pp" "${args[@]}" \
-        --microbatches "$m" --steps "$steps")
-      bubble=$(field bubble "$out")
-      [[ $stages -gt $cores ]] && bubble=n/a
-      printf "$format" "$stages" "$label" "$m" "$bubble" "$(field analytic_bubble "$out")" \
-        "$(field peak_activation_mb "$out")" "$(field max_in_flight "$out")"
+# bubble_runs ROW TIMED ARGS...: bench_pp ARGS at pp=2 and pp=4, M = 2, 4, 8, 16, each schedule;
+# the function ROW prints a table row from the stages, the schedule's label, M, bench_pp's output
+# and whether the bubble was timed. Above TIMED stages, 2 steps are run and the bubble is not
+# timed (the memory columns do not depend on timing).
+bubble_runs() {
+  local row=$1 timed=$2 stages m schedule args label n out
+  shift 2
+  for stages in 2 4; do
+    n=$steps
+    ((stages <= timed)) || n=2
+    for m in 2 4 8 16; do
+      for schedule in gpipe 1f1b interleaved; do
+        args=(--schedule "$schedule") label=$schedule
+        if [[ $schedule == interleaved ]]; then
+          ((m % stages == 0)) || continue
+          args=(--schedule 1f1b --chunks 2) label="1f1b, 2 chunks"
+        fi
+        out=$(mpirun -np "$stages" --oversubscribe "$build/bench_pp" "$@" "${args[@]}" \
+          --microbatches "$m" --steps "$n")
+        "$row" "$stages" "$label" "$m" "$out" "$((stages <= timed))"
+      done
     done
   done
-done
+}
+
+echo "command: bench/pp.sh   ($cores cores, $(date +%F))"
+echo "timed stages: 4 layers per rank, each ${layer_ms} ms forward and twice that backward (sleeping)"
+format='%-6s %-16s %4s %8s %9s %7s %13s %9s\n'
+printf "$format" stages schedule M bubble analytic excess steps_range step_ms
+timed_row() {
+  local bubble analytic
+  bubble=$(field bubble "$4") analytic=$(field analytic_bubble "$4")
+  printf "$format" "$1" "$2" "$3" "$bubble" "$analytic" \
+    "$(awk -v a="$bubble" -v b="$analytic" 'BEGIN { printf "%+.3f", a - b }')" \
+    "$(field bubble_min "$4")-$(field bubble_max "$4")" "$(field step_ms "$4")"
+}
+bubble_runs timed_row 4 --compute timed --layer-ms "$layer_ms"
 echo "(bubble: the worst stage's idle fraction of the step, median over $((steps - 1)) steps after a"
-echo " warm-up; peak_act_MB, in_flight: the largest stage's activation memory and micro-batches"
-echo " alive at once)"
+echo " warm-up, and its range over those steps; excess: bubble - analytic; step_ms: the slowest"
+echo " stage's step, median. Compute replaced by fixed-duration waits: this is the schedule's"
+echo " bubble with its dependency waits, transfers and scheduler overhead, not compute contention)"
+echo
+
+echo "real compute: 4 MLP layers per rank, width 512, 256-row micro-batches, 1 thread per rank"
+format='%-6s %-16s %4s %8s %9s %15s %10s\n'
+printf "$format" stages schedule M bubble analytic peak_act_MB in_flight
+mlp_row() {
+  local bubble
+  bubble=$(field bubble "$4")
+  (($5)) || bubble=n/a
+  printf "$format" "$1" "$2" "$3" "$bubble" "$(field analytic_bubble "$4")" \
+    "$(field peak_activation_mb "$4")" "$(field max_in_flight "$4")"
+}
+bubble_runs mlp_row "$cores" --compute mlp
+echo "(bubble: as above, n/a where the stages outnumber the cores; peak_act_MB, in_flight: the"
+echo " largest stage's activation memory and micro-batches alive at once)"
 echo
 
 echo "braid train tokens/s, bench/train_cpu.yaml (GPT L6 C384 T256), 4 micro-batches of 8 sequences"
