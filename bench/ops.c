@@ -5,6 +5,7 @@
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "bench/bench.h"
@@ -242,12 +243,14 @@ int main(int argc, char **argv) {
         {"mlp.fc", 2048, 384, 1536},
         {"mlp.proj", 2048, 1536, 384},
     };
-    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+    bool attention_only = argc > 1 && strcmp(argv[1], "attention") == 0;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) && !attention_only; i++)
         bench_matmul_case(&cases[i], 100 + 10 * i);
 
     printf("\n");
     bench_attention(8, 6, 6, 256, 64, true);
     bench_attention(8, 6, 2, 256, 64, true);
+    bench_attention(12, 4, 4, 64, 32, true); /* configs/shakespeare_char.yaml */
     bt_runtime_shutdown();
     return 0;
 }
