@@ -6,16 +6,25 @@
 #include <string.h>
 
 #define ARENA_ALIGN 64
+#define ARENA_SIZE_CLASSES 32 /* distinct sizes of recycled blocks kept; a step has a handful */
 
 struct overflow_block {
     struct overflow_block *next;
+};
+
+/* Recycled blocks of one rounded size, a list threaded through their first bytes */
+struct size_class {
+    size_t size;
+    void *head;
 };
 
 struct bt_arena {
     char *base;
     size_t capacity, used, overflow_bytes, high_water;
     struct overflow_block *overflow; /* blocks malloc'd because the main block was full */
-    uint64_t system_allocs;
+    uint64_t system_allocs, reuses;
+    struct size_class recycled[ARENA_SIZE_CLASSES];
+    int n_classes;
 };
 
 static size_t align_up(size_t n) {
@@ -64,8 +73,33 @@ static void *poison(void *p, size_t size) {
     return p;
 }
 
+static struct size_class *size_class(struct bt_arena *arena, size_t size) {
+    for (int i = 0; i < arena->n_classes; i++)
+        if (arena->recycled[i].size == size) return &arena->recycled[i];
+    return NULL;
+}
+
+void bt_arena_recycle(struct bt_arena *arena, void *p, size_t nbytes) {
+    size_t size = align_up(nbytes ? nbytes : 1);
+    struct size_class *c = size_class(arena, size);
+    if (!c) {
+        if (arena->n_classes == ARENA_SIZE_CLASSES) return; /* left until the reset */
+        c = &arena->recycled[arena->n_classes++];
+        *c = (struct size_class){size, NULL};
+    }
+    memcpy(p, &c->head, sizeof(void *));
+    c->head = p;
+}
+
 void *bt_arena_alloc(struct bt_arena *arena, size_t nbytes) {
     size_t size = align_up(nbytes ? nbytes : 1);
+    struct size_class *c = arena->n_classes ? size_class(arena, size) : NULL;
+    if (c && c->head) {
+        void *p = c->head;
+        memcpy(&c->head, p, sizeof(void *));
+        arena->reuses++;
+        return poison(p, size);
+    }
     size_t total = arena->used + arena->overflow_bytes + size;
     if (total > arena->high_water) arena->high_water = total;
     if (arena->used + size <= arena->capacity) {
@@ -88,6 +122,7 @@ void bt_arena_reset(struct bt_arena *arena) {
     size_t needed = arena->used + arena->overflow_bytes;
     free_overflow(arena);
     arena->used = 0;
+    arena->n_classes = 0;
     if (needed > arena->capacity) {
         size_t capacity = align_up(needed + needed / 4);
         char *base = aligned_alloc(ARENA_ALIGN, capacity);
@@ -102,6 +137,6 @@ void bt_arena_reset(struct bt_arena *arena) {
 
 struct bt_arena_stats bt_arena_stats(const struct bt_arena *arena) {
     struct bt_arena_stats s = {arena->used + arena->overflow_bytes, arena->high_water,
-                               arena->capacity, arena->system_allocs};
+                               arena->capacity, arena->system_allocs, arena->reuses};
     return s;
 }

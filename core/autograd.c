@@ -4,6 +4,7 @@
 
 #include <string.h>
 
+#include "core/arena.h"
 #include "core/backend.h"
 #include "core/profile.h"
 #include "core/runtime.h"
@@ -101,6 +102,7 @@ bt_status ag_accumulate(bt_tensor *t, bt_tensor *g) {
     if (!t->grad && !t->persistent) { /* adopt: no copy; never written in place later */
         t->grad = g;
         t->grad_owned = false;
+        g->storage->adopted = true; /* so its producer's backward never hands it back */
         return BT_OK;
     }
     float beta;
@@ -168,6 +170,18 @@ bt_status bt_backward(bt_tensor *loss) {
     return bt_backward_ex(loss, NULL, false);
 }
 
+/* Hands a non-leaf's gradient back to its step arena once the node that consumed it has run:
+ * the buffer autograd made for it (owned), whole, not taken over as another tensor's .grad
+ * (adopted), so nothing refers to it any more. The next gradient of the same size reuses it. */
+static void release_grad(bt_tensor *g, bool owned) {
+    struct bt_storage *s = g ? g->storage : NULL;
+    if (!owned || !s || s->persistent || s->adopted || !s->arena || g->offset != 0 ||
+        bt_nbytes(g) != s->nbytes)
+        return;
+    bt_arena_recycle(s->arena, s->data, s->nbytes);
+    s->arena = NULL;
+}
+
 bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
     char a[64], b[64];
     if (!out) return bt_has_error() ? BT_ERR : bt_error("backward: tensor is NULL");
@@ -220,7 +234,10 @@ bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
             status = BT_ERR;
             break;
         }
-        if (!y->retains_grad && y != out) y->grad = NULL;
+        if (!y->retains_grad && y != out) {
+            release_grad(y->grad, y->grad_owned);
+            y->grad = NULL;
+        }
         if (leaves) leaves_done(rt, node);
         if (rt->tick_hook) rt->tick_hook(rt->tick_hook_ctx);
         if (retain_graph) {

@@ -112,7 +112,7 @@ bt_tensor *bt_tensor_new(int ndim, const int64_t *shape, bt_dtype dtype, bt_devi
         return NULL;
     }
     init_header(t, ndim, shape, dtype);
-    *s = (struct bt_storage){data, nbytes, device, 1, true};
+    *s = (struct bt_storage){data, nbytes, device, 1, true, NULL, false};
     be->fill(data, dtype, shape_numel(ndim, shape), 0.0);
     t->storage = s;
     t->persistent = true;
@@ -188,7 +188,7 @@ bt_tensor *bt_empty(int ndim, const int64_t *shape, bt_dtype dtype, bt_device de
     if (!data) return NULL;
     init_header(t, ndim, shape, dtype);
     struct bt_storage *s = (struct bt_storage *)(t + 1);
-    *s = (struct bt_storage){data, nbytes, device, 0, false};
+    *s = (struct bt_storage){data, nbytes, device, 0, false, bt_runtime()->step_arena, false};
     t->storage = s;
     return t;
 }

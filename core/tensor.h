@@ -39,6 +39,10 @@ struct bt_storage {
     bt_device device;
     int refcount;    /* persistent storage only; step storage lives until the arena resets */
     bool persistent; /* false: memory belongs to the step arena */
+    /* step storage: the arena it came from (NULL once handed back), and whether another tensor's
+     * .grad took it over (autograd then never hands it back before the reset) */
+    struct bt_arena *arena;
+    bool adopted;
 };
 
 typedef struct bt_tensor {

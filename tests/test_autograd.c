@@ -3,6 +3,7 @@
  * catches a wrong backward. */
 #include <math.h>
 
+#include "core/arena.h"
 #include "core/ops/op_common.h"
 #include "tests/gradcheck.h"
 
@@ -337,6 +338,45 @@ START_TEST(test_leaf_hook_reports_final_gradients) {
 }
 END_TEST
 
+START_TEST(test_backward_reuses_dead_gradients) {
+    /* A chain of six ops: each intermediate gradient is dead once its node has run, so the step
+     * arena hands it to the next gradient of the same size instead of bumping further. */
+    bt_tensor *x = test_param(BT_SHAPE(1024), 4, -1, 1);
+    bt_tensor *y = x;
+    for (int i = 0; i < 6; i++)
+        y = bt_mul_scalar(y, 2.0);
+    struct bt_runtime *rt = bt_runtime();
+    struct bt_arena_stats before = bt_arena_stats(rt->step_arena);
+    ck_assert_int_eq(bt_backward(bt_sum_all(y)), BT_OK);
+    struct bt_arena_stats after = bt_arena_stats(rt->step_arena);
+    ck_assert_uint_ge(after.reuses - before.reuses, 4);
+    /* without reuse each of the 7 gradients (the seed's expansion and 6 inputs') takes 4 KiB */
+    ck_assert_uint_lt(after.used - before.used, 4 * 4096);
+    for (int i = 0; i < 1024; i++)
+        ck_assert_double_eq(bt_get(x->grad, i), 64.0);
+}
+END_TEST
+
+START_TEST(test_reuse_keeps_adopted_gradients) {
+    /* v = reshape(y): reshape's backward hands y a view of v's gradient (adopted), so that
+     * buffer must outlive v's node. Were it recycled, x's gradient (the next 64-byte step buffer
+     * asked for) would land on it and matmul's backward would write dx over the gradient it is
+     * reading. loss = sum(v * v), dy = 2y, dx = 2y W^T. */
+    bt_tensor *x = test_param(BT_SHAPE(4, 4), 5, -1, 1);
+    bt_tensor *w = test_param(BT_SHAPE(4, 4), 6, -1, 1);
+    bt_tensor *y = bt_matmul(x, w);
+    bt_tensor *v = bt_reshape(y, BT_SHAPE(16));
+    ck_assert_int_eq(bt_backward(bt_sum_all(bt_mul(v, v))), BT_OK);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) {
+            double want = 0.0;
+            for (int k = 0; k < 4; k++)
+                want += 2.0 * bt_get(y, i * 4 + k) * bt_get(w, j * 4 + k);
+            ck_assert_double_eq_tol(bt_get(x->grad, i * 4 + j), want, 1e-5);
+        }
+}
+END_TEST
+
 static Suite *autograd_suite(void) {
     Suite *s = suite_create("autograd");
     bt_suite_add(s, test_shared_input);
@@ -357,6 +397,8 @@ static Suite *autograd_suite(void) {
     bt_suite_add(s, test_cat_split_gradients);
     bt_suite_add(s, test_cat_split_values_and_errors);
     bt_suite_add(s, test_leaf_hook_reports_final_gradients);
+    bt_suite_add(s, test_backward_reuses_dead_gradients);
+    bt_suite_add(s, test_reuse_keeps_adopted_gradients);
     return s;
 }
 
