@@ -219,6 +219,34 @@ static void bench_attention(int64_t B, int64_t NH, int64_t NKV, int64_t T, int64
     bt_tensor_free(s.v);
 }
 
+/* ---- activations: GELU-tanh's kernels on a (rows, cols) activation ---- */
+
+static void bench_gelu(int64_t rows, int64_t cols) {
+    bt_tensor *x = random_tensor(BT_SHAPE(rows, cols), 21);
+    int64_t n = rows * cols;
+    float *y = malloc((size_t)n * sizeof(float)), *g = malloc((size_t)n * sizeof(float));
+    float *dx = malloc((size_t)n * sizeof(float));
+    if (!y || !g || !dx) die("gelu: out of memory");
+    for (int64_t i = 0; i < n; i++)
+        g[i] = 1.0f;
+    const struct bt_backend *be = bt_backend_for(bt_cpu(), "bench");
+    double fwd[REPS], bwd[REPS];
+    for (int r = 0; r < WARMUP + REPS; r++) {
+        double t0 = bench_now();
+        be->unary(BT_UN_GELU_TANH, y, bt_f32(x), n, 0.0f);
+        double t1 = bench_now();
+        be->unary_backward(BT_UN_GELU_TANH, dx, g, bt_f32(x), y, n, 0.0f, 0.0f);
+        double t2 = bench_now();
+        if (r >= WARMUP) fwd[r - WARMUP] = t1 - t0, bwd[r - WARMUP] = t2 - t1;
+    }
+    printf("gelu_tanh (%lld,%lld): forward %6.3f ms, backward %6.3f ms\n", (long long)rows,
+           (long long)cols, 1e3 * bench_median(fwd, REPS), 1e3 * bench_median(bwd, REPS));
+    free(y);
+    free(g);
+    free(dx);
+    bt_tensor_free(x);
+}
+
 int main(int argc, char **argv) {
     const char *omp = getenv("OMP_NUM_THREADS"), *obt = getenv("OPENBLAS_NUM_THREADS");
     printf("command:");
@@ -246,6 +274,11 @@ int main(int argc, char **argv) {
     bool attention_only = argc > 1 && strcmp(argv[1], "attention") == 0;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) && !attention_only; i++)
         bench_matmul_case(&cases[i], 100 + 10 * i);
+    if (!attention_only) {
+        printf("\n");
+        bench_gelu(2048, 1536); /* bench/train_cpu.yaml's MLP */
+        bench_gelu(768, 512);   /* configs/shakespeare_char.yaml's */
+    }
 
     printf("\n");
     bench_attention(8, 6, 6, 256, 64, true);
