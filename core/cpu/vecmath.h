@@ -64,9 +64,9 @@ BT_VEC_INLINE bt_vf bt_vf_select(bt_vi mask, bt_vf a, bt_vf b) {
 /* a < b as a lane mask, from the sign of a - b (negative exactly when a < b for finite a, b:
  * gradual underflow never rounds a nonzero difference to 0). Not a vector comparison: gcc 12
  * lowers a 16-lane float comparison to 16 scalar compare-and-cmov pairs wherever the target has
- * no 64-byte vectors (x86-64-v3, the baseline), which made every kernel using it 5-10x slower
- * on AVX2 machines; a subtraction and an arithmetic shift split into native vectors. NaN lanes
- * give either answer. */
+ * no 64-byte vectors (x86-64-v3, the baseline), which made the kernels using it (GELU: 2-2.4x)
+ * slower on AVX2 machines; a subtraction and an arithmetic shift split into native vectors.
+ * Infinities order correctly; NaN lanes give either answer. */
 BT_VEC_INLINE bt_vi bt_vf_lt(bt_vf a, bt_vf b) {
     return (bt_vi)(a - b) >> 31;
 }
