@@ -93,7 +93,7 @@ void bt_arena_recycle(struct bt_arena *arena, void *p, size_t nbytes) {
 
 void *bt_arena_alloc(struct bt_arena *arena, size_t nbytes) {
     size_t size = align_up(nbytes ? nbytes : 1);
-    struct size_class *c = arena->n_classes ? size_class(arena, size) : NULL;
+    struct size_class *c = size_class(arena, size);
     if (c && c->head) {
         void *p = c->head;
         memcpy(&c->head, p, sizeof(void *));
