@@ -21,6 +21,11 @@ struct bt_arena_stats {
 };
 
 struct bt_arena *bt_arena_create(size_t initial_bytes);
+/* An arena whose blocks come from `alloc`/`release` (e.g. device memory through the CUDA
+ * backend's caching allocator). Its memory is never touched by the arena itself: recycled-block
+ * lists are kept on the host, and debug builds do not poison it. */
+struct bt_arena *bt_arena_create_with(size_t initial_bytes, void *(*alloc)(size_t nbytes),
+                                      void (*release)(void *ptr));
 void bt_arena_destroy(struct bt_arena *arena);
 /* 64-byte aligned, uninitialised memory valid until the next reset; NULL only when out of memory.
  */

@@ -40,6 +40,16 @@ typedef enum {
 
 typedef enum { BT_RED_SUM, BT_RED_MEAN, BT_RED_MAX } bt_reduce_op;
 
+/* AdamW over many parameters in one pass; each span is one parameter's buffers (n floats each,
+ * on the backend's device) and its update's constants; gradients are read times grad_scale */
+struct bt_adamw_span {
+    float *p, *m, *v;
+    const float *g;
+    int64_t n;
+    float decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt,
+        eps;
+};
+
 struct bt_backend {
     const char *name;
 
@@ -50,6 +60,9 @@ struct bt_backend {
     void (*copy_strided)(void *dst, bt_dtype dst_dtype, const void *src, bt_dtype src_dtype,
                          int ndim, const int64_t *shape, const int64_t *src_strides);
     void (*fill)(void *dst, bt_dtype dtype, int64_t n, double value);
+    /* nbytes between the device's memory and the host's; both return once the copy is done */
+    void (*to_host)(void *host_dst, const void *src, size_t nbytes);
+    void (*from_host)(void *dst, const void *host_src, size_t nbytes);
 
     /* ---- elementwise (core/cpu/elementwise.c) ---- */
     /* out (shape, contiguous) = a op b, a and b read through broadcast strides (0 = broadcast) */
@@ -68,6 +81,16 @@ struct bt_backend {
     /* out (outer, inner); argmax (outer, inner) filled for BT_RED_MAX when not NULL */
     void (*reduce)(bt_reduce_op op, float *out, int64_t *argmax, const float *x, int64_t outer,
                    int64_t dim, int64_t inner);
+    /* dx (outer, dim, inner) (+)= dout (outer, inner) broadcast over dim (times 1/dim for MEAN);
+     * MAX: only to argmax's position (the rest get 0 when beta is 0) */
+    void (*reduce_backward)(bt_reduce_op op, float *dx, const float *dout, const int64_t *argmax,
+                            int64_t outer, int64_t dim, int64_t inner, float beta);
+    /* out += src summed over broadcast: src (shape, contiguous) element at index (i_0..i_n-1)
+     * adds into out[sum_k i_k * map[k]] (map[k] = 0 on a broadcast dim); out has out_numel */
+    void (*sum_to)(float *out, int64_t out_numel, const float *src, int ndim,
+                   const int64_t *shape, const int64_t *map);
+    /* sum over k < n of the squares of xs[k] (ns[k] floats each), in double */
+    double (*sum_squares)(const float *const *xs, const int64_t *ns, int64_t n);
 
     /* ---- matmul (core/cpu/matmul.c) ---- */
     /* C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch, row-major, op = transpose
@@ -142,6 +165,13 @@ struct bt_backend {
                                const float *k, const float *v, const float *out, const float *lse,
                                int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs,
                                float scale, bool causal, const struct bt_attn_layouts *layouts);
+
+    /* ---- optimizers (core/cpu/optim.c) ---- */
+    void (*adamw)(const struct bt_adamw_span *spans, int64_t n_spans, float grad_scale);
+    /* p (n) += -lr * d, d = g*grad_scale + wd*p, through the momentum buffer when buf is set
+     * (torch.optim.SGD without dampening or nesterov) */
+    void (*sgd)(float *p, const float *g, float *buf, int64_t n, float lr, float wd,
+                float momentum, float grad_scale);
 };
 
 /* The backend of a device; NULL with an error set when that device type is not built/available. */

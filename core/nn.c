@@ -488,3 +488,44 @@ bt_tensor *nn_get_parameter(const struct nn_module *m, const char *dotted_name) 
     }
     return p->tensor;
 }
+
+/* ---- moving a module to a device ---- */
+
+/* The storage's bytes to `device` (a fresh buffer there), the old buffer freed: every tensor on
+ * this storage sees the move */
+static bt_status move_storage(struct bt_storage *st, bt_device device) {
+    if (bt_device_equal(st->device, device)) return BT_OK;
+    if (!st->persistent) return bt_error("nn: module_to: a parameter's storage is a step tensor's");
+    const struct bt_backend *to = bt_backend_for(device, "module_to");
+    const struct bt_backend *from = to ? bt_backend_for(st->device, "module_to") : NULL;
+    if (!from) return BT_ERR;
+    void *data = to->alloc(st->nbytes ? st->nbytes : 1);
+    if (!data) return bt_error("nn: module_to: out of memory for %zu bytes", st->nbytes);
+    if (st->device.type == BT_DEVICE_CPU) {
+        to->from_host(data, st->data, st->nbytes);
+    } else if (device.type == BT_DEVICE_CPU) {
+        from->to_host(data, st->data, st->nbytes);
+    } else {
+        to->free(data);
+        return bt_error("nn: module_to: device to device moves go through the cpu");
+    }
+    from->free(st->data);
+    st->data = data;
+    st->device = device;
+    return BT_OK;
+}
+
+bt_status nn_module_to(struct nn_module *m, bt_device device) {
+    if (!m) return bt_error("nn: module_to: module is NULL");
+    if (device.type != BT_DEVICE_CPU && !bt_backend_for(device, "module_to")) return BT_ERR;
+    struct nn_param_list list;
+    if (nn_named_parameters(m, &list) != BT_OK) return BT_ERR;
+    bt_status st = BT_OK;
+    for (int64_t i = 0; i < list.count && st == BT_OK; i++) {
+        bt_tensor *t = list.tensors[i];
+        st = move_storage(t->storage, device);
+        if (st == BT_OK && t->grad) st = move_storage(t->grad->storage, device);
+    }
+    nn_param_list_free(&list);
+    return st;
+}

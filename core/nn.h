@@ -149,6 +149,10 @@ bt_status nn_split_place(const struct nn_split *s, int part, const bt_tensor *pi
                          bt_tensor *full);
 /* Number of parameter elements (tied parameters counted once). */
 int64_t nn_num_parameters(const struct nn_module *m);
+/* Moves every parameter of m's tree (and its .grad) to `device`, in place, as PyTorch's
+ * module.to(device): each storage is moved once, so tied parameters and aliases of them stay
+ * shared. Parameters must be float32 persistent tensors (they are). */
+bt_status nn_module_to(struct nn_module *m, bt_device device);
 /* The parameter with this dotted name relative to m, or NULL with a message naming it. */
 bt_tensor *nn_get_parameter(const struct nn_module *m, const char *dotted_name);
 

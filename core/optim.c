@@ -127,7 +127,8 @@ static bt_status make_slot(struct optim *opt, struct optim_slot *slot, const cha
     int n_state = optim_state_names(opt, &names);
     for (int k = 0; k < n_state; k++) {
         bool is_step = opt->cfg.kind == OPTIM_ADAMW && k == STEP;
-        slot->state[k] = is_step ? bt_tensor_new(0, NULL, BT_I64, p->storage->device)
+        /* the step count is read and bumped by the host each step: it stays on the cpu */
+        slot->state[k] = is_step ? bt_tensor_new(0, NULL, BT_I64, bt_cpu())
                                  : bt_tensor_new(p->ndim, p->shape, BT_F32, p->storage->device);
         if (!slot->state[k]) return BT_ERR;
     }
@@ -219,21 +220,6 @@ static struct bt_adamw_span adamw_constants(const struct optim_config *cfg, doub
 
 /* torch.optim.SGD with dampening 0, no nesterov; buf starts at zero, so buf = g on the first step
  * exactly as PyTorch's clone. buf is NULL when momentum is 0. */
-static void sgd_update(float *p, const float *g, float *buf, int64_t n, double lr, double wd,
-                       double momentum, float grad_scale) {
-    const float neg_lr = (float)-lr, decay = (float)wd, mom = (float)momentum;
-#pragma omp parallel for if (n > 32768)
-    for (int64_t i = 0; i < n; i++) {
-        float d = g[i] * grad_scale;
-        if (decay != 0.0f) d = d + decay * p[i];
-        if (buf) {
-            buf[i] = buf[i] * mom + d;
-            d = buf[i];
-        }
-        p[i] = p[i] + neg_lr * d;
-    }
-}
-
 bt_status optim_step(struct optim *opt, double lr) {
     return optim_step_scaled(opt, lr, 1.0);
 }
@@ -256,6 +242,20 @@ bt_status optim_step_scaled(struct optim *opt, double lr, double grad_scale) {
                             opt->slots[i].name, bt_dtype_name(g->dtype),
                             bt_shape_str(g, a, sizeof a), bt_shape_str(p, b, sizeof b));
     }
+    /* one backend runs the whole step: every parameter on the first one's device */
+    const struct bt_backend *be = NULL;
+    for (int64_t i = 0; i < opt->n_params; i++) {
+        const bt_tensor *p = opt->slots[i].param;
+        const bt_tensor *first = opt->slots[0].param;
+        char a[32], b[32];
+        if (!bt_device_equal(p->storage->device, first->storage->device))
+            return bt_error("%s: parameter %s is on %s, %s on %s: one optimizer steps parameters "
+                            "on one device",
+                            name, opt->slots[i].name, bt_device_name(p->storage->device, a, sizeof a),
+                            opt->slots[0].name, bt_device_name(first->storage->device, b, sizeof b));
+    }
+    if (opt->n_params && !(be = bt_backend_for(opt->slots[0].param->storage->device, name)))
+        return BT_ERR;
     bool grad_mode = bt_set_grad_enabled(false);
     const float scale = (float)grad_scale; /* as clip_grad_norm's in-place scaling */
     int64_t n_spans = 0;
@@ -275,10 +275,11 @@ bt_status optim_step_scaled(struct optim *opt, double lr, double grad_scale) {
             span->m = bt_f32(s->state[EXP_AVG]), span->v = bt_f32(s->state[EXP_AVG_SQ]);
         } else {
             bt_tensor *buf = s->state[MOMENTUM_BUFFER];
-            sgd_update(p, g, buf ? bt_f32(buf) : NULL, n, lr, wd, opt->cfg.momentum, scale);
+            be->sgd(p, g, buf ? bt_f32(buf) : NULL, n, (float)lr, (float)wd,
+                    (float)opt->cfg.momentum, scale);
         }
     }
-    if (n_spans) bt_cpu_adamw(opt->spans, n_spans, scale); /* every parameter in one pass */
+    if (n_spans) be->adamw(opt->spans, n_spans, scale); /* every parameter in one pass */
     bt_set_grad_enabled(grad_mode);
     opt->step_count++;
     return BT_OK;
@@ -294,35 +295,43 @@ double optim_grad_norm(bt_tensor *const *params, int64_t n) {
         bt_error("grad_norm: parameter array is NULL");
         return -1.0;
     }
+    /* every gradient on one device; their squares summed by its backend in one pass */
+    const bt_tensor *first = NULL;
     for (int64_t i = 0; i < n; i++) {
         const bt_tensor *g = params[i] ? params[i]->grad : NULL;
-        if (g && (g->dtype != BT_F32 || !bt_is_contiguous(g) ||
-                  g->storage->device.type != BT_DEVICE_CPU)) {
-            bt_error("grad_norm: gradient of parameter %lld must be contiguous float32 on "
-                     "cpu",
+        if (g && (g->dtype != BT_F32 || !bt_is_contiguous(g))) {
+            bt_error("grad_norm: gradient of parameter %lld must be contiguous float32",
                      (long long)i);
             return -1.0;
         }
-    }
-    /* one parallel region: each thread sums the squares of an equal share of all the elements */
-    int64_t total = 0;
-    for (int64_t i = 0; i < n; i++)
-        total += params[i] && params[i]->grad ? bt_numel(params[i]->grad) : 0;
-    double sum_sq = 0.0;
-#pragma omp parallel reduction(+ : sum_sq) if (total > 32768)
-    {
-        int threads = omp_get_num_threads(), me = omp_get_thread_num();
-        int64_t lo = total * me / threads, hi = total * (me + 1) / threads, off = 0;
-        for (int64_t i = 0; i < n && off < hi; i++) {
-            const bt_tensor *g = params[i] ? params[i]->grad : NULL;
-            if (!g) continue;
-            int64_t m = bt_numel(g), a = lo > off ? lo : off, b = hi < off + m ? hi : off + m;
-            const float *x = bt_f32(g);
-            for (int64_t k = a - off; k < b - off; k++)
-                sum_sq += (double)x[k] * (double)x[k];
-            off += m;
+        if (g && !first) first = g;
+        if (g && !bt_device_equal(g->storage->device, first->storage->device)) {
+            char a[32], b[32];
+            bt_error("grad_norm: gradient of parameter %lld is on %s, an earlier one on %s",
+                     (long long)i, bt_device_name(g->storage->device, a, sizeof a),
+                     bt_device_name(first->storage->device, b, sizeof b));
+            return -1.0;
         }
     }
+    if (!first) return 0.0;
+    const struct bt_backend *be = bt_backend_for(first->storage->device, "grad_norm");
+    const float **xs = malloc((size_t)n * sizeof *xs);
+    int64_t *ns = malloc((size_t)n * sizeof *ns), m = 0;
+    if (!be || !xs || !ns) {
+        free(xs);
+        free(ns);
+        if (be) bt_error("grad_norm: out of memory");
+        return -1.0;
+    }
+    for (int64_t i = 0; i < n; i++) {
+        const bt_tensor *g = params[i] ? params[i]->grad : NULL;
+        if (!g) continue;
+        xs[m] = bt_f32(g);
+        ns[m++] = bt_numel(g);
+    }
+    double sum_sq = be->sum_squares(xs, ns, m);
+    free(xs);
+    free(ns);
     return sqrt(sum_sq);
 }
 
@@ -338,11 +347,9 @@ double optim_clip_grad_norm(bt_tensor *const *params, int64_t n, double max_norm
     for (int64_t i = 0; i < n; i++) {
         bt_tensor *g = params[i] ? params[i]->grad : NULL;
         if (!g) continue;
-        float *x = bt_f32(g);
-        int64_t m = bt_numel(g);
-#pragma omp parallel for if (m > 32768)
-        for (int64_t k = 0; k < m; k++)
-            x[k] *= fscale;
+        const struct bt_backend *be = bt_backend_for(g->storage->device, "clip_grad_norm");
+        if (!be) return -1.0;
+        be->unary(BT_UN_MUL_SCALAR, bt_f32(g), bt_f32(g), bt_numel(g), fscale);
     }
     return norm;
 }

@@ -3,6 +3,7 @@
 #include "core/runtime.h"
 
 #include "core/cpu/kernels.h"
+#include "core/cuda/cuda.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -12,9 +13,20 @@
 static struct bt_runtime *runtime_instance;
 
 struct bt_frame {
-    struct bt_arena *arena;
+    struct bt_arena *arena;        /* host: step tensors' headers, CPU data, tape nodes */
+    struct bt_arena *device_arena; /* the data of step tensors on the CUDA device, made on use */
     struct ag_node *tape; /* stale while the frame is current: the runtime's tape is live */
 };
+
+static void frame_reset_arenas(struct bt_frame *f) {
+    bt_arena_reset(f->arena);
+    if (f->device_arena) bt_arena_reset(f->device_arena);
+}
+
+static void frame_free_arenas(struct bt_frame *f) {
+    bt_arena_destroy(f->arena);
+    bt_arena_destroy(f->device_arena);
+}
 
 struct bt_runtime *bt_runtime(void) {
     if (!runtime_instance) {
@@ -41,15 +53,16 @@ struct bt_runtime *bt_runtime(void) {
 void bt_step_end(void) {
     struct bt_runtime *rt = bt_runtime();
     rt->tape = NULL;
-    bt_arena_reset(rt->step_arena);
+    frame_reset_arenas(rt->frame);
 }
 
 void bt_runtime_shutdown(void) {
     if (!runtime_instance) return;
-    bt_arena_destroy(runtime_instance->root_frame->arena);
+    frame_free_arenas(runtime_instance->root_frame);
     free(runtime_instance->root_frame);
     free(runtime_instance);
     runtime_instance = NULL;
+    bt_cuda_shutdown();
 }
 
 /* ---- frames ---- */
@@ -67,7 +80,7 @@ struct bt_frame *bt_frame_create(void) {
 
 void bt_frame_destroy(struct bt_frame *f) {
     if (!f) return;
-    bt_arena_destroy(f->arena);
+    frame_free_arenas(f);
     free(f);
 }
 
@@ -87,7 +100,7 @@ void bt_frame_reset(struct bt_frame *f) {
     if (!f) f = rt->root_frame;
     f->tape = NULL;
     if (rt->frame == f) rt->tape = NULL;
-    bt_arena_reset(f->arena);
+    frame_reset_arenas(f);
 }
 
 struct bt_arena_stats bt_frame_stats(const struct bt_frame *f) {
@@ -96,6 +109,20 @@ struct bt_arena_stats bt_frame_stats(const struct bt_frame *f) {
 
 void bt_manual_seed(uint64_t seed) {
     bt_runtime()->dropout_rng = bt_rng_make(seed);
+}
+
+void *bt_device_step_alloc(size_t nbytes, struct bt_arena **arena, const char *what) {
+    struct bt_frame *f = bt_runtime()->frame;
+    if (!f->device_arena)
+        f->device_arena = bt_arena_create_with((size_t)1 << 20, bt_cuda_malloc, bt_cuda_free);
+    void *p = f->device_arena ? bt_arena_alloc(f->device_arena, nbytes) : NULL;
+    if (!p) {
+        struct bt_cuda_memory_stats m = bt_cuda_memory_stats();
+        bt_error("%s: out of device memory allocating %zu bytes (%zu bytes in use, %zu reserved)",
+                 what, nbytes, m.in_use, m.reserved);
+    }
+    *arena = f->device_arena;
+    return p;
 }
 
 void *bt_step_alloc(size_t nbytes, const char *what) {

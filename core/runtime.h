@@ -61,5 +61,7 @@ void bt_manual_seed(uint64_t seed);
 
 /* Step-arena allocation; sets an error naming `what` and returns NULL when out of memory. */
 void *bt_step_alloc(size_t nbytes, const char *what);
+/* The same on the CUDA device, from the current frame's device arena (set in *arena). */
+void *bt_device_step_alloc(size_t nbytes, struct bt_arena **arena, const char *what);
 
 #endif

@@ -176,19 +176,19 @@ bt_tensor *bt_tensor_clone_persistent(const bt_tensor *t) {
 
 bt_tensor *bt_empty(int ndim, const int64_t *shape, bt_dtype dtype, bt_device device) {
     if (check_shape("bt_empty", ndim, shape, dtype) != BT_OK) return NULL;
-    if (device.type != BT_DEVICE_CPU) {
-        /* Device arenas arrive with the CUDA backend; until then this names the missing piece. */
-        if (!bt_backend_for(device, "bt_empty")) return NULL;
-        bt_error("bt_empty: step tensors on %s are not supported yet", "cuda");
-        return NULL;
-    }
+    bool on_cpu = device.type == BT_DEVICE_CPU;
+    if (!on_cpu && !bt_backend_for(device, "bt_empty")) return NULL;
     size_t nbytes = (size_t)shape_numel(ndim, shape) * bt_dtype_size(dtype);
+    /* the header always on the host; the data in the frame's arena of the tensor's device */
     bt_tensor *t = bt_step_alloc(sizeof(*t) + sizeof(struct bt_storage), "bt_empty");
-    void *data = t ? bt_step_alloc(nbytes, "bt_empty") : NULL;
+    struct bt_arena *arena = bt_runtime()->step_arena;
+    void *data = !t     ? NULL
+                 : on_cpu ? bt_step_alloc(nbytes, "bt_empty")
+                          : bt_device_step_alloc(nbytes, &arena, "bt_empty");
     if (!data) return NULL;
     init_header(t, ndim, shape, dtype);
     struct bt_storage *s = (struct bt_storage *)(t + 1);
-    *s = (struct bt_storage){data, nbytes, device, 0, false, bt_runtime()->step_arena, false};
+    *s = (struct bt_storage){data, nbytes, device, 0, false, arena, false};
     t->storage = s;
     return t;
 }
@@ -205,6 +205,15 @@ bt_tensor *bt_zeros(int ndim, const int64_t *shape, bt_dtype dtype, bt_device de
 
 bt_tensor *bt_ones(int ndim, const int64_t *shape, bt_dtype dtype, bt_device device) {
     return bt_full(ndim, shape, 1.0, dtype, device);
+}
+
+bt_tensor *bt_to_device(bt_tensor *x, bt_device device) {
+    if (!x) return NULL;
+    if (bt_device_equal(x->storage->device, device)) return x;
+    const struct bt_backend *be = bt_backend_for(device, "to_device");
+    if (!be) return NULL;
+    bt_tensor *out = bt_empty(x->ndim, x->shape, x->dtype, device);
+    return out && bt_copy_(out, x) == BT_OK ? out : NULL;
 }
 
 bt_tensor *bt_from_data(int ndim, const int64_t *shape, bt_dtype dtype, const void *data) {
@@ -272,15 +281,30 @@ static int64_t element_offset(const bt_tensor *t, int64_t i) {
     return off;
 }
 
+/* One element of a tensor on any device: device elements travel through an 8-byte host copy */
 double bt_get(const bt_tensor *t, int64_t i) {
-    const char *p =
-        (const char *)bt_data(t) + element_offset(t, i) * (int64_t)bt_dtype_size(t->dtype);
-    return bt_load_as_double(p, t->dtype);
+    size_t size = bt_dtype_size(t->dtype);
+    const char *p = (const char *)bt_data(t) + element_offset(t, i) * (int64_t)size;
+    if (t->storage->device.type == BT_DEVICE_CPU) return bt_load_as_double(p, t->dtype);
+    char host[8];
+    const struct bt_backend *be = bt_backend_for(t->storage->device, "bt_get");
+    if (!be) return NAN;
+    be->to_host(host, p, size);
+    return bt_load_as_double(host, t->dtype);
 }
 
 void bt_set(bt_tensor *t, int64_t i, double value) {
-    char *p = (char *)bt_data(t) + element_offset(t, i) * (int64_t)bt_dtype_size(t->dtype);
-    bt_store_from_double(p, t->dtype, value);
+    size_t size = bt_dtype_size(t->dtype);
+    char *p = (char *)bt_data(t) + element_offset(t, i) * (int64_t)size;
+    if (t->storage->device.type == BT_DEVICE_CPU) {
+        bt_store_from_double(p, t->dtype, value);
+        return;
+    }
+    char host[8];
+    const struct bt_backend *be = bt_backend_for(t->storage->device, "bt_set");
+    if (!be) return;
+    bt_store_from_double(host, t->dtype, value);
+    be->from_host(p, host, size);
 }
 
 double bt_item(const bt_tensor *t) {
@@ -293,8 +317,28 @@ void bt_fill(bt_tensor *t, double value) {
         if (be) be->fill(bt_data(t), t->dtype, bt_numel(t), value);
         return;
     }
-    for (int64_t i = 0, n = bt_numel(t); i < n; i++)
+    for (int64_t i = 0, n = bt_numel(t); i < n; i++) /* a strided view (on a device: slow) */
         bt_set(t, i, value);
+}
+
+/* Between the cpu and a device: the source made contiguous in dst's dtype on its own side, one
+ * transfer, then (if dst is a strided view) a copy into place on dst's side */
+static bt_status copy_across(bt_tensor *dst, const bt_tensor *src) {
+    bool to_device = dst->storage->device.type != BT_DEVICE_CPU;
+    const struct bt_backend *be =
+        bt_backend_for(to_device ? dst->storage->device : src->storage->device, "copy_");
+    if (!be) return BT_ERR;
+    const struct bt_backend *src_be = to_device ? &bt_cpu_backend : be;
+    bt_tensor *staged = bt_empty(src->ndim, src->shape, dst->dtype, src->storage->device);
+    bt_tensor *landed = bt_is_contiguous(dst) ? dst : bt_empty_like(dst);
+    if (!staged || !landed) return BT_ERR;
+    src_be->copy_strided(bt_data(staged), dst->dtype, bt_data(src), src->dtype, src->ndim,
+                         src->shape, src->stride);
+    if (to_device)
+        be->from_host(bt_data(landed), bt_data(staged), bt_nbytes(staged));
+    else
+        be->to_host(bt_data(landed), bt_data(staged), bt_nbytes(staged));
+    return landed == dst ? BT_OK : bt_copy_(dst, landed);
 }
 
 bt_status bt_copy_(bt_tensor *dst, const bt_tensor *src) {
@@ -303,10 +347,14 @@ bt_status bt_copy_(bt_tensor *dst, const bt_tensor *src) {
     if (!bt_same_shape(dst, src))
         return bt_error("copy_: destination %s and source %s shapes differ",
                         bt_shape_str(dst, a, sizeof a), bt_shape_str(src, b, sizeof b));
-    if (!bt_device_equal(dst->storage->device, src->storage->device))
-        return bt_error("copy_: destination on %s, source on %s",
-                        bt_device_name(dst->storage->device, a, sizeof a),
-                        bt_device_name(src->storage->device, b, sizeof b));
+    bt_device dd = dst->storage->device, sd = src->storage->device;
+    if (!bt_device_equal(dd, sd)) {
+        if (dd.type != BT_DEVICE_CPU && sd.type != BT_DEVICE_CPU)
+            return bt_error("copy_: destination on %s, source on %s: copies between two devices "
+                            "go through the cpu",
+                            bt_device_name(dd, a, sizeof a), bt_device_name(sd, b, sizeof b));
+        return copy_across(dst, src);
+    }
     const struct bt_backend *be = bt_backend_for(src->storage->device, "copy_");
     if (!be) return BT_ERR;
     if (bt_is_contiguous(dst)) {
@@ -314,6 +362,8 @@ bt_status bt_copy_(bt_tensor *dst, const bt_tensor *src) {
                          src->stride);
         return BT_OK;
     }
+    /* into a strided view: element by element (on a device each is a transfer; braid's own
+     * callers write contiguous tensors) */
     for (int64_t i = 0, n = bt_numel(src); i < n; i++)
         bt_set(dst, i, bt_get(src, i));
     return BT_OK;
@@ -337,15 +387,26 @@ struct bt_rng bt_rng_make(uint64_t seed) {
     return (struct bt_rng){seed, 0};
 }
 
+/* A device tensor is filled on the host and copied over (initialisation, not the step loop) */
+static bt_tensor *host_twin(bt_tensor *t) {
+    return t->storage->device.type == BT_DEVICE_CPU ? t
+                                                    : bt_empty(t->ndim, t->shape, t->dtype, bt_cpu());
+}
+
 void bt_fill_uniform(bt_tensor *t, struct bt_rng *rng, float low, float high) {
+    bt_tensor *device = t;
+    if (!(t = host_twin(t))) return;
     int64_t n = bt_numel(t);
     for (int64_t i = 0; i < n; i++)
         bt_set(t, i, low + (high - low) * bt_rng_uniform_at(rng->seed, rng->offset + (uint64_t)i));
     rng->offset += (uint64_t)n;
+    if (t != device) bt_copy_(device, t);
 }
 
 void bt_fill_normal(bt_tensor *t, struct bt_rng *rng, float mean, float std) {
     /* Box-Muller on two uniforms per value */
+    bt_tensor *device = t;
+    if (!(t = host_twin(t))) return;
     int64_t n = bt_numel(t);
     for (int64_t i = 0; i < n; i++) {
         uint64_t c = rng->offset + 2 * (uint64_t)i;
@@ -355,6 +416,7 @@ void bt_fill_normal(bt_tensor *t, struct bt_rng *rng, float mean, float std) {
         bt_set(t, i, mean + std * z);
     }
     rng->offset += 2 * (uint64_t)n;
+    if (t != device) bt_copy_(device, t);
 }
 
 bt_tensor *bt_randn(int ndim, const int64_t *shape, struct bt_rng *rng) {

@@ -128,6 +128,9 @@ bt_tensor *bt_contiguous(bt_tensor *x); /* x itself when already contiguous */
 bt_tensor *bt_squeeze(bt_tensor *x, int dim);
 bt_tensor *bt_unsqueeze(bt_tensor *x, int dim);
 bt_tensor *bt_to_dtype(bt_tensor *x, bt_dtype dtype); /* copy; differentiable between floats */
+/* A step-tensor copy of x on `device` (x itself when already there); not recorded by autograd:
+ * batches go to the device before the forward */
+bt_tensor *bt_to_device(bt_tensor *x, bt_device device);
 bt_tensor *bt_detach(bt_tensor *x);                   /* same storage, no autograd history */
 
 /* ---- random (counter-based, reproducible from seed and offset) ---- */

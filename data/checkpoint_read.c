@@ -520,8 +520,18 @@ const char *ckpt_shape_words(int ndim, const int64_t *shape, char *buf, size_t s
     return buf;
 }
 
-/* Reads tensor i into t (same dtype and element count, contiguous CPU) and checks its crc32. */
+static bt_status read_host(struct ckpt_file *f, int64_t i, bt_tensor *t);
+
+/* Reads tensor i into t (same dtype and element count, contiguous; a device tensor through a host
+ * copy, checked before it is copied over) and checks its crc32. */
 static bt_status read_into(struct ckpt_file *f, int64_t i, bt_tensor *t) {
+    if (t->storage->device.type == BT_DEVICE_CPU) return read_host(f, i, t);
+    bt_tensor *host = bt_empty(t->ndim, t->shape, t->dtype, bt_cpu());
+    if (!host || read_host(f, i, host) != BT_OK) return BT_ERR;
+    return bt_copy_(t, host);
+}
+
+static bt_status read_host(struct ckpt_file *f, int64_t i, bt_tensor *t) {
     const struct tensor_entry *e = &f->tensors[i];
     hid_t dset = -1;
     H5_CHECK(f->label, dset = H5Dopen2(f->file, e->info.name, H5P_DEFAULT));

@@ -25,6 +25,14 @@
 /* ---- small file-system helpers ---- */
 
 /* mkdir -p */
+/* t's elements on the host: t itself, or a step-tensor copy of a device tensor (valid until the
+ * next step's reset; the writer reads it at once) */
+static const void *host_data(const bt_tensor *t) {
+    if (t->storage->device.type == BT_DEVICE_CPU) return bt_data(t);
+    bt_tensor *host = bt_to_device((bt_tensor *)t, bt_cpu());
+    return host ? bt_data(host) : NULL;
+}
+
 static bt_status make_dirs(const char *dir) {
     char path[PATH_MAX_LEN];
     if (snprintf(path, sizeof path, "%s", dir) >= (int)sizeof path)
@@ -341,6 +349,7 @@ static bt_status write_shared(struct writer *w, hid_t obj, const char *path, con
                               bt_dtype dtype, int ndim, const int64_t *full_shape,
                               const struct nn_split *split, const void *data, int64_t held_row0,
                               int64_t held_rows, int share_rank, int share_size) {
+    if (!data) return bt_has_error() ? BT_ERR : bt_error("%s: %s: no data", w->label, path);
     int64_t lo, hi;
     comm_rows_of(held_rows, share_rank, share_size, &lo, &hi);
     const char *mine = (const char *)data + lo * piece_row_bytes(split, dtype, ndim, full_shape);
@@ -840,7 +849,7 @@ static bt_status write_model(struct writer *w, const struct nn_param_list *param
         struct nn_split split = split_of(params, i, full, &cut);
         if (check_tensor(w, path, t) != BT_OK ||
             write_shared(w, model, path, params->names[i], t->dtype, t->ndim, full, &split,
-                         bt_data(t), 0, t->ndim ? t->shape[0] : 1,
+                         host_data(t), 0, t->ndim ? t->shape[0] : 1,
                          cut ? w->at.replica_rank : w->at.hold_rank,
                          cut ? w->at.replica_size : w->at.hold_size) != BT_OK)
             goto fail;
@@ -872,7 +881,7 @@ static bt_status write_state(struct writer *w, hid_t group, const char *path, co
     if (!opt_row0 && !t) return bt_error("%s: the optimizer has no state for %s", w->label, path);
     if (t && t->ndim == 0) {
         int64_t held = !opt_row0 || opt_row0[i] == 0 ? 1 : 0; /* rows: row 0's owner has it */
-        return write_shared(w, group, path, state, t->dtype, 0, NULL, &whole, bt_data(t), 0, held,
+        return write_shared(w, group, path, state, t->dtype, 0, NULL, &whole, host_data(t), 0, held,
                             opt_row0 ? w->at.split_rank : w->at.hold_rank,
                             opt_row0 ? w->at.split_size : w->at.hold_size);
     }
@@ -882,10 +891,10 @@ static bt_status write_state(struct writer *w, hid_t group, const char *path, co
                            full);
     }
     if (!opt_row0)
-        return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, bt_data(t),
+        return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, host_data(t),
                             0, t->shape[0], cut ? w->at.replica_rank : w->at.hold_rank,
                             cut ? w->at.replica_size : w->at.hold_size);
-    return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, bt_data(t),
+    return write_shared(w, group, path, state, t->dtype, param->ndim, full, &split, host_data(t),
                         opt_row0[i], t->shape[0], cut ? 0 : w->at.split_rank,
                         cut ? 1 : w->at.split_size);
 }

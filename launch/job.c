@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/cuda/cuda.h"
 #include "core/runtime.h"
 #include "data/tokenizer.h"
 
@@ -28,9 +29,27 @@ bt_status job_resolve_vocab_size(struct braid_config *cfg) {
 }
 
 bt_status job_check_supported(const struct braid_config *cfg) {
-    if (strcmp(cfg->train.device, "cpu") != 0)
-        return bt_error("train.device=%s: braid was built without the CUDA backend (use cpu)",
-                        cfg->train.device);
+    if (strcmp(cfg->train.device, "cuda") == 0) {
+        char why[256];
+        if (!bt_cuda_built())
+            return bt_error("train.device=cuda: braid was built without the CUDA backend (nvcc "
+                            "was not found at build time; use cpu)");
+        if (bt_cuda_device_count(why, sizeof why) == 0)
+            return bt_error("train.device=cuda: no CUDA device visible (%s)", why);
+        /* one GPU per rank; ranks talk through MPI on host memory, so the device path waits
+         * for NCCL (comm/) before it spans more than one rank */
+        const struct cfg_parallel *p = &cfg->parallel;
+        if (p->dp * p->tp * p->pp > 1)
+            return bt_error("train.device=cuda: parallel.dp=%lld tp=%lld pp=%lld: training on "
+                            "GPUs runs on one rank until the NCCL communicator is built (use "
+                            "dp=tp=pp=1, or cpu)",
+                            (long long)p->dp, (long long)p->tp, (long long)p->pp);
+        if (strcmp(cfg->train.dtype, "float32") != 0)
+            return bt_error("train.dtype=%s: GPU training runs in float32 until bf16 mixed "
+                            "precision is built",
+                            cfg->train.dtype);
+        return BT_OK;
+    }
     if (strcmp(cfg->train.dtype, "float32") != 0)
         return bt_error("train.dtype=%s: CPU training runs in float32", cfg->train.dtype);
     return BT_OK;

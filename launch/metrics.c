@@ -12,6 +12,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "core/cuda/cuda.h"
+#include "core/ops.h"
+#include "core/runtime.h"
+
 double now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -133,5 +137,23 @@ double metrics_sgemm_peak(int64_t M, int64_t N, int64_t K, double seconds) {
     free(a);
     free(b);
     free(c);
+    return best;
+}
+
+double metrics_device_matmul_peak(bt_device device, int64_t M, int64_t N, int64_t K,
+                                  double seconds) {
+    bt_tensor *a = bt_full(BT_SHAPE(M, K), 0.1, BT_F32, device);
+    bt_tensor *b = bt_full(BT_SHAPE(K, N), 0.1, BT_F32, device);
+    double best = 0.0;
+    if (!a || !b || bt_cuda_synchronize() != BT_OK) return 0.0;
+    double start = now_seconds();
+    for (int rep = 0; rep < 100 && (rep < 3 || now_seconds() - start < seconds); rep++) {
+        double t0 = now_seconds();
+        bt_tensor *c = bt_matmul(a, b);
+        if (!c || bt_cuda_synchronize() != BT_OK) return 0.0;
+        double rate = 2.0 * (double)M * (double)N * (double)K / (now_seconds() - t0);
+        if (rep > 0 && rate > best) best = rate; /* rep 0: cuBLASLt's heuristic, warm-up */
+    }
+    bt_step_end();
     return best;
 }

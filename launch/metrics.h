@@ -8,6 +8,7 @@
 #include <stdio.h>
 
 #include "core/error.h"
+#include "core/tensor.h"
 
 struct metrics_row {
     int64_t step; /* steps completed (1-based), as in checkpoint names */
@@ -32,6 +33,10 @@ void metrics_close(struct metrics_log *log);
 /* FLOP/s of sgemm on this machine for an (M,K)@(K,N) product, timed for about `seconds` with the
  * BLAS threads as configured: the peak MFU is measured against (DESIGN.md "Performance"). */
 double metrics_sgemm_peak(int64_t M, int64_t N, int64_t K, double seconds);
+/* The same on a device (cuda:N): the best rate of float32 (M,K)x(K,N) matmuls through braid's
+ * backend (cuBLASLt) over about `seconds`; 0 with an error set when the device fails. */
+double metrics_device_matmul_peak(bt_device device, int64_t M, int64_t N, int64_t K,
+                                  double seconds);
 
 /* mkdir -p; BT_ERR with a message naming the path on failure. */
 bt_status make_dirs(const char *path);

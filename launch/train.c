@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "comm/comm.h"
+#include "core/cuda/cuda.h"
 #include "core/optim.h"
 #include "core/profile.h"
 #include "core/runtime.h"
@@ -59,6 +60,7 @@ struct run {
     struct data_loader *train_data, *val_data;
     struct metrics_log log;
     double peak_flops;
+    bt_device device; /* where the model, its gradients and optimizer state, and batches live */
     char *tokenizer_yaml; /* tokenizer.yaml beside the training shards ("" when none) */
     /* where the run starts: 0 and the stream's start, or a checkpoint's step and position */
     int64_t start_step, start_position, start_tokens;
@@ -299,6 +301,13 @@ static bt_status setup(struct run *r) {
         mc.sequence_parallel = cfg->parallel.sequence_parallel;
     }
     if (build_models(r, &mc) != BT_OK) return BT_ERR;
+    r->device = bt_cpu();
+    if (strcmp(cfg->train.device, "cuda") == 0) { /* one GPU per rank: the one of its local rank */
+        r->device = bt_cuda(comm_local_rank());
+        for (int c = 0; c < r->n_chunks; c++)
+            if (nn_module_to(r->chunks[c]->root, r->device) != BT_OK)
+                return bt_error_prefix("train.device=cuda");
+    }
     if (!resuming && cfg->model.init_from[0]) {
         if ((r->grid.pp > 1 ? ckpt_load_model_subset(cfg->model.init_from, &r->params)
                             : ckpt_load_model(cfg->model.init_from, &r->params)) != BT_OK)
@@ -341,8 +350,10 @@ static bt_status setup(struct run *r) {
     /* MFU is relative to sgemm at the model's largest GEMM: the MLP or the lm_head */
     int64_t rows = cfg->train.batch_size * T, C = cfg->model.n_embd;
     int64_t wide = mc.vocab_size > 4 * C ? mc.vocab_size : 4 * C;
-    r->peak_flops = metrics_sgemm_peak(rows, wide, C, 0.25);
-    return BT_OK;
+    r->peak_flops = r->device.type == BT_DEVICE_CPU
+                        ? metrics_sgemm_peak(rows, wide, C, 0.25)
+                        : metrics_device_matmul_peak(r->device, rows, wide, C, 0.25);
+    return r->peak_flops > 0.0 ? BT_OK : BT_ERR;
 }
 
 /* The collective part of the setup, once every rank has built its part: the pipeline's
@@ -371,6 +382,12 @@ static bt_status setup_parallel(struct run *r) {
            "%.1f GFLOP/s\n",
            cfg->model.arch, r->num_parameters, (long long)data_loader_tokens(r->train_data),
            (long long)data_loader_windows(r->train_data), (long long)T, r->peak_flops / 1e9);
+    if (r->device.type != BT_DEVICE_CPU) {
+        char name[32], desc[160];
+        printf("device: %s, %s (the peak above: its float32 matmul, cuBLASLt)\n",
+               bt_device_name(r->device, name, sizeof name),
+               bt_cuda_device_description(desc, sizeof desc));
+    }
     if (r->grid.tp > 1)
         printf("tensor parallel: tp=%d, %lld of the parameters on each rank%s\n", r->grid.tp,
                (long long)local_parameters(r),
@@ -445,6 +462,16 @@ static uint64_t dropout_values_before(const struct run *r, const struct model *m
                       cfg->model.n_embd);
 }
 
+/* Batch samples [first, first + B) of `data`, on the run's device */
+static bt_status run_batch(const struct run *r, struct data_loader *data, int64_t first,
+                           int64_t B, bt_tensor **x, bt_tensor **y) {
+    if (data_loader_batch(data, first, B, x, y) != BT_OK) return BT_ERR;
+    if (r->device.type == BT_DEVICE_CPU) return BT_OK;
+    *x = bt_to_device(*x, r->device);
+    *y = *x ? bt_to_device(*y, r->device) : NULL;
+    return *y ? BT_OK : BT_ERR;
+}
+
 static bt_tensor *stage_forward(void *ctx, int chunk, int64_t micro, bt_tensor *in) {
     struct stage_batch *sb = ctx;
     struct run *r = sb->r;
@@ -453,7 +480,7 @@ static bt_tensor *stage_forward(void *ctx, int chunk, int64_t micro, bt_tensor *
     int64_t g = sb->evaluating ? r->grid.dp_rank + micro * dp : micro * dp + r->grid.dp_rank;
     bt_tensor *x = NULL, *y = NULL;
     bool first = model_is_first_stage(m), last = model_is_last_stage(m);
-    if ((first || last) && data_loader_batch(sb->data, sb->first + g * B, B, &x, &y) != BT_OK)
+    if ((first || last) && run_batch(r, sb->data, sb->first + g * B, B, &x, &y) != BT_OK)
         return NULL;
     if (!sb->evaluating) {
         seed_dropout((uint64_t)r->cfg.train.seed, sb->micro0 + g);
@@ -519,7 +546,7 @@ static bt_status evaluate(struct run *r, double *val_loss) {
     /* dp ranks share the batches: rank r takes r, r + dp, ... */
     for (int64_t k = r->grid.dp_rank; k < t->eval_steps && status == BT_OK; k += r->grid.dp) {
         bt_tensor *x, *y;
-        status = data_loader_batch(r->val_data, k * t->batch_size, t->batch_size, &x, &y);
+        status = run_batch(r, r->val_data, k * t->batch_size, t->batch_size, &x, &y);
         bt_tensor *loss = status == BT_OK ? model_forward(r->model, x, y, NULL) : NULL;
         if (!loss)
             status = BT_ERR;
@@ -583,7 +610,7 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
     for (int64_t m = 0; m < t->grad_accum; m++) {
         int64_t g = m * dp + r->grid.dp_rank;
         bt_tensor *x, *y;
-        if (data_loader_batch(r->train_data, first + g * B, B, &x, &y) != BT_OK) return BT_ERR;
+        if (run_batch(r, r->train_data, first + g * B, B, &x, &y) != BT_OK) return BT_ERR;
         seed_dropout((uint64_t)t->seed, micro0 + g);
         bt_profile_mark("step", "data");
         bt_tensor *loss = model_forward(r->model, x, y, NULL);

@@ -136,6 +136,7 @@ static bt_tensor *embed(struct gpt *g, bt_tensor *idx, int64_t pos0) {
     if (!pos) return NULL;
     for (int64_t t = 0; t < Tl; t++)
         ((int64_t *)bt_data(pos))[t] = pos0 + t0 + t;
+    pos = bt_to_device(pos, g->wpe->weight->storage->device); /* where the model is */
     bt_tensor *tok_emb = g->wte_tp ? tp_vocab_embedding_forward(g->wte_tp, idx)
                                    : nn_embedding_forward(g->wte, idx); /* (B, Tl, C) */
     bt_scope_push(g->wpe->base.path);

@@ -408,7 +408,8 @@ bt_tensor *model_dropout(const struct model_config *c, struct nn_dropout *d, bt_
         shape[k] = x->shape[k];
     int P = comm_size(c->tp_group);
     shape[1] *= P;
-    bt_tensor *mask = bt_dropout(bt_ones(x->ndim, shape, x->dtype, bt_cpu()), d->p, true);
+    bt_tensor *mask =
+        bt_dropout(bt_ones(x->ndim, shape, x->dtype, x->storage->device), d->p, true);
     bt_tensor *y = bt_mul(x, bt_narrow(mask, 1, comm_rank(c->tp_group) * x->shape[1], x->shape[1]));
     bt_scope_pop();
     return y;

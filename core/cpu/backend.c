@@ -1,5 +1,6 @@
 /* The CPU kernel table, and the lookup from a device to its backend. */
 #include "core/cpu/kernels.h"
+#include "core/cuda/cuda.h"
 #include "core/error.h"
 
 const struct bt_backend bt_cpu_backend = {
@@ -8,11 +9,16 @@ const struct bt_backend bt_cpu_backend = {
     .free = bt_cpu_free,
     .copy_strided = bt_cpu_copy_strided,
     .fill = bt_cpu_fill,
+    .to_host = bt_cpu_to_host,
+    .from_host = bt_cpu_from_host,
     .binary = bt_cpu_binary,
     .unary = bt_cpu_unary,
     .unary_backward = bt_cpu_unary_backward,
     .masked_fill = bt_cpu_masked_fill,
     .reduce = bt_cpu_reduce,
+    .reduce_backward = bt_cpu_reduce_backward,
+    .sum_to = bt_cpu_sum_to,
+    .sum_squares = bt_cpu_sum_squares,
     .gemm = bt_cpu_gemm,
     .bias_fill = bt_cpu_bias_fill,
     .bias_backward = bt_cpu_bias_backward,
@@ -30,11 +36,11 @@ const struct bt_backend bt_cpu_backend = {
     .rope = bt_cpu_rope,
     .attention = bt_cpu_attention,
     .attention_backward = bt_cpu_attention_backward,
+    .adamw = bt_cpu_adamw,
+    .sgd = bt_cpu_sgd,
 };
 
 const struct bt_backend *bt_backend_for(bt_device device, const char *op) {
     if (device.type == BT_DEVICE_CPU) return &bt_cpu_backend;
-    bt_error("%s: device cuda:%d is not available: braid was built without the CUDA backend", op,
-             device.index);
-    return NULL;
+    return bt_cuda_backend_for(device.index, op); /* core/cuda/ (absent.c when not built) */
 }

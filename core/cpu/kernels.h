@@ -11,6 +11,8 @@ void bt_cpu_free(void *ptr);
 void bt_cpu_copy_strided(void *dst, bt_dtype dst_dtype, const void *src, bt_dtype src_dtype,
                          int ndim, const int64_t *shape, const int64_t *src_strides);
 void bt_cpu_fill(void *dst, bt_dtype dtype, int64_t n, double value);
+void bt_cpu_to_host(void *host_dst, const void *src, size_t nbytes);
+void bt_cpu_from_host(void *dst, const void *host_src, size_t nbytes);
 
 /* elementwise.c */
 void bt_cpu_binary(bt_binary_op op, float *out, const float *a, const int64_t *a_strides,
@@ -24,6 +26,11 @@ void bt_cpu_masked_fill(float *out, const float *x, const uint8_t *mask,
 /* reduce.c */
 void bt_cpu_reduce(bt_reduce_op op, float *out, int64_t *argmax, const float *x, int64_t outer,
                    int64_t dim, int64_t inner);
+void bt_cpu_reduce_backward(bt_reduce_op op, float *dx, const float *dout, const int64_t *argmax,
+                            int64_t outer, int64_t dim, int64_t inner, float beta);
+void bt_cpu_sum_to(float *out, int64_t out_numel, const float *src, int ndim, const int64_t *shape,
+                   const int64_t *map);
+double bt_cpu_sum_squares(const float *const *xs, const int64_t *ns, int64_t n);
 
 /* matmul.c */
 /* Once per process: OpenBLAS single-threaded; braid's OpenMP threads split the GEMMs. */
@@ -77,16 +84,10 @@ void bt_cpu_dropout(float *out, const float *x, int64_t n, float p, uint64_t see
 void bt_cpu_rope(float *out, const float *x, int64_t B, int64_t NH, int64_t T, int64_t hs,
                  float theta, int64_t pos_offset, bool inverse);
 
-/* optim.c: AdamW over many parameters in one parallel pass; each span is one parameter's
- * buffers (n floats each) and its update's constants, gradients read times grad_scale */
-struct bt_adamw_span {
-    float *p, *m, *v;
-    const float *g;
-    int64_t n;
-    float decay, beta1, beta2, one_minus_beta1, one_minus_beta2, step_size, bias_correction2_sqrt,
-        eps;
-};
+/* optim.c */
 void bt_cpu_adamw(const struct bt_adamw_span *spans, int64_t n_spans, float grad_scale);
+void bt_cpu_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float wd,
+                float momentum, float grad_scale);
 
 /* attention.c */
 void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, const float *v,

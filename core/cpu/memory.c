@@ -96,3 +96,11 @@ void bt_cpu_fill(void *dst, bt_dtype dtype, int64_t n, double value) {
     for (int64_t i = 0; i < n; i++)
         bt_store_from_double((char *)dst + i * (int64_t)size, dtype, value);
 }
+
+void bt_cpu_to_host(void *host_dst, const void *src, size_t nbytes) {
+    if (nbytes) memcpy(host_dst, src, nbytes);
+}
+
+void bt_cpu_from_host(void *dst, const void *host_src, size_t nbytes) {
+    if (nbytes) memcpy(dst, host_src, nbytes);
+}

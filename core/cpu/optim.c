@@ -38,3 +38,18 @@ void bt_cpu_adamw(const struct bt_adamw_span *spans, int64_t n_spans, float grad
         }
     }
 }
+
+void bt_cpu_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float wd,
+                float momentum, float grad_scale) {
+    const float neg_lr = -lr;
+#pragma omp parallel for if (n > 32768)
+    for (int64_t i = 0; i < n; i++) {
+        float d = g[i] * grad_scale;
+        if (wd != 0.0f) d = d + wd * p[i];
+        if (buf) {
+            buf[i] = buf[i] * momentum + d;
+            d = buf[i];
+        }
+        p[i] = p[i] + neg_lr * d;
+    }
+}

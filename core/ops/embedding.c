@@ -49,7 +49,9 @@ bt_tensor *bt_embedding(bt_tensor *weight, bt_tensor *idx) {
     int64_t V = weight->shape[0], C = weight->shape[1], N = bt_numel(idx);
     bt_tensor *idx64 = indices_as_int64(idx, be);
     if (!idx64) return NULL;
-    const int64_t *ix = bt_data(idx64);
+    bt_tensor *host_ix = bt_to_device(idx64, bt_cpu()); /* checked on the host */
+    if (!host_ix) return NULL;
+    const int64_t *ix = bt_data(host_ix);
     for (int64_t n = 0; n < N; n++)
         if (ix[n] < 0 || ix[n] >= V) {
             bt_error("embedding: index %lld at position %lld is out of range [0, %lld) for weight "
@@ -64,7 +66,7 @@ bt_tensor *bt_embedding(bt_tensor *weight, bt_tensor *idx) {
     bt_tensor *wc = op_contiguous_data(weight);
     bt_tensor *out = wc ? op_new_like_shape(weight, idx->ndim + 1, shape) : NULL;
     if (!out) return NULL;
-    be->embedding(bt_f32(out), bt_f32(wc), ix, N, C);
+    be->embedding(bt_f32(out), bt_f32(wc), bt_data(idx64), N, C);
     struct ag_node *node = ag_record("embedding", embedding_backward, out, 1, &weight);
     if (node) node->saved[0] = idx64;
     return out;

@@ -56,7 +56,9 @@ bt_tensor *bt_cross_entropy(bt_tensor *logits, bt_tensor *targets) {
     int64_t V = logits->shape[logits->ndim - 1], N = bt_numel(targets);
     bt_tensor *t64 = targets_as_int64(targets, be);
     if (!t64) return NULL;
-    const int64_t *t = bt_data(t64);
+    bt_tensor *host_t = bt_to_device(t64, bt_cpu()); /* checked on the host */
+    if (!host_t) return NULL;
+    const int64_t *t = bt_data(host_t);
     for (int64_t n = 0; n < N; n++)
         if (t[n] != -1 && (t[n] < 0 || t[n] >= V)) {
             bt_error("cross_entropy: target %lld at position %lld is out of range [0, %lld) for "
@@ -69,7 +71,7 @@ bt_tensor *bt_cross_entropy(bt_tensor *logits, bt_tensor *targets) {
     bt_tensor *out = lse ? op_new_like_shape(logits, 0, (int64_t[1]){0}) : NULL;
     if (!out) return NULL;
     int64_t count = 0;
-    double total = be->cross_entropy(bt_f32(lse), bt_f32(lc), t, N, V, &count);
+    double total = be->cross_entropy(bt_f32(lse), bt_f32(lc), bt_data(t64), N, V, &count);
     bt_fill(out, count ? total / (double)count : 0.0);
     struct ag_node *node = ag_record("cross_entropy", cross_entropy_backward, out, 1, &logits);
     if (node) {

@@ -26,24 +26,11 @@ static bt_status reduce_backward(struct ag_node *node) {
     float beta;
     bt_tensor *gx = ag_grad_target(x, &beta);
     if (!gx) return BT_ERR;
-    float *dst = bt_f32(gx);
-    const float *src = bt_f32(g);
-    if (op == BT_RED_MAX) {
-        const int64_t *argmax = bt_data(node->saved[0]);
-        if (beta == 0.0f) bt_fill(gx, 0.0);
-        for (int64_t o = 0; o < outer; o++)
-            for (int64_t j = 0; j < inner; j++)
-                dst[(o * dim + argmax[o * inner + j]) * inner + j] += src[o * inner + j];
-        return BT_OK;
-    }
-    float scale = (op == BT_RED_MEAN && dim > 0) ? 1.0f / (float)dim : 1.0f;
-    for (int64_t o = 0; o < outer; o++)
-        for (int64_t k = 0; k < dim; k++)
-            for (int64_t j = 0; j < inner; j++) {
-                float v = src[o * inner + j] * scale;
-                float *p = &dst[(o * dim + k) * inner + j];
-                *p = beta == 0.0f ? v : *p + v;
-            }
+    const struct bt_backend *be = op_backend("backward", g);
+    if (!be) return BT_ERR;
+    be->reduce_backward(op, bt_f32(gx), bt_f32(g),
+                        op == BT_RED_MAX ? bt_data(node->saved[0]) : NULL, outer, dim, inner,
+                        beta);
     return BT_OK;
 }
 
@@ -126,17 +113,8 @@ bt_tensor *bt_sum_to_shape(bt_tensor *g, int ndim, const int64_t *shape) {
         int d = k - offset;
         map[k] = (d >= 0 && shape[d] != 1) ? out_strides[d] : 0;
     }
-    float *dst = bt_f32(out);
-    const float *src = bt_f32(gc);
-    int64_t n = bt_numel(gc), index[BT_MAX_DIMS] = {0}, o = 0;
-    for (int64_t i = 0; i < n; i++) {
-        dst[o] += src[i];
-        for (int k = g->ndim - 1; k >= 0; k--) { /* advance the row-major index, tracking o */
-            o += map[k];
-            if (++index[k] < g->shape[k]) break;
-            o -= map[k] * index[k];
-            index[k] = 0;
-        }
-    }
+    const struct bt_backend *be = op_backend("sum_to_shape", g);
+    if (!be) return NULL;
+    be->sum_to(bt_f32(out), bt_numel(out), bt_f32(gc), g->ndim, g->shape, map);
     return out;
 }

@@ -14,8 +14,15 @@ braid_cli_test(train_bad_override 2 "command line: --model.n_layer=four: expecte
                train ${CONFIGS}/shakespeare_char.yaml --model.n_layer=four)
 braid_cli_test(train_bad_relation 2 "model.n_embd=128 is not divisible by model.n_head=3"
                train ${CONFIGS}/shakespeare_char.yaml --model.n_head=3 --model.vocab_size=65)
-braid_cli_test(train_cuda_unavailable 2 "train.device=cuda: braid was built without the CUDA backend"
-               train ${CONFIGS}/shakespeare_char.yaml --train.device=cuda --model.vocab_size=65)
+# no GPU visible (CUDA_VISIBLE_DEVICES empty hides any the machine has): one line naming why
+if(BRAID_HAVE_CUDA)
+  braid_cli_test(train_cuda_unavailable 2 "braid: error: train.device=cuda: no CUDA device visible (cudaGetDeviceCount: "
+                 train ${CONFIGS}/shakespeare_char.yaml --train.device=cuda --model.vocab_size=65)
+  set_tests_properties(cli_train_cuda_unavailable PROPERTIES ENVIRONMENT "CUDA_VISIBLE_DEVICES=")
+else()
+  braid_cli_test(train_cuda_unavailable 2 "train.device=cuda: braid was built without the CUDA backend"
+                 train ${CONFIGS}/shakespeare_char.yaml --train.device=cuda --model.vocab_size=65)
+endif()
 braid_cli_test(train_no_data 1 "no files match '${TRAIN_OUT}/none/train_*.bin'"
                train ${CONFIGS}/shakespeare_char.yaml --model.vocab_size=65
                --data.train=${TRAIN_OUT}/none/train_*.bin --log.dir=${TRAIN_OUT}/log)

@@ -1,0 +1,49 @@
+/* The CUDA backend's interface where braid was built without nvcc: nothing is visible, and every
+ * request for a device says why. */
+#include "core/cuda/cuda.h"
+
+#include <stdio.h>
+
+static const char *not_built = "braid was built without the CUDA backend (nvcc was not found)";
+
+bool bt_cuda_built(void) {
+    return false;
+}
+
+int bt_cuda_device_count(char *why, size_t size) {
+    if (why && size) snprintf(why, size, "%s", not_built);
+    return 0;
+}
+
+const struct bt_backend *bt_cuda_backend_for(int index, const char *op) {
+    bt_error("%s: device cuda:%d is not available: %s", op, index, not_built);
+    return NULL;
+}
+
+int bt_cuda_current_device(void) {
+    return -1;
+}
+
+const char *bt_cuda_device_description(char *buf, size_t size) {
+    if (buf && size) buf[0] = '\0';
+    return buf;
+}
+
+bt_status bt_cuda_synchronize(void) {
+    return BT_OK;
+}
+
+void *bt_cuda_malloc(size_t nbytes) {
+    (void)nbytes;
+    return NULL;
+}
+
+void bt_cuda_free(void *ptr) {
+    (void)ptr;
+}
+
+struct bt_cuda_memory_stats bt_cuda_memory_stats(void) {
+    return (struct bt_cuda_memory_stats){0, 0, 0, 0};
+}
+
+void bt_cuda_shutdown(void) {}

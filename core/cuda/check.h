@@ -1,0 +1,33 @@
+/* One checking macro per library: each names the call that failed, with the library's own error
+ * string, in braid's error message, and marks the device unusable (every later op on it fails
+ * with that message instead of running on a broken context). They evaluate to true when the call
+ * succeeded. NCCL's is in comm/. */
+#ifndef BRAID_CORE_CUDA_CHECK_H
+#define BRAID_CORE_CUDA_CHECK_H
+
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "core/error.h"
+}
+
+bool bt_cuda_failed_(const char *library, const char *call, const char *what, const char *file,
+                     int line);
+
+static inline bool bt_cuda_check_(cudaError_t e, const char *call, const char *file, int line) {
+    return e == cudaSuccess || bt_cuda_failed_("CUDA", call, cudaGetErrorString(e), file, line);
+}
+static inline bool bt_cublas_check_(cublasStatus_t e, const char *call, const char *file,
+                                    int line) {
+    return e == CUBLAS_STATUS_SUCCESS ||
+           bt_cuda_failed_("cuBLAS", call, cublasLtGetStatusString(e), file, line);
+}
+
+#define BT_CUDA_CHECK(call) bt_cuda_check_((call), #call, __FILE__, __LINE__)
+#define BT_CUBLAS_CHECK(call) bt_cublas_check_((call), #call, __FILE__, __LINE__)
+/* after a kernel launch: the launch's own error (bad geometry, no kernel image for this GPU) */
+#define BT_CUDA_LAUNCHED(kernel_name)                                                              \
+    bt_cuda_check_(cudaGetLastError(), kernel_name " launch", __FILE__, __LINE__)
+
+#endif

@@ -1,0 +1,54 @@
+/* The CUDA backend as the rest of braid sees it: plain C, so core/ and launch/ call it without
+ * nvcc. Built from the .cu files of core/cuda/ when nvcc is found; otherwise core/cuda/absent.c answers every
+ * question with "not built". One process drives one device (cuda:N, N = its local rank). */
+#ifndef BRAID_CORE_CUDA_CUDA_H
+#define BRAID_CORE_CUDA_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct bt_backend;
+
+bool bt_cuda_built(void); /* false where braid was built without nvcc */
+/* Devices this process can see; 0 with the reason in `why` (e.g. "cudaGetDeviceCount: no CUDA-
+ * capable device is detected", or "braid was built without the CUDA backend"). */
+int bt_cuda_device_count(char *why, size_t size);
+/* The backend of cuda:index. The first call makes index this process's device (cudaSetDevice,
+ * its stream, cuBLASLt); a later call for another index is an error. NULL with an error set
+ * naming `op` when the device cannot be used. */
+const struct bt_backend *bt_cuda_backend_for(int index, const char *op);
+/* The device in use: -1 before the first bt_cuda_backend_for */
+int bt_cuda_current_device(void);
+/* "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" of the device in use, or "" */
+const char *bt_cuda_device_description(char *buf, size_t size);
+/* Blocks for all the work queued on the device's stream; BT_ERR with a message naming the
+ * failed kernel's error if one failed */
+bt_status bt_cuda_synchronize(void);
+
+/* The caching allocator: device memory is taken from the driver once and reused, so a
+ * steady-state step calls cudaMalloc never. Step arenas sit on it (core/runtime.c). */
+void *bt_cuda_malloc(size_t nbytes); /* NULL on failure (after freeing the cache and retrying) */
+void bt_cuda_free(void *ptr);        /* back to the cache; NULL is fine */
+struct bt_cuda_memory_stats {
+    size_t in_use;           /* bytes handed out now */
+    size_t peak_in_use;      /* most bytes handed out at once */
+    size_t reserved;         /* bytes taken from the driver (in use + cached) */
+    uint64_t device_mallocs; /* cudaMalloc calls over the process's life */
+};
+struct bt_cuda_memory_stats bt_cuda_memory_stats(void);
+
+/* Releases the device's handles, stream and cached memory (before exit, for leak checkers). */
+void bt_cuda_shutdown(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,370 @@
+/* The per-element math of the CUDA kernels, as inline functions that compile for the device and
+ * for the host (BT_HD = __host__ __device__ under nvcc). The CUDA wrappers (the .cu files here)
+ * only index, launch and reduce; the host tests (tests/test_cuda_math.cu, built by nvcc) call
+ * these same functions and compare them with the CPU backend, so the math is checked on
+ * machines without a GPU. Plain C11 as well: no C++ features. */
+#ifndef BRAID_CORE_CUDA_KERNEL_MATH_H
+#define BRAID_CORE_CUDA_KERNEL_MATH_H
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "core/backend.h"
+
+#ifdef __CUDACC__
+#define BT_HD __host__ __device__ static inline
+#else
+#define BT_HD static inline
+#endif
+
+#define BT_KM_GELU_K 0.7978845608028654f /* sqrt(2/pi) */
+#define BT_KM_INV_SQRT2 0.7071067811865476f
+#define BT_KM_INV_SQRT_2PI 0.3989422804014327f
+
+/* ---- dtypes: bf16/f16 by bit manipulation, round to nearest even (core/dtype_convert.h) ---- */
+
+BT_HD uint32_t bt_km_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+BT_HD float bt_km_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+BT_HD uint16_t bt_km_f32_to_bf16(float f) {
+    uint32_t u = bt_km_bits(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+BT_HD float bt_km_bf16_to_f32(uint16_t h) {
+    return bt_km_float((uint32_t)h << 16);
+}
+
+BT_HD float bt_km_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
+    if (exp == 0) {
+        if (man == 0) {
+            u = sign;
+        } else { /* subnormal: normalise */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400u)) {
+                man <<= 1;
+                exp--;
+            }
+            u = sign | (exp << 23) | ((man & 0x3ffu) << 13);
+        }
+    } else if (exp == 31) {
+        u = sign | 0x7f800000u | (man << 13);
+    } else {
+        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    return bt_km_float(u);
+}
+
+BT_HD uint16_t bt_km_f32_to_f16(float f) {
+    uint32_t u = bt_km_bits(f), sign = (u >> 16) & 0x8000u, abs = u & 0x7fffffffu;
+    if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
+    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* overflow to inf */
+    if (abs < 0x38800000u) {                                   /* subnormal or zero in f16 */
+        /* 2^-24 is the f16 subnormal quantum; rint rounds half to even */
+        float a = bt_km_float(abs);
+        return (uint16_t)(sign | (uint32_t)rintf(a * 16777216.0f));
+    }
+    uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u); /* round mantissa to 10 bits, ties to even */
+    return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
+
+/* element `i` of a buffer of `dtype`, as double (integers exactly, as the CPU's loads do) */
+BT_HD double bt_km_load(const void *p, bt_dtype dtype, int64_t i) {
+    switch (dtype) {
+    case BT_F32:
+        return ((const float *)p)[i];
+    case BT_BF16:
+        return bt_km_bf16_to_f32(((const uint16_t *)p)[i]);
+    case BT_F16:
+        return bt_km_f16_to_f32(((const uint16_t *)p)[i]);
+    case BT_I32:
+        return ((const int32_t *)p)[i];
+    case BT_I64:
+        return (double)((const int64_t *)p)[i];
+    case BT_U16:
+        return ((const uint16_t *)p)[i];
+    case BT_BOOL:
+        return ((const uint8_t *)p)[i] ? 1.0 : 0.0;
+    default:
+        return 0.0;
+    }
+}
+
+BT_HD void bt_km_store(void *p, bt_dtype dtype, int64_t i, double v) {
+    switch (dtype) {
+    case BT_F32:
+        ((float *)p)[i] = (float)v;
+        break;
+    case BT_BF16:
+        ((uint16_t *)p)[i] = bt_km_f32_to_bf16((float)v);
+        break;
+    case BT_F16:
+        ((uint16_t *)p)[i] = bt_km_f32_to_f16((float)v);
+        break;
+    case BT_I32:
+        ((int32_t *)p)[i] = (int32_t)v;
+        break;
+    case BT_I64:
+        ((int64_t *)p)[i] = (int64_t)v;
+        break;
+    case BT_U16:
+        ((uint16_t *)p)[i] = (uint16_t)v;
+        break;
+    case BT_BOOL:
+        ((uint8_t *)p)[i] = v != 0.0;
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- indexing: shapes and strides passed by value to kernels ---- */
+
+struct bt_km_shape {
+    int ndim;
+    int64_t shape[BT_MAX_DIMS];
+};
+struct bt_km_strides {
+    int64_t s[BT_MAX_DIMS];
+};
+
+/* element offset of the i-th element in row-major order of `shape`, read through `strides` */
+BT_HD int64_t bt_km_offset(int64_t i, const struct bt_km_shape *shape,
+                           const struct bt_km_strides *strides) {
+    int64_t off = 0;
+    for (int d = shape->ndim - 1; d >= 0; d--) {
+        int64_t n = shape->shape[d];
+        off += (i % n) * strides->s[d];
+        i /= n;
+    }
+    return off;
+}
+
+/* ---- the sum over broadcast dims (sum_to): one output element's sum ----
+ * src (shape, contiguous) element (i_0..i_n-1) adds into out[sum_k i_k map[k]]. kept: the dims
+ * with map != 0 (their output stride in map, source stride in src); summed: the broadcast dims of
+ * size > 1, walked in row-major order for each output element */
+struct bt_km_sum_to_plan {
+    int n_kept, n_summed;
+    int64_t kept_map[BT_MAX_DIMS], kept_src[BT_MAX_DIMS], kept_size[BT_MAX_DIMS];
+    int64_t summed_size[BT_MAX_DIMS], summed_src[BT_MAX_DIMS];
+    int64_t summed_total, src_numel;
+};
+
+BT_HD struct bt_km_sum_to_plan bt_km_sum_to_make_plan(int ndim, const int64_t *shape,
+                                                      const int64_t *map) {
+    struct bt_km_sum_to_plan plan;
+    memset(&plan, 0, sizeof plan);
+    int64_t src_stride[BT_MAX_DIMS], s = 1;
+    for (int k = ndim - 1; k >= 0; k--) {
+        src_stride[k] = s;
+        s *= shape[k];
+    }
+    plan.src_numel = s;
+    plan.summed_total = 1;
+    for (int k = 0; k < ndim; k++) {
+        if (map[k] != 0) {
+            plan.kept_map[plan.n_kept] = map[k];
+            plan.kept_src[plan.n_kept] = src_stride[k];
+            plan.kept_size[plan.n_kept++] = shape[k];
+        } else if (shape[k] > 1) {
+            plan.summed_src[plan.n_summed] = src_stride[k];
+            plan.summed_size[plan.n_summed++] = shape[k];
+            plan.summed_total *= shape[k];
+        }
+    }
+    return plan;
+}
+
+/* the sum (in float, in row-major order of the summed dims) of the src elements of output o */
+BT_HD float bt_km_sum_to_element(const struct bt_km_sum_to_plan *plan, int64_t o,
+                                 const float *src) {
+    int64_t base = 0;
+    for (int k = 0; k < plan->n_kept; k++)
+        base += (o / plan->kept_map[k]) % plan->kept_size[k] * plan->kept_src[k];
+    float acc = 0.0f;
+    for (int64_t r = 0; r < plan->summed_total; r++) {
+        int64_t off = base, rem = r;
+        for (int k = plan->n_summed - 1; k >= 0; k--) {
+            off += rem % plan->summed_size[k] * plan->summed_src[k];
+            rem /= plan->summed_size[k];
+        }
+        acc += src[off];
+    }
+    return acc;
+}
+
+/* ---- elementwise ---- */
+
+BT_HD float bt_km_binary(bt_binary_op op, float a, float b) {
+    switch (op) {
+    case BT_BIN_ADD:
+        return a + b;
+    case BT_BIN_SUB:
+        return a - b;
+    case BT_BIN_MUL:
+        return a * b;
+    case BT_BIN_DIV:
+        return a / b;
+    }
+    return 0.0f;
+}
+
+BT_HD float bt_km_sigmoid(float x) {
+    return 1.0f / (1.0f + expf(-x));
+}
+
+BT_HD float bt_km_unary(bt_unary_op op, float x, float arg) {
+    switch (op) {
+    case BT_UN_NEG:
+        return -x;
+    case BT_UN_EXP:
+        return expf(x);
+    case BT_UN_LOG:
+        return logf(x);
+    case BT_UN_TANH:
+        return tanhf(x);
+    case BT_UN_SQRT:
+        return sqrtf(x);
+    case BT_UN_RSQRT:
+        return 1.0f / sqrtf(x);
+    case BT_UN_POW:
+        return powf(x, arg);
+    case BT_UN_ADD_SCALAR:
+        return x + arg;
+    case BT_UN_MUL_SCALAR:
+        return x * arg;
+    case BT_UN_RELU:
+        return x > 0.0f ? x : 0.0f;
+    case BT_UN_GELU_TANH:
+        return 0.5f * x * (1.0f + tanhf(BT_KM_GELU_K * (x + 0.044715f * x * x * x)));
+    case BT_UN_GELU_EXACT:
+        return 0.5f * x * (1.0f + erff(x * BT_KM_INV_SQRT2));
+    case BT_UN_SILU:
+        return x * bt_km_sigmoid(x);
+    case BT_UN_COUNT:
+        break;
+    }
+    return 0.0f;
+}
+
+/* d f(x) / dx, given x and y = f(x) */
+BT_HD float bt_km_unary_derivative(bt_unary_op op, float x, float y, float arg) {
+    switch (op) {
+    case BT_UN_NEG:
+        return -1.0f;
+    case BT_UN_EXP:
+        return y;
+    case BT_UN_LOG:
+        return 1.0f / x;
+    case BT_UN_TANH:
+        return 1.0f - y * y;
+    case BT_UN_SQRT:
+        return 0.5f / y;
+    case BT_UN_RSQRT:
+        return -0.5f * y * y * y;
+    case BT_UN_POW:
+        return arg * powf(x, arg - 1.0f);
+    case BT_UN_ADD_SCALAR:
+        return 1.0f;
+    case BT_UN_MUL_SCALAR:
+        return arg;
+    case BT_UN_RELU:
+        return x > 0.0f ? 1.0f : 0.0f;
+    case BT_UN_GELU_TANH: {
+        float u = BT_KM_GELU_K * (x + 0.044715f * x * x * x);
+        float t = tanhf(u);
+        float du = BT_KM_GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+        return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    }
+    case BT_UN_GELU_EXACT:
+        return 0.5f * (1.0f + erff(x * BT_KM_INV_SQRT2)) +
+               x * BT_KM_INV_SQRT_2PI * expf(-0.5f * x * x);
+    case BT_UN_SILU: {
+        float s = bt_km_sigmoid(x);
+        return s * (1.0f + x * (1.0f - s));
+    }
+    case BT_UN_COUNT:
+        break;
+    }
+    return 0.0f;
+}
+
+/* ---- dropout's counter-based uniform: the CPU's bt_rng_uniform_at, bit for bit ---- */
+
+BT_HD uint64_t bt_km_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+BT_HD float bt_km_uniform_at(uint64_t seed, uint64_t counter) {
+    uint64_t bits =
+        bt_km_mix64(bt_km_mix64(seed + 0x9e3779b97f4a7c15ULL) ^ (counter * 0x9e3779b97f4a7c15ULL));
+    return (float)(bits >> 40) * (1.0f / 16777216.0f);
+}
+
+BT_HD float bt_km_dropout(float x, float p, float scale, uint64_t seed, uint64_t counter) {
+    return bt_km_uniform_at(seed, counter) >= p ? x * scale : 0.0f;
+}
+
+/* ---- RoPE: the angle of frequency i at position pos (HF's inv_freq), and one rotation ---- */
+
+BT_HD void bt_km_rope_angle(double theta, int64_t i, int64_t hs, int64_t pos, bool inverse,
+                            float *c, float *s) {
+    double inv_freq = pow(theta, -2.0 * (double)i / (double)hs);
+    double angle = (double)pos * inv_freq;
+    *c = (float)cos(angle);
+    *s = (float)((inverse ? -1.0 : 1.0) * sin(angle));
+}
+
+/* ---- online softmax (attention): merge score s into running (max m, sum l); returns the factor
+ * the accumulated output is rescaled by, and *p the weight of s's value row ---- */
+
+BT_HD float bt_km_online_softmax(float *m, float *l, float s, float *p) {
+    float m_new = s > *m ? s : *m;
+    float corr = *m == -INFINITY ? 0.0f : expf(*m - m_new);
+    *p = expf(s - m_new);
+    *l = *l * corr + *p;
+    *m = m_new;
+    return corr;
+}
+
+/* ---- AdamW: torch.optim.AdamW (_single_tensor_adamw) operation for operation, as the CPU ---- */
+
+BT_HD void bt_km_adamw(const struct bt_adamw_span *s, float *p, float *m, float *v, float g,
+                       float grad_scale) {
+    float gi = g * grad_scale;
+    float pi = *p * s->decay;
+    *m = *m * s->beta1 + s->one_minus_beta1 * gi;
+    *v = *v * s->beta2 + s->one_minus_beta2 * gi * gi;
+    float denom = sqrtf(*v) / s->bias_correction2_sqrt + s->eps;
+    *p = pi + -s->step_size * (*m / denom);
+}
+
+BT_HD float bt_km_sgd(float *p, float g, float *buf, float lr, float wd, float momentum,
+                      float grad_scale) {
+    float d = g * grad_scale;
+    if (wd != 0.0f) d = d + wd * *p;
+    if (buf) {
+        *buf = *buf * momentum + d;
+        d = *buf;
+    }
+    *p = *p + -lr * d;
+    return *p;
+}
+
+#endif

@@ -1,0 +1,326 @@
+/* The CUDA kernels' per-element math (core/cuda/kernel_math.h), compiled by nvcc and run on the
+ * host, against the CPU backend on the same inputs: dtype conversions, strided indexing, the
+ * broadcast sum's plan, unary ops and derivatives, dropout's mask, RoPE's angles, the online
+ * softmax of the attention kernels (the kernel's recurrence, row by row), AdamW and SGD. Runs
+ * without a GPU: nothing here touches the device. */
+#include <math.h>
+#include <stdio.h>
+
+extern "C" {
+#include "core/cpu/kernels.h"
+#include "core/dtype_convert.h"
+#include "tests/gradcheck.h"
+}
+#include "core/cuda/kernel_math.h"
+
+static float uniform(uint64_t seed, uint64_t i, float lo, float hi) {
+    return lo + (hi - lo) * bt_rng_uniform_at(seed, i);
+}
+
+START_TEST(test_dtype_conversions_match_cpu) {
+    for (uint32_t h = 0; h < 65536; h++) { /* every bf16 and f16 value back to float32 */
+        ck_assert_uint_eq(bt_km_bits(bt_km_bf16_to_f32((uint16_t)h)),
+                          bt_km_bits(bt_bf16_to_f32((uint16_t)h)));
+        ck_assert_uint_eq(bt_km_bits(bt_km_f16_to_f32((uint16_t)h)),
+                          bt_km_bits(bt_f16_to_f32((uint16_t)h)));
+    }
+    /* float32 to both: random bit patterns (NaNs, infinities, subnormals included) */
+    for (uint64_t i = 0; i < 400000; i++) {
+        uint32_t u = (uint32_t)(bt_rng_uniform_at(7, 2 * i) * 65536.0f) << 16 |
+                     (uint32_t)(bt_rng_uniform_at(7, 2 * i + 1) * 65536.0f);
+        float f = bt_km_float(u);
+        ck_assert_uint_eq(bt_km_f32_to_bf16(f), bt_f32_to_bf16(f));
+        ck_assert_uint_eq(bt_km_f32_to_f16(f), bt_f32_to_f16(f));
+    }
+    /* loads and stores of every dtype agree with the CPU's */
+    bt_dtype dtypes[] = {BT_F32, BT_BF16, BT_F16, BT_I32, BT_I64, BT_U16, BT_BOOL};
+    double values[] = {0.0, 1.0, -2.5, 3.14159, 65504.0, 1e-3, 255.0, 40000.0, -7.0};
+    for (int d = 0; d < 7; d++)
+        for (int k = 0; k < 9; k++) {
+            if (bt_dtype_is_integer(dtypes[d]) && values[k] < 0 && dtypes[d] != BT_I32 &&
+                dtypes[d] != BT_I64)
+                continue; /* negative to unsigned: undefined in C for both */
+            char a[8] = {0}, b[8] = {0};
+            bt_km_store(a, dtypes[d], 0, values[k]);
+            bt_store_from_double(b, dtypes[d], values[k]);
+            ck_assert_msg(memcmp(a, b, bt_dtype_size(dtypes[d])) == 0, "store %s %g differs",
+                          bt_dtype_name(dtypes[d]), values[k]);
+            ck_assert_double_eq(bt_km_load(a, dtypes[d], 0), bt_load_as_double(b, dtypes[d]));
+        }
+}
+END_TEST
+
+/* a (2,3,4) buffer read through permuted and broadcast strides: the offsets the copy and binary
+ * kernels use give the CPU's results exactly */
+START_TEST(test_strided_offsets_match_cpu) {
+    float src[24], cpu[24], gpu[24];
+    for (int i = 0; i < 24; i++)
+        src[i] = (float)i + 0.5f;
+    int64_t shape[3] = {4, 3, 2}, strides[3] = {1, 4, 12}; /* the (2,3,4) permuted (2,1,0) */
+    bt_cpu_copy_strided(cpu, BT_F32, src, BT_F32, 3, shape, strides);
+    struct bt_km_shape sh = {3, {4, 3, 2}};
+    struct bt_km_strides st = {{1, 4, 12}};
+    for (int64_t i = 0; i < 24; i++)
+        gpu[i] = src[bt_km_offset(i, &sh, &st)];
+    ck_assert_mem_eq(cpu, gpu, sizeof cpu);
+    /* a + b with b (1,3,1) broadcast over (4,3,2) */
+    float b[3] = {10.0f, 20.0f, 30.0f};
+    int64_t a_str[3] = {6, 2, 1}, b_str[3] = {0, 1, 0};
+    bt_cpu_binary(BT_BIN_ADD, cpu, src, a_str, b, b_str, 3, shape);
+    struct bt_km_strides as = {{6, 2, 1}}, bs = {{0, 1, 0}};
+    for (int64_t i = 0; i < 24; i++)
+        gpu[i] = bt_km_binary(BT_BIN_ADD, src[bt_km_offset(i, &sh, &as)],
+                              b[bt_km_offset(i, &sh, &bs)]);
+    ck_assert_mem_eq(cpu, gpu, sizeof cpu);
+}
+END_TEST
+
+/* the broadcast sum's plan, output element by output element, against the CPU's walk */
+START_TEST(test_sum_to_plan_matches_cpu) {
+    static const int64_t shapes[][4] = {{2, 3, 4, 5}, {1, 3, 1, 5}, {7, 1, 6, 1}, {2, 1, 1, 9}};
+    for (int c = 0; c < 4; c++)
+        for (int mask = 0; mask < 16; mask++) { /* which dims the target keeps */
+            int64_t target[4], map[4], strides[4], n = 1, out_n = 1;
+            for (int k = 0; k < 4; k++) {
+                target[k] = (mask >> k) & 1 ? shapes[c][k] : 1;
+                n *= shapes[c][k];
+                out_n *= target[k];
+            }
+            bt_contiguous_strides(4, target, strides);
+            for (int k = 0; k < 4; k++)
+                map[k] = target[k] != 1 ? strides[k] : 0;
+            float src[2 * 3 * 4 * 5 * 9], cpu[512] = {0}, gpu[512];
+            for (int64_t i = 0; i < n; i++)
+                src[i] = uniform(3, (uint64_t)i, -1.0f, 1.0f);
+            bt_cpu_sum_to(cpu, out_n, src, 4, shapes[c], map);
+            struct bt_km_sum_to_plan plan = bt_km_sum_to_make_plan(4, shapes[c], map);
+            for (int64_t o = 0; o < out_n; o++)
+                gpu[o] = 0.0f + bt_km_sum_to_element(&plan, o, src);
+            ck_assert_msg(memcmp(cpu, gpu, (size_t)out_n * sizeof(float)) == 0,
+                          "shape %d mask %d: sums differ", c, mask);
+        }
+}
+END_TEST
+
+/* |a - b| over (atol + rtol |b|): <= 1 means they agree */
+static double mismatch(double a, double b, double atol, double rtol) {
+    return fabs(a - b) / (atol + rtol * fabs(b));
+}
+
+/* unary ops and derivatives against the CPU's kernels (which use fast exp/tanh approximations
+ * for GELU-tanh and SiLU, good to ~1e-7 absolute) */
+START_TEST(test_unary_matches_cpu) {
+    enum { N = 4096 };
+    static float x[N], pos[N], cpu[N], dx[N], ones[N];
+    for (int i = 0; i < N; i++) {
+        x[i] = uniform(11, (uint64_t)i, -8.0f, 8.0f);
+        pos[i] = uniform(12, (uint64_t)i, 0.01f, 8.0f);
+        ones[i] = 1.0f;
+    }
+    for (int op = 0; op < BT_UN_COUNT; op++) {
+        bool positive = op == BT_UN_LOG || op == BT_UN_SQRT || op == BT_UN_RSQRT || op == BT_UN_POW;
+        const float *in = positive ? pos : x;
+        float arg = op == BT_UN_POW ? 1.7f : op == BT_UN_ADD_SCALAR ? 0.25f : 1.5f;
+        bt_cpu_unary((bt_unary_op)op, cpu, in, N, arg);
+        bt_cpu_unary_backward((bt_unary_op)op, dx, ones, in, cpu, N, arg, 0.0f);
+        double worst = 0.0, worst_d = 0.0;
+        for (int i = 0; i < N; i++) {
+            float y = bt_km_unary((bt_unary_op)op, in[i], arg);
+            float d = bt_km_unary_derivative((bt_unary_op)op, in[i], y, arg);
+            worst = fmax(worst, mismatch(y, cpu[i], 1e-5, 1e-5));
+            worst_d = fmax(worst_d, mismatch(d, dx[i], 1e-5, 1e-5));
+        }
+        ck_assert_msg(worst <= 1.0 && worst_d <= 1.0,
+                      "unary op %d: error %g, derivative %g (of 1e-5 + 1e-5 |cpu|)", op, worst,
+                      worst_d);
+    }
+}
+END_TEST
+
+START_TEST(test_dropout_mask_matches_cpu) {
+    for (uint64_t c = 0; c < 100000; c++)
+        ck_assert_uint_eq(bt_km_bits(bt_km_uniform_at(1337, c)),
+                          bt_km_bits(bt_rng_uniform_at(1337, c)));
+    enum { N = 10000 };
+    static float x[N], cpu[N];
+    for (int i = 0; i < N; i++)
+        x[i] = uniform(5, (uint64_t)i, -1.0f, 1.0f);
+    bt_cpu_dropout(cpu, x, N, 0.2f, 99, 1000, 0.0f);
+    for (int i = 0; i < N; i++)
+        ck_assert_uint_eq(bt_km_bits(bt_km_dropout(x[i], 0.2f, 1.0f / (1.0f - 0.2f), 99,
+                                                   1000 + (uint64_t)i)),
+                          bt_km_bits(cpu[i]));
+}
+END_TEST
+
+/* RoPE: the kernel's per-(row, frequency) rotation over (B, NH, T, hs), forward and inverse */
+START_TEST(test_rope_matches_cpu) {
+    enum { B = 2, NH = 3, T = 5, HS = 8, N = B * NH * T * HS };
+    float x[N], cpu[N], gpu[N];
+    for (int i = 0; i < N; i++)
+        x[i] = uniform(8, (uint64_t)i, -1.0f, 1.0f);
+    for (int inverse = 0; inverse < 2; inverse++) {
+        bt_cpu_rope(cpu, x, B, NH, T, HS, 10000.0f, 3, inverse);
+        for (int64_t row = 0; row < B * NH * T; row++)
+            for (int64_t i = 0; i < HS / 2; i++) {
+                float c, s;
+                bt_km_rope_angle(10000.0, i, HS, 3 + row % T, inverse, &c, &s);
+                float a = x[row * HS + i], b = x[row * HS + i + HS / 2];
+                gpu[row * HS + i] = a * c - b * s;
+                gpu[row * HS + i + HS / 2] = b * c + a * s;
+            }
+        ck_assert_mem_eq(cpu, gpu, sizeof cpu);
+    }
+}
+END_TEST
+
+/* The attention kernels' recurrences, one row at a time as a warp runs them (forward: online
+ * softmax over the keys; backward: dq per query row, dk and dv per key row over the group's
+ * query heads), against the CPU's tiled kernels; GQA (NH = 4, NKV = 2), causal and not */
+static float dotp(const float *a, const float *b, int n) {
+    float s = 0.0f;
+    for (int i = 0; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+START_TEST(test_attention_recurrence_matches_cpu) {
+    enum { B = 2, NH = 4, NKV = 2, T = 7, HS = 8 };
+    static float q[B * NH * T * HS], k[B * NKV * T * HS], v[B * NKV * T * HS], g[B * NH * T * HS];
+    static float out_c[B * NH * T * HS], lse_c[B * NH * T], dq_c[B * NH * T * HS];
+    static float dk_c[B * NKV * T * HS], dv_c[B * NKV * T * HS];
+    static float out_g[B * NH * T * HS], lse_g[B * NH * T], dq_g[B * NH * T * HS], D[B * NH * T];
+    static float dk_g[B * NKV * T * HS], dv_g[B * NKV * T * HS];
+    for (int i = 0; i < B * NH * T * HS; i++)
+        q[i] = uniform(21, (uint64_t)i, -1, 1), g[i] = uniform(22, (uint64_t)i, -1, 1);
+    for (int i = 0; i < B * NKV * T * HS; i++)
+        k[i] = uniform(23, (uint64_t)i, -1, 1), v[i] = uniform(24, (uint64_t)i, -1, 1);
+    struct bt_attn_layout lq = {NH * T * HS, T * HS, HS}, lk = {NKV * T * HS, T * HS, HS};
+    struct bt_attn_layouts L = {lq, lk, lk, lq, lq, lq, lk, lk};
+    const float scale = 0.35355339f;
+    for (int causal = 0; causal < 2; causal++) {
+        bt_cpu_attention(out_c, lse_c, q, k, v, B, NH, NKV, T, HS, scale, causal, &L);
+        bt_cpu_attention_backward(dq_c, dk_c, dv_c, g, q, k, v, out_c, lse_c, B, NH, NKV, T, HS,
+                                  scale, causal, &L);
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < NH; h++)
+                for (int t = 0; t < T; t++) { /* forward row */
+                    int kvh = h / (NH / NKV), row = (b * NH + h) * T + t;
+                    const float *qr = q + row * HS;
+                    float m = -INFINITY, l = 0.0f, acc[HS] = {0};
+                    for (int j = 0; j <= (causal ? t : T - 1); j++) {
+                        const float *kr = k + ((b * NKV + kvh) * T + j) * HS;
+                        const float *vr = v + ((b * NKV + kvh) * T + j) * HS;
+                        float p, corr = bt_km_online_softmax(&m, &l, dotp(qr, kr, HS) * scale, &p);
+                        for (int c = 0; c < HS; c++)
+                            acc[c] = acc[c] * corr + p * vr[c];
+                    }
+                    for (int c = 0; c < HS; c++)
+                        out_g[row * HS + c] = acc[c] / l;
+                    lse_g[row] = m + logf(l);
+                }
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < NH; h++)
+                for (int i = 0; i < T; i++) { /* dq row */
+                    int kvh = h / (NH / NKV), row = (b * NH + h) * T + i;
+                    float Di = dotp(g + row * HS, out_g + row * HS, HS), acc[HS] = {0};
+                    D[row] = Di;
+                    for (int j = 0; j <= (causal ? i : T - 1); j++) {
+                        const float *kr = k + ((b * NKV + kvh) * T + j) * HS;
+                        float p = expf(dotp(q + row * HS, kr, HS) * scale - lse_g[row]);
+                        float ds = p * (dotp(g + row * HS, v + ((b * NKV + kvh) * T + j) * HS,
+                                             HS) - Di);
+                        for (int c = 0; c < HS; c++)
+                            acc[c] += ds * kr[c];
+                    }
+                    for (int c = 0; c < HS; c++)
+                        dq_g[row * HS + c] = acc[c] * scale;
+                }
+        for (int b = 0; b < B; b++)
+            for (int kvh = 0; kvh < NKV; kvh++)
+                for (int j = 0; j < T; j++) { /* dk, dv row */
+                    int krow = (b * NKV + kvh) * T + j;
+                    float ak[HS] = {0}, av[HS] = {0};
+                    for (int h = kvh * (NH / NKV); h < (kvh + 1) * (NH / NKV); h++)
+                        for (int i = causal ? j : 0; i < T; i++) {
+                            int row = (b * NH + h) * T + i;
+                            float p = expf(dotp(k + krow * HS, q + row * HS, HS) * scale -
+                                           lse_g[row]);
+                            float ds = p * (dotp(v + krow * HS, g + row * HS, HS) - D[row]);
+                            for (int c = 0; c < HS; c++) {
+                                av[c] += p * g[row * HS + c];
+                                ak[c] += ds * q[row * HS + c];
+                            }
+                        }
+                    for (int c = 0; c < HS; c++)
+                        dk_g[krow * HS + c] = ak[c] * scale, dv_g[krow * HS + c] = av[c];
+                }
+        struct {
+            const char *name;
+            const float *a, *b;
+            int n;
+        } pairs[] = {{"out", out_c, out_g, B * NH * T * HS}, {"lse", lse_c, lse_g, B * NH * T},
+                     {"dq", dq_c, dq_g, B * NH * T * HS},    {"dk", dk_c, dk_g, B * NKV * T * HS},
+                     {"dv", dv_c, dv_g, B * NKV * T * HS}};
+        for (int p = 0; p < 5; p++) { /* within 1e-5 of the tensor's largest element */
+            double worst = 0.0, big = 0.0;
+            for (int i = 0; i < pairs[p].n; i++) {
+                worst = fmax(worst, fabs(pairs[p].a[i] - pairs[p].b[i]));
+                big = fmax(big, fabs(pairs[p].a[i]));
+            }
+            ck_assert_msg(worst <= 1e-5 * big, "causal=%d %s: max error %g, max |cpu| %g",
+                          causal, pairs[p].name, worst, big);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_optimizer_updates_match_cpu) {
+    enum { N = 5000 };
+    static float p_c[N], m_c[N], v_c[N], p_g[N], m_g[N], v_g[N], gr[N], buf_c[N], buf_g[N];
+    for (int i = 0; i < N; i++) {
+        p_c[i] = p_g[i] = uniform(31, (uint64_t)i, -1, 1);
+        m_c[i] = m_g[i] = uniform(32, (uint64_t)i, -0.1f, 0.1f);
+        v_c[i] = v_g[i] = uniform(33, (uint64_t)i, 0, 0.01f);
+        gr[i] = uniform(34, (uint64_t)i, -1, 1);
+        buf_c[i] = buf_g[i] = uniform(35, (uint64_t)i, -1, 1);
+    }
+    struct bt_adamw_span s = {p_c, m_c, v_c, gr, N, 0.9999f, 0.9f, 0.95f, 0.1f, 0.05f,
+                              3e-4f, 0.3f, 1e-8f};
+    /* the same operations; the compilers may fuse a multiply-add differently (the CPU's x86-64-v3
+     * clone and the GPU contract to FMA): agreement to a few ulps */
+    bt_cpu_adamw(&s, 1, 0.7f);
+    for (int i = 0; i < N; i++)
+        bt_km_adamw(&s, &p_g[i], &m_g[i], &v_g[i], gr[i], 0.7f);
+    double worst = 0.0;
+    for (int i = 0; i < N; i++) {
+        worst = fmax(worst, mismatch(p_g[i], p_c[i], 2e-7, 1e-6)); /* an ulp of 1: 6e-8 */
+        worst = fmax(worst, mismatch(m_g[i], m_c[i], 1e-8, 1e-6));
+        worst = fmax(worst, mismatch(v_g[i], v_c[i], 1e-10, 1e-6));
+    }
+    ck_assert_msg(worst <= 1.0, "adamw: error %g (of a few ulps)", worst);
+    bt_cpu_sgd(p_c, gr, buf_c, N, 0.01f, 0.1f, 0.9f, 0.5f);
+    for (int i = 0; i < N; i++)
+        bt_km_sgd(&p_g[i], gr[i], &buf_g[i], 0.01f, 0.1f, 0.9f, 0.5f);
+    for (int i = 0; i < N; i++) {
+        worst = fmax(worst, mismatch(p_g[i], p_c[i], 2e-7, 1e-6));
+        worst = fmax(worst, mismatch(buf_g[i], buf_c[i], 2e-7, 1e-6));
+    }
+    ck_assert_msg(worst <= 1.0, "sgd: error %g (of a few ulps)", worst);
+}
+END_TEST
+
+static Suite *make_suite(void) {
+    Suite *s = suite_create("cuda_math");
+    bt_suite_add(s, test_dtype_conversions_match_cpu);
+    bt_suite_add(s, test_strided_offsets_match_cpu);
+    bt_suite_add(s, test_sum_to_plan_matches_cpu);
+    bt_suite_add(s, test_unary_matches_cpu);
+    bt_suite_add(s, test_dropout_mask_matches_cpu);
+    bt_suite_add(s, test_rope_matches_cpu);
+    bt_suite_add(s, test_attention_recurrence_matches_cpu);
+    bt_suite_add(s, test_optimizer_updates_match_cpu);
+    return s;
+}
+
+BT_TEST_MAIN(make_suite)

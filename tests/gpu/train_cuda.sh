@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# usage: train_cuda.sh CASE BRAID REPO_DIR OUT_DIR
+# `braid train` with train.device=cuda on the tiny shakespeare_char job (tests/cli/tiny_job.sh:
+# dropout 0.1, shuffling), one CASE per CTest test (label gpu). Exits 77 ("skipped") where no GPU
+# is visible.
+#   cpu_vs_cuda      20 steps on cuda give the cpu's losses (train and val) within 1e-4 relative
+#   resume           a cuda run resumed from its step-10 checkpoint continues the losses exactly
+#   cpu_to_cuda      a cpu checkpoint resumed on cuda continues the cpu's losses within 1e-4
+#   multi_rank       parallel.dp=2 on cuda: one error line naming the layout, before any work
+set -euo pipefail
+source "$(dirname "$0")/../cli/tiny_job.sh" "$@"
+
+if ! "$braid" train "${job[@]}" --train.device=cuda --train.max_steps=1 \
+  --log.dir="$out/probe" --checkpoint.dir="$out/probe/ck" > "$out/probe.log" 2>&1; then
+  if grep -q "no CUDA device visible" "$out/probe.log"; then
+    echo "skipped: $(grep -o 'no CUDA device visible.*' "$out/probe.log")"
+    exit 77
+  fi
+fi
+
+# close_losses A B TOL [FROM_STEP]: every loss and val_loss of rows >= FROM_STEP agree to TOL
+close_losses() {
+  local from=${4:-1}
+  paste -d' ' <(awk -v f="$from" -F'[:,]' '$2 >= f' "$out/$1/metrics.jsonl") \
+    <(awk -v f="$from" -F'[:,]' '$2 >= f' "$out/$2/metrics.jsonl") | awk -v tol="$3" '
+    { n = split($0, w, " "); half = 0; a = ""; b = ""; av = ""; bv = ""
+      for (i = 1; i <= n; i++) {
+        if (w[i] == "{\"step\":") half++
+        if (w[i] == "\"loss\":") { v = w[i + 1]; sub(",", "", v); if (half == 1) a = v; else b = v }
+        if (w[i] == "\"val_loss\":") { v = w[i + 1]; sub("}", "", v); if (half == 1) av = v; else bv = v }
+      }
+      if (a == "" || b == "") { print "row without loss: " $0; bad = 1; exit }
+      d = (a - b) / b; if (d < 0) d = -d; if (d > worst) worst = d
+      if (av != "" && bv != "") { d = (av - bv) / bv; if (d < 0) d = -d; if (d > worst) worst = d }
+      rows++ }
+    END { if (bad) exit 1
+          printf "%d rows, largest relative difference %.3g\n", rows, worst
+          if (rows == 0 || worst > tol) exit 1 }' || fail "losses of $1 and $2 differ (above)"
+}
+
+case $case_name in
+cpu_vs_cuda)
+  run cpu 1 --train.max_steps=20
+  run cuda 1 --train.max_steps=20 --train.device=cuda
+  grep -q "^device: cuda:0" "$out/cuda.log" || fail "no device banner: $(head -40 "$out/cuda.log")"
+  close_losses cpu cuda 1e-4
+  ;;
+resume)
+  run whole 1 --train.max_steps=20 --train.device=cuda --checkpoint.every=10
+  run part 1 --train.max_steps=10 --train.device=cuda --checkpoint.every=10
+  run part 1 --train.max_steps=20 --train.device=cuda --checkpoint.every=10
+  same_losses whole part 11
+  ;;
+cpu_to_cuda)
+  run cpu 1 --train.max_steps=20 --checkpoint.every=10
+  run moved 1 --train.max_steps=10 --checkpoint.every=10
+  run moved 1 --train.max_steps=20 --checkpoint.every=10 --train.device=cuda
+  close_losses cpu moved 1e-4 11
+  ;;
+multi_rank)
+  set +e
+  msg=$("$braid" train "${job[@]}" --train.device=cuda --parallel.dp=2 2>&1)
+  status=$?
+  set -e
+  test "$status" -eq 2 || fail "exit status $status, expected 2: $msg"
+  grep -q "train.device=cuda: parallel.dp=2 tp=1 pp=1" <<<"$msg" || fail "message: $msg"
+  ;;
+*)
+  fail "unknown case $case_name"
+  ;;
+esac
+echo "ok: $case_name"
