@@ -3,7 +3,9 @@
  * nn_module_to): median tokens/s of the steady-state steps, MFU against the float32 matmul rate
  * braid measures on the device first (cuBLASLt, the model's largest GEMM), and the caching
  * allocator's peak. Run by bench/gpu.sh on a lent GPU; prints "skipped" and exits 0 without one.
- * usage: bench_gpu [STEPS [BATCH]] */
+ * With DTYPE bfloat16 the matmuls take bf16 operands (train.dtype: bfloat16), and MFU is against
+ * the bf16 matmul rate.   usage: bench_gpu [STEPS [BATCH [float32|bfloat16]]] */
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -20,7 +22,7 @@ static void die(const char *what) {
     exit(1);
 }
 
-/* float32 matmul rate of (M,K) x (K,N) on the device, GFLOP/s: the median of 10 timed runs */
+/* matmul rate (the runtime's matmul dtype) of (M,K) x (K,N) on the device, GFLOP/s: the median of 10 timed runs */
 static double matmul_rate(int64_t M, int64_t K, int64_t N) {
     bt_tensor *a = bt_ones(BT_SHAPE(M, K), BT_F32, bt_cuda(0));
     bt_tensor *b = bt_ones(BT_SHAPE(K, N), BT_F32, bt_cuda(0));
@@ -39,6 +41,11 @@ static double matmul_rate(int64_t M, int64_t K, int64_t N) {
 int main(int argc, char **argv) {
     int steps = argc > 1 ? atoi(argv[1]) : 30;
     int64_t B = argc > 2 ? atoll(argv[2]) : 8, T = 1024;
+    const char *dtype = argc > 3 ? argv[3] : "float32";
+    if (strcmp(dtype, "float32") != 0 && strcmp(dtype, "bfloat16") != 0) {
+        fprintf(stderr, "bench_gpu: DTYPE must be float32 or bfloat16, got '%s'\n", dtype);
+        return 2;
+    }
     char why[256], desc[256];
     if (bt_cuda_device_count(why, sizeof why) == 0) {
         printf("bench_gpu: skipped: no CUDA device visible (%s)\n", why);
@@ -50,8 +57,9 @@ int main(int argc, char **argv) {
                                .gelu = BT_GELU_TANH, .norm_eps = 1e-5, .tie_embeddings = true};
     struct model *m = model_create(&cfg, 1337);
     if (!m || nn_module_to(m->root, bt_cuda(0)) != BT_OK) die("model");
-    printf("command: bench_gpu %d %lld   device: %s\n", steps, (long long)B,
+    printf("command: bench_gpu %d %lld %s   device: %s\n", steps, (long long)B, dtype,
            bt_cuda_device_description(desc, sizeof desc));
+    if (strcmp(dtype, "bfloat16") == 0) bt_set_matmul_dtype(BT_BF16);
     double peak = matmul_rate(B * T, 768, 3072);
     struct nn_param_list params;
     if (nn_named_parameters(m->root, &params) != BT_OK) die("parameters");
@@ -83,11 +91,11 @@ int main(int argc, char **argv) {
     double med = bench_median(dt + warmup, steps - warmup), tps = (double)(B * T) / med;
     double flops = model_flops_per_token(m, T);
     struct bt_cuda_memory_stats mem = bt_cuda_memory_stats();
-    printf("float32 matmul rate (cuBLASLt, (%lld,768)x(768,3072)): %.1f TFLOP/s\n",
+    printf("%s matmul rate (cuBLASLt, (%lld,768)x(768,3072)): %.1f TFLOP/s\n", dtype,
            (long long)(B * T), peak / 1e3);
-    printf("braid %s float32: median tokens/s %.0f, step %.1f ms, mfu %.1f%% of that rate, "
+    printf("braid %s %s: median tokens/s %.0f, step %.1f ms, mfu %.1f%% of that rate, "
            "last loss %.4f, peak device memory %.0f MiB (reserved %.0f MiB, %llu cudaMalloc)\n",
-           BRAID_VERSION, tps, med * 1e3, 100.0 * tps * flops / (peak * 1e9), loss,
+           BRAID_VERSION, dtype, tps, med * 1e3, 100.0 * tps * flops / (peak * 1e9), loss,
            (double)mem.peak_in_use / (1 << 20), (double)mem.reserved / (1 << 20),
            (unsigned long long)mem.device_mallocs);
     free(dt);

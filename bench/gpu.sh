@@ -10,8 +10,10 @@ steps=${1:-30} batch=${2:-8}
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 echo "== GPU tests (ctest -L gpu) =="
 (cd build && ctest -L gpu --output-on-failure --timeout 300) 2>&1 | tail -40
-echo "== braid: bench_gpu $steps $batch =="
-build/bench_gpu "$steps" "$batch"
+for dtype in float32 bfloat16; do
+  echo "== braid: bench_gpu $steps $batch $dtype =="
+  build/bench_gpu "$steps" "$batch" "$dtype"
+done
 py=${PYTHON:-python3}
 if "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   echo "== pytorch: bench/gpu_torch.py =="

@@ -3,9 +3,11 @@
  * the MPI backend (mpi.c) for the rest. A blocking call starts its operation and waits on it, so
  * the watchdog (request.c) covers it too. */
 #include <limits.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "comm/comm_internal.h"
+#include "core/cuda/cuda.h"
 
 /* ---- argument checks ---- */
 
@@ -18,14 +20,23 @@ static bool dtype_supported(bt_dtype dtype) {
     return dtype == BT_F32 || dtype == BT_I32 || dtype == BT_I64 || dtype == BT_BOOL;
 }
 
-/* What every tensor argument must be: present, on the CPU, of a dtype comm moves, with an element
- * count MPI's int holds (no derived datatypes: larger tensors are an error naming the count). */
+/* What every tensor argument must be: present, of a dtype comm moves, with an element count
+ * MPI's int holds (no derived datatypes: larger tensors are an error naming the count); on a
+ * device (NCCL), contiguous. */
 static bt_status check_tensor(const struct comm_request *r, const bt_tensor *t, const char *arg) {
     if (!t) return comm_errorf(r->where, "%s is NULL", arg);
-    if (t->storage->device.type != BT_DEVICE_CPU) {
+    int in_use = bt_cuda_current_device(); /* -1: none */
+    if (t->storage->device.type != BT_DEVICE_CPU && t->storage->device.index != in_use) {
+        char device[32], mine[32] = "no CUDA device";
+        if (in_use >= 0) snprintf(mine, sizeof mine, "cuda:%d", in_use);
+        return comm_errorf(r->where, "%s is on %s, but this process drives %s", arg,
+                           bt_device_name(t->storage->device, device, sizeof device), mine);
+    }
+    if (t->storage->device.type != BT_DEVICE_CPU && !bt_is_contiguous(t)) {
         char device[32];
-        return comm_errorf(r->where, "%s is on %s; comm moves CPU tensors only", arg,
-                           bt_device_name(t->storage->device, device, sizeof device));
+        return comm_errorf(r->where, "%s is a strided view on %s; device tensors must be "
+                           "contiguous",
+                           arg, bt_device_name(t->storage->device, device, sizeof device));
     }
     if (!dtype_supported(t->dtype))
         return comm_errorf(r->where, "%s has dtype %s; comm supports float32, int32, int64, bool",
@@ -34,6 +45,16 @@ static bt_status check_tensor(const struct comm_request *r, const bt_tensor *t, 
         return comm_errorf(r->where, "%s has %lld elements, more than MPI's count limit %d", arg,
                            (long long)bt_numel(t), INT_MAX);
     return BT_OK;
+}
+
+/* in and out on the same side: both host (MPI) or both device (NCCL) */
+static bt_status check_same_place(const struct comm_request *r, const bt_tensor *in,
+                                  const bt_tensor *out) {
+    if (comm_is_device_tensor(in) == comm_is_device_tensor(out)) return BT_OK;
+    char a[32], b[32];
+    return comm_errorf(r->where, "in is on %s but out on %s",
+                       bt_device_name(in->storage->device, a, sizeof a),
+                       bt_device_name(out->storage->device, b, sizeof b));
 }
 
 static bt_status check_reduction(const struct comm_request *r, bt_dtype dtype, comm_op op) {
@@ -159,6 +180,10 @@ struct comm_request *comm_iallreduce(struct comm *c, bt_tensor *t, comm_op op) {
     if (check_tensor(r, t, "t") != BT_OK || check_reduction(r, t->dtype, op) != BT_OK)
         return discard(r);
     int64_t n = bt_numel(t);
+    if (comm_is_device_tensor(t)) {
+        if (comm_nccl_allreduce(r, c, bt_data(t), n, t->dtype, op) != BT_OK) return discard(r);
+        return count_started(c, r, COMM_KIND_ALLREDUCE, tensor_bytes(t));
+    }
     void *buf = comm_request_stage(r, t, true, true);
     if (!buf) return discard(r);
     if (!c->local && comm_mpi_iallreduce(r, c, buf, n, t->dtype, op) != BT_OK) return discard(r);
@@ -172,13 +197,18 @@ struct comm_request *comm_ireduce_scatter(struct comm *c, const bt_tensor *in, b
     if (!r) return NULL;
     if (check_tensor(r, in, "in") != BT_OK || check_tensor(r, out, "out") != BT_OK ||
         check_same_dtype(r, in, out) != BT_OK || check_reduction(r, in->dtype, op) != BT_OK ||
-        check_no_overlap(r, in, out) != BT_OK)
+        check_same_place(r, in, out) != BT_OK || check_no_overlap(r, in, out) != BT_OK)
         return discard(r);
     int64_t n = bt_numel(out);
     if (bt_numel(in) != c->size * n) {
         comm_errorf(r->where, "in has %lld elements, expected %d ranks x %lld (out) = %lld",
                     (long long)bt_numel(in), c->size, (long long)n, (long long)(c->size * n));
         return discard(r);
+    }
+    if (comm_is_device_tensor(in)) {
+        if (comm_nccl_reduce_scatter(r, c, bt_data(in), bt_data(out), n, out->dtype, op) != BT_OK)
+            return discard(r);
+        return count_started(c, r, COMM_KIND_REDUCE_SCATTER, tensor_bytes(in));
     }
     void *send = comm_request_stage(r, in, true, false);
     void *recv = send ? comm_request_stage(r, out, false, true) : NULL;
@@ -198,7 +228,7 @@ struct comm_request *comm_ireduce_scatter_v(struct comm *c, const bt_tensor *in,
     if (check_tensor(r, in, "in") != BT_OK || check_tensor(r, out, "out") != BT_OK ||
         check_same_dtype(r, in, out) != BT_OK || check_reduction(r, in->dtype, op) != BT_OK ||
         check_contiguous(r, in, "in") != BT_OK || check_contiguous(r, out, "out") != BT_OK ||
-        check_no_overlap(r, in, out) != BT_OK ||
+        check_same_place(r, in, out) != BT_OK || check_no_overlap(r, in, out) != BT_OK ||
         check_counts(r, c, counts, bt_numel(in), "in") != BT_OK)
         return discard(r);
     int64_t n = counts[c->rank];
@@ -206,6 +236,12 @@ struct comm_request *comm_ireduce_scatter_v(struct comm *c, const bt_tensor *in,
         comm_errorf(r->where, "out has %lld elements but counts[%d] = %lld",
                     (long long)bt_numel(out), c->rank, (long long)n);
         return discard(r);
+    }
+    if (comm_is_device_tensor(in)) {
+        if (comm_nccl_reduce_scatter_v(r, c, bt_data(in), bt_data(out), counts, out->dtype, op) !=
+            BT_OK)
+            return discard(r);
+        return count_started(c, r, COMM_KIND_REDUCE_SCATTER, tensor_bytes(in));
     }
     if (c->local)
         copy_elements(bt_data(out), bt_data(in), n, out->dtype);
@@ -227,7 +263,7 @@ struct comm_request *comm_iallgather(struct comm *c, const bt_tensor *in, bt_ten
     struct comm_request *r = comm_request_new(c, "allgather");
     if (!r) return NULL;
     if (check_tensor(r, in, "in") != BT_OK || check_tensor(r, out, "out") != BT_OK ||
-        check_same_dtype(r, in, out) != BT_OK)
+        check_same_dtype(r, in, out) != BT_OK || check_same_place(r, in, out) != BT_OK)
         return discard(r);
     int64_t n = bt_numel(in);
     if (bt_numel(out) != c->size * n) {
@@ -237,6 +273,12 @@ struct comm_request *comm_iallgather(struct comm *c, const bt_tensor *in, bt_ten
     }
     bool in_place = allgather_in_place(c, in, out);
     if (!in_place && check_no_overlap(r, in, out) != BT_OK) return discard(r);
+    if (comm_is_device_tensor(in)) {
+        if (comm_nccl_allgather(r, c, in_place ? NULL : bt_data(in), bt_data(out), n,
+                                in->dtype) != BT_OK)
+            return discard(r);
+        return count_started(c, r, COMM_KIND_ALLGATHER, tensor_bytes(out));
+    }
     void *send = in_place ? NULL : comm_request_stage(r, in, true, false);
     if (!in_place && !send) return discard(r);
     void *recv = comm_request_stage(r, out, false, true);
@@ -255,6 +297,11 @@ struct comm_request *comm_iallgather_v(struct comm *c, bt_tensor *buf, const int
     if (check_tensor(r, buf, "buf") != BT_OK || check_contiguous(r, buf, "buf") != BT_OK ||
         check_counts(r, c, counts, bt_numel(buf), "buf") != BT_OK)
         return discard(r);
+    if (comm_is_device_tensor(buf)) {
+        if (comm_nccl_allgather_v(r, c, bt_data(buf), counts, buf->dtype) != BT_OK)
+            return discard(r);
+        return count_started(c, r, COMM_KIND_ALLGATHER, tensor_bytes(buf));
+    }
     /* local: this rank's block is the whole buffer, already in place */
     if (!c->local && comm_mpi_iallgather_v(r, c, bt_data(buf), counts, buf->dtype) != BT_OK)
         return discard(r);
@@ -265,6 +312,11 @@ struct comm_request *comm_ibroadcast(struct comm *c, bt_tensor *t, int root) {
     struct comm_request *r = comm_request_new(c, "broadcast");
     if (!r) return NULL;
     if (check_tensor(r, t, "t") != BT_OK || check_root(r, c, root) != BT_OK) return discard(r);
+    if (comm_is_device_tensor(t)) {
+        if (comm_nccl_broadcast(r, c, bt_data(t), bt_numel(t), t->dtype, root) != BT_OK)
+            return discard(r);
+        return count_started(c, r, COMM_KIND_BROADCAST, tensor_bytes(t));
+    }
     bool is_root = c->rank == root;
     void *buf = comm_request_stage(r, t, is_root, !is_root);
     if (!buf) return discard(r);
@@ -278,6 +330,11 @@ struct comm_request *comm_isend(struct comm *c, const bt_tensor *t, int peer, in
     struct comm_request *r = comm_request_new(c, "send");
     if (!r) return NULL;
     if (check_tensor(r, t, "t") != BT_OK || check_peer(r, c, peer, tag) != BT_OK) return discard(r);
+    if (comm_is_device_tensor(t)) { /* NCCL: no tags, pairs' messages in order */
+        if (comm_nccl_send(r, c, bt_data(t), bt_numel(t), t->dtype, peer) != BT_OK)
+            return discard(r);
+        return count_started(c, r, COMM_KIND_SEND, tensor_bytes(t));
+    }
     void *buf = comm_request_stage(r, t, true, false);
     if (!buf || comm_mpi_isend(r, c, buf, bt_numel(t), t->dtype, peer, tag) != BT_OK)
         return discard(r);
@@ -288,6 +345,11 @@ struct comm_request *comm_irecv(struct comm *c, bt_tensor *t, int peer, int tag)
     struct comm_request *r = comm_request_new(c, "recv");
     if (!r) return NULL;
     if (check_tensor(r, t, "t") != BT_OK || check_peer(r, c, peer, tag) != BT_OK) return discard(r);
+    if (comm_is_device_tensor(t)) {
+        if (comm_nccl_recv(r, c, bt_data(t), bt_numel(t), t->dtype, peer) != BT_OK)
+            return discard(r);
+        return count_started(c, r, COMM_KIND_RECV, tensor_bytes(t));
+    }
     void *buf = comm_request_stage(r, t, false, true);
     if (!buf || comm_mpi_irecv(r, c, buf, bt_numel(t), t->dtype, peer, tag) != BT_OK)
         return discard(r);

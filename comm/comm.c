@@ -186,6 +186,7 @@ void comm_finalize(void) {
     if (rt->outstanding)
         fprintf(stderr, "braid: warning: comm_finalize: %s on group %s was never waited on\n",
                 rt->outstanding->op, rt->outstanding->group);
+    comm_nccl_free(rt->world);
     if (!rt->world->local && MPI_Comm_free(&rt->world->mpi) != MPI_SUCCESS)
         fprintf(stderr, "braid: warning: comm_finalize: MPI_Comm_free of the world failed\n");
     if (rt->owns_mpi && MPI_Finalize() != MPI_SUCCESS)
@@ -271,7 +272,8 @@ struct comm *comm_split(struct comm *parent, int color, int key, const char *nam
     }
     *c = (struct comm){.mpi = MPI_COMM_NULL, .local = true, .rank = 0, .size = 1};
     snprintf(c->name, sizeof c->name, "%s", name);
-    if (!parent->local && split_mpi(parent, color, key, c, where) != BT_OK) {
+    if ((!parent->local && split_mpi(parent, color, key, c, where) != BT_OK) ||
+        comm_nccl_split(parent, c, color, key, where) != BT_OK) {
         if (!c->local) MPI_Comm_free(&c->mpi);
         free(c);
         return NULL;
@@ -281,6 +283,7 @@ struct comm *comm_split(struct comm *parent, int color, int key, const char *nam
 
 void comm_free(struct comm *c) {
     if (!c || c == runtime.world) return;
+    comm_nccl_free(c);
     if (!c->local && MPI_Comm_free(&c->mpi) != MPI_SUCCESS)
         fprintf(stderr, "braid: warning: comm_free: MPI_Comm_free of group %s failed\n", c->name);
     free(c);

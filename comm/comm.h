@@ -44,6 +44,11 @@ int comm_size(const struct comm *c);
 const char *comm_name(const struct comm *c); /* "world", "dp", "tp", "pp", ... for messages */
 /* Collective over parent: ranks with the same color form a group, ordered by key. */
 struct comm *comm_split(struct comm *parent, int color, int key, const char *name);
+/* Device tensors on c and on the groups split from it later go through NCCL: makes c's NCCL
+ * communicator now (collective over c), so that comm_split derives its children's with
+ * ncclCommSplit. A group without one makes it on its first device operation. Needs the CUDA
+ * device in use (bt_cuda); an error naming why where braid has no CUDA. */
+bt_status comm_use_device(struct comm *c);
 void comm_free(struct comm *c); /* not the world */
 
 /* ---- collectives on CPU tensors ----

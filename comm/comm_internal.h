@@ -19,6 +19,7 @@ struct comm {
     int rank, size;
     char name[COMM_NAME_MAX];
     struct comm_traffic traffic[COMM_KIND_COUNT]; /* comm_traffic: started on this rank */
+    void *nccl; /* ncclComm_t for device tensors (nccl.c), NULL until made */
 };
 
 /* The comm state of the process: set up by comm_init, torn down by comm_finalize. */
@@ -73,6 +74,10 @@ struct comm_request {
     int n_stage;
     /* the _v variants' counts and displacements, which MPI reads until completion */
     int *mpi_counts;
+    /* device tensors (nccl.c): the event recorded after the NCCL operation, its communicator, and
+     * whether completing it failed (the message is then set) */
+    void *nccl_done, *nccl_comm;
+    bool nccl_failed;
 
     struct comm_request *prev, *next; /* the outstanding list */
     bool listed;
@@ -132,5 +137,32 @@ bt_status comm_mpi_isend(struct comm_request *r, const struct comm *c, const voi
 bt_status comm_mpi_irecv(struct comm_request *r, const struct comm *c, void *buf, int64_t n,
                          bt_dtype dtype, int peer, int tag);
 bt_status comm_mpi_ibarrier(struct comm_request *r, const struct comm *c);
+
+/* ---- the NCCL backend (nccl.c; nccl_absent.c where braid is built without CUDA): the same
+ * operations on contiguous device buffers, each setting r->nccl_done ---- */
+bool comm_is_device_tensor(const bt_tensor *t);
+/* at comm_split: the child's communicator split from the parent's, when the parent has one */
+bt_status comm_nccl_split(struct comm *parent, struct comm *child, int color, int key,
+                          const char *where);
+void comm_nccl_free(struct comm *c);
+bt_status comm_nccl_allreduce(struct comm_request *r, struct comm *c, void *buf, int64_t n,
+                              bt_dtype dtype, comm_op op);
+bt_status comm_nccl_reduce_scatter(struct comm_request *r, struct comm *c, const void *in,
+                                   void *out, int64_t n, bt_dtype dtype, comm_op op);
+bt_status comm_nccl_reduce_scatter_v(struct comm_request *r, struct comm *c, const void *in,
+                                     void *out, const int64_t *counts, bt_dtype dtype, comm_op op);
+bt_status comm_nccl_allgather(struct comm_request *r, struct comm *c, const void *in, void *out,
+                              int64_t n, bt_dtype dtype);
+bt_status comm_nccl_allgather_v(struct comm_request *r, struct comm *c, void *buf,
+                                const int64_t *counts, bt_dtype dtype);
+bt_status comm_nccl_broadcast(struct comm_request *r, struct comm *c, void *buf, int64_t n,
+                              bt_dtype dtype, int root);
+bt_status comm_nccl_send(struct comm_request *r, struct comm *c, const void *buf, int64_t n,
+                         bt_dtype dtype, int peer);
+bt_status comm_nccl_recv(struct comm_request *r, struct comm *c, void *buf, int64_t n,
+                         bt_dtype dtype, int peer);
+/* true once r's operation is over (r->nccl_failed, with the message set, if it failed) */
+bool comm_nccl_poll(struct comm_request *r);
+void comm_nccl_release(struct comm_request *r); /* its event */
 
 #endif

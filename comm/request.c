@@ -111,7 +111,7 @@ static void list_remove(struct comm_request *r) {
 struct comm_request *comm_request_started(struct comm_request *r) {
     if (r->mpi != MPI_REQUEST_NULL)
         list_add(r);
-    else
+    else if (!r->nccl_done) /* NCCL: polled through its event (poll_once) */
         r->complete = true; /* local: the work was done when it started */
     return r;
 }
@@ -122,6 +122,7 @@ void comm_request_free(struct comm_request *r) {
         free(r->stage[i].buf);
     free(r->mpi_counts);
     free(r->error);
+    comm_nccl_release(r);
     free(r);
 }
 
@@ -141,6 +142,10 @@ static void mark_complete(struct comm_request *r, int mpi_error, const char *cal
  * stop, and MPI_Request_free is not allowed on collective requests. */
 static void poll_once(struct comm_request *r) {
     if (r->complete) return;
+    if (r->nccl_done) {
+        if (comm_nccl_poll(r)) r->complete = true;
+        return;
+    }
     int flag = 0;
     MPI_Status status;
     int rc = MPI_Test(&r->mpi, &flag, &status);
@@ -181,7 +186,9 @@ static bt_status finish(struct comm_request *r) {
     }
     r->finished = true;
     bt_status st = BT_OK;
-    if (r->mpi_error != MPI_SUCCESS)
+    if (r->nccl_failed)
+        st = BT_ERR; /* comm_nccl_poll set the message */
+    else if (r->mpi_error != MPI_SUCCESS)
         st = comm_mpi_error(r->where, r->mpi_error, r->mpi_error_call, __FILE__, __LINE__);
     else if (r->recv_expected >= 0)
         st = check_recv_count(r);

@@ -107,6 +107,13 @@ struct bt_arena_stats bt_frame_stats(const struct bt_frame *f) {
     return bt_arena_stats(f ? f->arena : bt_runtime()->root_frame->arena);
 }
 
+bt_dtype bt_set_matmul_dtype(bt_dtype dtype) {
+    struct bt_runtime *rt = bt_runtime();
+    bt_dtype was = rt->matmul_dtype;
+    rt->matmul_dtype = dtype == BT_BF16 ? BT_BF16 : BT_F32;
+    return was;
+}
+
 void bt_manual_seed(uint64_t seed) {
     bt_runtime()->dropout_rng = bt_rng_make(seed);
 }

@@ -21,6 +21,9 @@ struct bt_runtime {
     struct bt_frame *frame;      /* the current frame */
     struct bt_frame *root_frame; /* the runtime's own, current unless another was entered */
     bool grad_enabled;
+    /* the dtype matmuls multiply in on a device (BT_F32, or BT_BF16 for mixed precision: operands
+     * rounded to bf16, products summed and written in float32); the cpu always uses float32 */
+    bt_dtype matmul_dtype;
     char error[BT_ERROR_MAX];
     bool has_error;
     const char *scopes[BT_SCOPE_MAX];
@@ -56,6 +59,10 @@ void bt_frame_reset(struct bt_frame *f);
 struct bt_arena_stats bt_frame_stats(const struct bt_frame *f);
 /* Free the runtime's memory (tests and tools call it before exit for leak checkers). */
 void bt_runtime_shutdown(void);
+/* Mixed precision for device matmuls (train.dtype: bfloat16): BT_F32 (the default) or BT_BF16;
+ * returns the previous one. Parameters, gradients, optimizer state and activations stay float32. */
+bt_dtype bt_set_matmul_dtype(bt_dtype dtype);
+
 /* Seed the dropout RNG (train.seed); its offset restarts at 0. */
 void bt_manual_seed(uint64_t seed);
 

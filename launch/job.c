@@ -36,22 +36,19 @@ bt_status job_check_supported(const struct braid_config *cfg) {
                             "was not found at build time; use cpu)");
         if (bt_cuda_device_count(why, sizeof why) == 0)
             return bt_error("train.device=cuda: no CUDA device visible (%s)", why);
-        /* one GPU per rank; ranks talk through MPI on host memory, so the device path waits
-         * for NCCL (comm/) before it spans more than one rank */
+        /* one GPU per rank; data parallelism reduces through NCCL (comm/nccl.c). Tensor and
+         * pipeline parallelism still move some tensors through host-only code. */
         const struct cfg_parallel *p = &cfg->parallel;
-        if (p->dp * p->tp * p->pp > 1)
-            return bt_error("train.device=cuda: parallel.dp=%lld tp=%lld pp=%lld: training on "
-                            "GPUs runs on one rank until the NCCL communicator is built (use "
-                            "dp=tp=pp=1, or cpu)",
-                            (long long)p->dp, (long long)p->tp, (long long)p->pp);
-        if (strcmp(cfg->train.dtype, "float32") != 0)
-            return bt_error("train.dtype=%s: GPU training runs in float32 until bf16 mixed "
-                            "precision is built",
-                            cfg->train.dtype);
-        return BT_OK;
+        if (p->tp * p->pp > 1)
+            return bt_error("train.device=cuda: parallel.tp=%lld pp=%lld: on GPUs braid trains "
+                            "data-parallel only so far (use parallel.dp, or cpu)",
+                            (long long)p->tp, (long long)p->pp);
+        return BT_OK; /* float32, or bfloat16: bf16 matmuls (core/cuda/matmul.cu) */
     }
     if (strcmp(cfg->train.dtype, "float32") != 0)
-        return bt_error("train.dtype=%s: CPU training runs in float32", cfg->train.dtype);
+        return bt_error("train.dtype=%s: CPU training runs in float32 (bfloat16 is for "
+                        "train.device=cuda)",
+                        cfg->train.dtype);
     return BT_OK;
 }
 

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "comm/comm.h"
+#include "core/backend.h"
 #include "core/cuda/cuda.h"
 #include "core/optim.h"
 #include "core/profile.h"
@@ -304,6 +305,7 @@ static bt_status setup(struct run *r) {
     r->device = bt_cpu();
     if (strcmp(cfg->train.device, "cuda") == 0) { /* one GPU per rank: the one of its local rank */
         r->device = bt_cuda(comm_local_rank());
+        if (strcmp(cfg->train.dtype, "bfloat16") == 0) bt_set_matmul_dtype(BT_BF16);
         for (int c = 0; c < r->n_chunks; c++)
             if (nn_module_to(r->chunks[c]->root, r->device) != BT_OK)
                 return bt_error_prefix("train.device=cuda");
@@ -384,9 +386,9 @@ static bt_status setup_parallel(struct run *r) {
            (long long)data_loader_windows(r->train_data), (long long)T, r->peak_flops / 1e9);
     if (r->device.type != BT_DEVICE_CPU) {
         char name[32], desc[160];
-        printf("device: %s, %s (the peak above: its float32 matmul, cuBLASLt)\n",
+        printf("device: %s, %s, %s matmuls (the peak above: that matmul's rate, cuBLASLt)\n",
                bt_device_name(r->device, name, sizeof name),
-               bt_cuda_device_description(desc, sizeof desc));
+               bt_cuda_device_description(desc, sizeof desc), cfg->train.dtype);
     }
     if (r->grid.tp > 1)
         printf("tensor parallel: tp=%d, %lld of the parameters on each rank%s\n", r->grid.tp,
@@ -556,6 +558,8 @@ static bt_status evaluate(struct run *r, double *val_loss) {
     }
     train_mode(r, true);
     bt_set_grad_enabled(grad_mode);
+    if (status == BT_OK && r->device.type != BT_DEVICE_CPU && bt_cuda_synchronize() != BT_OK)
+        status = BT_ERR;
     if (status == BT_OK && r->grid.dp > 1 &&
         comm_allreduce_doubles(r->grid.dp_group, &sum, 1, COMM_SUM) != BT_OK)
         status = BT_ERR;
@@ -631,6 +635,8 @@ static bt_status train_step(struct run *r, int64_t step, double lr, double *loss
         comm_allreduce_doubles(r->grid.world_group, &sums[1], 1, COMM_MAX) != BT_OK)
         return BT_ERR;
     bt_profile_mark("step", "dp finish, loss sums");
+    /* a failed kernel reads as a NaN loss: say what failed, not "diverged" */
+    if (r->device.type != BT_DEVICE_CPU && bt_cuda_synchronize() != BT_OK) return BT_ERR;
     return finish_step(r, step, lr, sums, loss_out, norm_out, stop);
 }
 
@@ -848,6 +854,14 @@ int cmd_train(int argc, char **argv) {
         config_failed = ok == 0.0;
     } else if (config_failed) {
         cli_error("%s", bt_last_error());
+    }
+    /* on GPUs: the rank's device, and NCCL on the world before the grid splits it (the groups'
+     * communicators come from ncclCommSplit) */
+    if (!config_failed && strcmp(r.cfg.train.device, "cuda") == 0 && size > 1 &&
+        (!bt_backend_for(bt_cuda(comm_local_rank()), "train.device=cuda") ||
+         comm_use_device(world) != BT_OK)) {
+        cli_error("rank %d: %s", rank, bt_last_error());
+        comm_abort(1);
     }
     if (config_failed) {
         status = 2;

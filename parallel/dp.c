@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "comm/shard.h"
+#include "core/backend.h"
 #include "core/autograd.h"
 #include "core/optim.h"
 #include "parallel/grid.h"
@@ -37,6 +38,7 @@ struct dp {
     struct comm *group;
     int rank, size;
     bool zero1;
+    bt_device device; /* the parameters', and so the buckets' */
     int n;
     struct dp_param *params;
     int *order; /* parameter indices, last first: the order their gradients become final */
@@ -98,7 +100,7 @@ static bt_status make_buckets(struct dp *d, int64_t bucket_bytes) {
             b->count++;
             k++;
         }
-        if (!(b->buffer = bt_tensor_new(BT_SHAPE(numel), BT_F32, bt_cpu()))) return BT_ERR;
+        if (!(b->buffer = bt_tensor_new(BT_SHAPE(numel), BT_F32, d->device))) return BT_ERR;
         if (!d->zero1 && grads_in_bucket(d, b) != BT_OK) return BT_ERR;
         if (d->zero1) {
             if (!(b->counts = calloc((size_t)d->size, sizeof *b->counts)))
@@ -110,7 +112,7 @@ static bt_status make_buckets(struct dp *d, int64_t bucket_bytes) {
                     b->counts[r] += hi - lo;
                 }
             int64_t mine = b->counts[d->rank];
-            if (!(b->received = bt_tensor_new(BT_SHAPE(mine ? mine : 1), BT_F32, bt_cpu())))
+            if (!(b->received = bt_tensor_new(BT_SHAPE(mine ? mine : 1), BT_F32, d->device)))
                 return BT_ERR;
         }
         d->n_buckets++;
@@ -223,11 +225,19 @@ struct dp *dp_create(struct comm *group, const struct nn_param_list *params,
         bt_error("data parallel: out of memory");
         goto fail;
     }
+    d->device = d->n ? params->tensors[0]->storage->device : bt_cpu();
     for (int i = 0; i < d->n; i++) {
         bt_tensor *t = params->tensors[i];
         if (t->dtype != BT_F32 || !t->persistent || !bt_is_contiguous(t)) {
             bt_error("data parallel: parameter %s must be a contiguous persistent float32 tensor",
                      params->names[i]);
+            goto fail;
+        }
+        if (!bt_device_equal(t->storage->device, d->device)) {
+            char a[32], b[32];
+            bt_error("data parallel: parameter %s is on %s, %s on %s: all on one device",
+                     params->names[i], bt_device_name(t->storage->device, a, sizeof a),
+                     params->names[0], bt_device_name(d->device, b, sizeof b));
             goto fail;
         }
         struct dp_param *p = &d->params[i];
@@ -299,17 +309,21 @@ void dp_zero_grad(struct dp *d) {
  * member, for the reduce-scatter. A parameter the backward did not reach counts as zeros. */
 static void pack(struct dp *d, struct bucket *b) {
     if (!d->zero1) return; /* the gradients are the buffer already */
+    const struct bt_backend *be = bt_backend_for(d->device, "data parallel");
+    if (!be) return; /* the device failed: the reduction's start reports it */
     float *out = bt_f32(b->buffer);
     for (int r = 0; r < d->size; r++)
         for (int j = 0; j < b->count; j++) {
             struct dp_param *p = &d->params[d->order[b->first + j]];
-            int64_t lo, hi;
+            int64_t lo, hi, n;
             owned(d, p, r, &lo, &hi);
-            if (p->t->grad)
-                memcpy(out, bt_f32(p->t->grad) + lo, (size_t)(hi - lo) * sizeof *out);
+            n = hi - lo;
+            if (p->t->grad) /* a contiguous copy on the gradients' device */
+                be->copy_strided(out, BT_F32, bt_f32(p->t->grad) + lo, BT_F32, 1, &n,
+                                 (const int64_t[]){1});
             else
-                memset(out, 0, (size_t)(hi - lo) * sizeof *out);
-            out += hi - lo;
+                be->fill(out, BT_F32, n, 0.0);
+            out += n;
         }
 }
 

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "core/backend.h"
 #include "core/optim.h"
 
 void grid_coords(int rank, int dp, int tp, int pp, int *dp_rank, int *tp_rank, int *pp_rank) {
@@ -53,13 +54,12 @@ void grid_free(struct grid *g) {
     g->pp_group = g->tp_group = g->dp_group = NULL;
 }
 
-/* sum of squares of g's elements, in double */
+/* sum of squares of g's elements, in double, by g's device (NaN if that fails) */
 static double sum_squares(const bt_tensor *g) {
+    const struct bt_backend *be = bt_backend_for(g->storage->device, "grad_norm");
     const float *x = bt_f32(g);
-    double s = 0.0;
-    for (int64_t k = 0, n = bt_numel(g); k < n; k++)
-        s += (double)x[k] * (double)x[k];
-    return s;
+    int64_t n = bt_numel(g);
+    return be ? be->sum_squares(&x, &n, 1) : NAN;
 }
 
 static bool spans(struct comm *c) {
@@ -93,9 +93,10 @@ double grid_clip_grad_norm(const struct nn_param_list *params,
     if (coef >= 1.0) return norm;
     const float fscale = (float)coef; /* as optim_clip_grad_norm */
     for (int64_t i = 0; i < params->count; i++) {
-        float *x = bt_f32(params->tensors[i]->grad);
-        for (int64_t k = 0, n = bt_numel(params->tensors[i]->grad); k < n; k++)
-            x[k] *= fscale;
+        bt_tensor *g = params->tensors[i]->grad;
+        const struct bt_backend *be = bt_backend_for(g->storage->device, "clip_grad_norm");
+        if (!be) return -1.0;
+        be->unary(BT_UN_MUL_SCALAR, bt_f32(g), bt_f32(g), bt_numel(g), fscale);
     }
     return norm;
 }

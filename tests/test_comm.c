@@ -608,7 +608,7 @@ MPI_TEST(test_errors_dtype_and_op) {
     bt_tensor gpu = *f;
     gpu.storage = &gpu_storage;
     ck_assert_int_eq(comm_allreduce(world(), &gpu, COMM_SUM), BT_ERR);
-    assert_error("allreduce", "t is on cuda:0; comm moves CPU tensors only");
+    assert_error("allreduce", "t is on cuda:0, but this process drives no CUDA device");
 }
 
 MPI_TEST(test_errors_shapes) {

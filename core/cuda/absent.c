@@ -29,6 +29,10 @@ const char *bt_cuda_device_description(char *buf, size_t size) {
     return buf;
 }
 
+void *bt_cuda_stream_handle(void) {
+    return NULL;
+}
+
 bt_status bt_cuda_synchronize(void) {
     return BT_OK;
 }

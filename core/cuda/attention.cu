@@ -68,8 +68,8 @@ void bt_cuda_attention(float *out, float *lse, const float *q, const float *k, c
     int64_t rows = B * NH * T;
     if (rows == 0) return;
     if (hs > 32 * MAX_PER_LANE) {
-        bt_error("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
-                 32 * MAX_PER_LANE);
+        bt_cuda_fail("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
+                     32 * MAX_PER_LANE);
         return;
     }
     attention_forward_kernel<<<(unsigned)((rows + WARPS - 1) / WARPS), 32 * WARPS, 0,
@@ -170,8 +170,8 @@ void bt_cuda_attention_backward(float *dq, float *dk, float *dv, const float *do
     int64_t rows = B * NH * T, kv_rows = B * NKV * T;
     if (rows == 0) return;
     if (hs > 32 * MAX_PER_LANE) {
-        bt_error("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
-                 32 * MAX_PER_LANE);
+        bt_cuda_fail("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
+                     32 * MAX_PER_LANE);
         return;
     }
     float *D = (float *)bt_cuda_scratch((size_t)rows * sizeof(float));

@@ -5,8 +5,9 @@
 #ifndef BRAID_CORE_CUDA_CHECK_H
 #define BRAID_CORE_CUDA_CHECK_H
 
-#include <cublasLt.h>
 #include <cuda_runtime.h>
+
+#include "core/cuda/cublaslt.h"
 
 extern "C" {
 #include "core/error.h"
@@ -14,6 +15,12 @@ extern "C" {
 
 bool bt_cuda_failed_(const char *library, const char *call, const char *what, const char *file,
                      int line);
+/* A backend function that cannot do its work (no algorithm, a size the kernel does not take, no
+ * scratch): its output is not written, so the device is marked unusable with this message, and
+ * every later op fails with it. Returns false. */
+bool bt_cuda_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* no failure so far (host copies check it before using what they copied) */
+bool bt_cuda_ok(void);
 
 static inline bool bt_cuda_check_(cudaError_t e, const char *call, const char *file, int line) {
     return e == cudaSuccess || bt_cuda_failed_("CUDA", call, cudaGetErrorString(e), file, line);

@@ -4,7 +4,6 @@
 #ifndef BRAID_CORE_CUDA_COMMON_CUH
 #define BRAID_CORE_CUDA_COMMON_CUH
 
-#include <cublasLt.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 

@@ -28,8 +28,12 @@ const struct bt_backend *bt_cuda_backend_for(int index, const char *op);
 int bt_cuda_current_device(void);
 /* "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" of the device in use, or "" */
 const char *bt_cuda_device_description(char *buf, size_t size);
-/* Blocks for all the work queued on the device's stream; BT_ERR with a message naming the
- * failed kernel's error if one failed */
+/* The process's compute stream (a cudaStream_t), for libraries that order their work after it
+ * (NCCL in comm/); NULL before the device is in use */
+void *bt_cuda_stream_handle(void);
+/* Blocks for all the work queued on the device's stream; BT_ERR with the message of the first
+ * failure on the device. An asynchronous fault (a bad address in a kernel) is reported by the
+ * first call that meets it, not by the kernel that caused it: CUDA_LAUNCH_BLOCKING=1 finds that. */
 bt_status bt_cuda_synchronize(void);
 
 /* The caching allocator: device memory is taken from the driver once and reused, so a

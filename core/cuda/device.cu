@@ -1,5 +1,6 @@
 /* The process's CUDA device: choosing it, its stream and cuBLASLt handle, failure reporting, and
  * the caching allocator every device buffer comes from. */
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +34,24 @@ bool bt_cuda_failed_(const char *library, const char *call, const char *what, co
     return false;
 }
 
+bool bt_cuda_fail(const char *fmt, ...) {
+    char msg[400];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (!dev.broken) {
+        dev.broken = true;
+        snprintf(dev.broken_message, sizeof dev.broken_message, "%s", msg);
+    }
+    bt_error("cuda:%d: %s", dev.device, msg);
+    return false;
+}
+
+bool bt_cuda_ok(void) {
+    return !dev.broken;
+}
+
 extern "C" bool bt_cuda_built(void) {
     return true;
 }
@@ -62,6 +81,10 @@ static bool init_device(int index, const char *op) {
                  index, n, getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "");
         return false;
     }
+    if (!bt_cublaslt_load(why, sizeof why)) {
+        bt_error("%s: device cuda:%d is not available: %s", op, index, why);
+        return false;
+    }
     dev.device = index;
     if (!BT_CUDA_CHECK(cudaSetDevice(index)) ||
         !BT_CUDA_CHECK(cudaStreamCreateWithFlags(&dev.stream, cudaStreamNonBlocking)) ||
@@ -70,6 +93,10 @@ static bool init_device(int index, const char *op) {
     dev.workspace = bt_cuda_malloc(GEMM_WORKSPACE);
     if (!dev.workspace) {
         bt_error("%s: out of device memory for cuBLASLt's %zu-byte workspace", op, GEMM_WORKSPACE);
+        cublasLtDestroy(dev.lt);
+        cudaStreamDestroy(dev.stream);
+        dev.lt = NULL;
+        dev.stream = NULL;
         return false;
     }
     dev.workspace_bytes = GEMM_WORKSPACE;
@@ -118,6 +145,10 @@ extern "C" bt_status bt_cuda_synchronize(void) {
     return BT_CUDA_CHECK(cudaStreamSynchronize(dev.stream)) ? BT_OK : BT_ERR;
 }
 
+extern "C" void *bt_cuda_stream_handle(void) {
+    return dev.device >= 0 ? (void *)dev.stream : NULL;
+}
+
 cudaStream_t bt_cuda_stream(void) {
     return dev.stream;
 }
@@ -137,8 +168,8 @@ void *bt_cuda_scratch(size_t nbytes) {
         size_t want = nbytes + nbytes / 2;
         dev.scratch = bt_cuda_malloc(want);
         dev.scratch_bytes = dev.scratch ? want : 0;
-        if (!dev.scratch) {
-            bt_error("cuda:%d: out of device memory for %zu bytes of scratch", dev.device, want);
+        if (!dev.scratch) { /* the caller's kernel cannot run: later ops must not use its output */
+            bt_cuda_fail("out of device memory for %zu bytes of scratch", want);
             return NULL;
         }
     }
@@ -164,6 +195,8 @@ static struct {
     size_t in_use, peak, reserved;
     uint64_t mallocs;
 } cache;
+
+static bool shut_down_once; /* blocks handed out before it are unknown to the new table */
 
 static size_t round_size(size_t n) {
     if (n == 0) n = 1;
@@ -245,14 +278,17 @@ extern "C" void *bt_cuda_malloc(size_t nbytes) {
         }
     }
     void *p = NULL;
-    if (cudaMalloc(&p, size) != cudaSuccess) {
+    cudaError_t e = cudaMalloc(&p, size);
+    if (e == cudaErrorMemoryAllocation) {
         cudaGetLastError(); /* out of memory is not sticky */
         release_cached();
-        if (cudaMalloc(&p, size) != cudaSuccess) {
+        e = cudaMalloc(&p, size);
+        if (e == cudaErrorMemoryAllocation) {
             cudaGetLastError();
-            return NULL;
+            return NULL; /* the caller says out of memory, with sizes */
         }
     }
+    if (!BT_CUDA_CHECK(e)) return NULL; /* not memory: e.g. an earlier kernel's fault */
     if (!table_insert(p, size)) {
         cudaFree(p);
         return NULL;
@@ -267,6 +303,7 @@ extern "C" void *bt_cuda_malloc(size_t nbytes) {
 extern "C" void bt_cuda_free(void *ptr) {
     if (!ptr || !cache.cap) return; /* NULL, or after bt_cuda_shutdown gave everything back */
     struct block *b = table_find(ptr);
+    if (!b && shut_down_once) return; /* a block of before bt_cuda_shutdown: already given back */
     if (!b || !b->in_use) {
         fprintf(stderr, "braid: internal error: bt_cuda_free of %p, not a live device block\n",
                 ptr);
@@ -280,9 +317,13 @@ extern "C" struct bt_cuda_memory_stats bt_cuda_memory_stats(void) {
     return (struct bt_cuda_memory_stats){cache.in_use, cache.peak, cache.reserved, cache.mallocs};
 }
 
+void bt_cuda_gemm_release_plans(void); /* matmul.cu */
+
 extern "C" void bt_cuda_shutdown(void) {
     if (dev.device < 0) return;
     cudaStreamSynchronize(dev.stream);
+    bt_cuda_gemm_release_plans();
+    shut_down_once = true;
     if (dev.lt) cublasLtDestroy(dev.lt);
     if (dev.stream) cudaStreamDestroy(dev.stream);
     for (size_t i = 0; i < cache.cap; i++)

@@ -37,15 +37,24 @@ __global__ void embedding_backward_kernel(float *dweight, const float *dout,
 void bt_cuda_embedding_backward(float *dweight, const float *dout, const int64_t *idx, int64_t N,
                                 int64_t C, int64_t V) {
     if (N == 0 || C == 0) return;
-    int64_t *host_idx = (int64_t *)malloc((size_t)N * sizeof(int64_t));
+    int64_t *host_idx = (int64_t *)calloc((size_t)N, sizeof(int64_t));
     int64_t *count = (int64_t *)calloc((size_t)V + 1, sizeof(int64_t));
     int64_t *plan = (int64_t *)malloc((size_t)(2 * N + 1 + N) * sizeof(int64_t));
     if (!host_idx || !count || !plan) {
         free(host_idx), free(count), free(plan);
-        bt_error("embedding backward: out of memory for the %lld positions' plan", (long long)N);
+        bt_cuda_fail("embedding backward: out of memory for the %lld positions' plan",
+                     (long long)N);
         return;
     }
     bt_cuda_to_host(host_idx, idx, (size_t)N * sizeof(int64_t));
+    for (int64_t n = 0; n < N && bt_cuda_ok(); n++) /* the front end range-checked them */
+        if (host_idx[n] < 0 || host_idx[n] >= V)
+            bt_cuda_fail("embedding backward: index %lld at %lld outside [0, %lld)",
+                         (long long)host_idx[n], (long long)n, (long long)V);
+    if (!bt_cuda_ok()) {
+        free(host_idx), free(count), free(plan);
+        return;
+    }
     for (int64_t n = 0; n < N; n++)
         count[host_idx[n]]++;
     int64_t U = 0;

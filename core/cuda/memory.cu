@@ -1,4 +1,6 @@
 /* CUDA memory kernels: strided copies with dtype conversion, fills, host transfers. */
+#include <string.h>
+
 #include "core/cuda/kernels.cuh"
 
 static bool contiguous(int ndim, const int64_t *shape, const int64_t *strides) {
@@ -62,12 +64,16 @@ void bt_cuda_fill(void *dst, bt_dtype dtype, int64_t n, double value) {
     BT_CUDA_LAUNCHED("fill_kernel");
 }
 
-/* Both wait for the copy: the host buffer may be reused as soon as they return */
+/* Both wait for the copy: the host buffer may be reused as soon as they return. A failed copy to
+ * the host leaves 0xff bytes there (NaN as float, -1 as int64), never stale memory; the error is
+ * set and the device marked unusable. */
 void bt_cuda_to_host(void *host_dst, const void *src, size_t nbytes) {
     if (!nbytes) return;
-    if (BT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, nbytes, cudaMemcpyDeviceToHost,
-                                      bt_cuda_stream())))
-        BT_CUDA_CHECK(cudaStreamSynchronize(bt_cuda_stream()));
+    bool ok = bt_cuda_ok() && BT_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, nbytes,
+                                                            cudaMemcpyDeviceToHost,
+                                                            bt_cuda_stream())) &&
+              BT_CUDA_CHECK(cudaStreamSynchronize(bt_cuda_stream()));
+    if (!ok) memset(host_dst, 0xff, nbytes);
 }
 
 void bt_cuda_from_host(void *dst, const void *host_src, size_t nbytes) {

@@ -13,13 +13,13 @@ __global__ void layernorm_kernel(float *out, float *mean, float *rstd, const flo
     float s = 0.0f;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x)
         s += xr[c];
-    float m = bt_block_sum(s, shared) / (float)C;
+    float m = C ? bt_block_sum(s, shared) / (float)C : 0.0f; /* C = 0: the CPU's m = 0 */
     float v = 0.0f;
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
         float d = xr[c] - m;
         v += d * d;
     }
-    float r = 1.0f / sqrtf(bt_block_sum(v, shared) / (float)C + eps);
+    float r = 1.0f / sqrtf((C ? bt_block_sum(v, shared) / (float)C : 0.0f) + eps);
     for (int64_t c = threadIdx.x; c < C; c += blockDim.x) {
         float y = (xr[c] - m) * r;
         if (w) y = y * w[c];
@@ -90,13 +90,13 @@ __global__ void norm_param_grad_kernel(float *dw, float *db, const float *dout, 
 void bt_cuda_layernorm_backward(float *dx, float *dw, float *db, const float *dout, const float *x,
                                 const float *w, const float *mean, const float *rstd, int64_t N,
                                 int64_t C, float beta_x, float beta_w, float beta_b) {
-    if (N == 0 || C == 0) return;
-    if (dx) {
+    if (C == 0) return;
+    if (dx && N > 0) {
         norm_dx_kernel<<<(unsigned)N, NORM_THREADS, 0, bt_cuda_stream()>>>(
             dx, dout, x, w, mean, rstd, C, false, beta_x != 0.0f);
         if (!BT_CUDA_LAUNCHED("norm_dx_kernel")) return;
     }
-    if (dw || db) {
+    if (dw || db) { /* N = 0: the sums are 0, written when beta is 0 (as the CPU) */
         norm_param_grad_kernel<<<(unsigned)((C + 31) / 32), dim3(32, 16), 0, bt_cuda_stream()>>>(
             dw, db, dout, x, mean, rstd, N, C, false, beta_w, beta_b);
         BT_CUDA_LAUNCHED("norm_param_grad_kernel");
@@ -127,8 +127,8 @@ void bt_cuda_rmsnorm(float *out, float *rstd, const float *x, const float *w, in
 void bt_cuda_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
                               const float *w, const float *rstd, int64_t N, int64_t C,
                               float beta_x, float beta_w) {
-    if (N == 0 || C == 0) return;
-    if (dx) {
+    if (C == 0) return;
+    if (dx && N > 0) {
         norm_dx_kernel<<<(unsigned)N, NORM_THREADS, 0, bt_cuda_stream()>>>(
             dx, dout, x, w, NULL, rstd, C, true, beta_x != 0.0f);
         if (!BT_CUDA_LAUNCHED("norm_dx_kernel")) return;

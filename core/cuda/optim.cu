@@ -32,7 +32,8 @@ void bt_cuda_adamw(const struct bt_adamw_span *spans, int64_t n_spans, float gra
     char *dev = (char *)bt_cuda_scratch(bytes);
     if (!host || !dev) {
         free(host);
-        if (dev) bt_error("adamw: out of memory for the table of %lld chunks", (long long)n_chunks);
+        if (dev) bt_cuda_fail("adamw: out of memory for the table of %lld chunks",
+                              (long long)n_chunks);
         return;
     }
     memcpy(host, spans, (size_t)n_spans * sizeof *spans);

@@ -6,6 +6,18 @@
 
 #include "core/cuda/kernels.cuh"
 
+/* The CPU's answer is element 0 if it is NaN, else the first index of the largest non-NaN value
+ * (it takes element 0 whatever it is, then only strictly greater ones). Whether candidate (v, k)
+ * replaces (best, at) under that rule, in any merge order; at == dim: no candidate yet. A NaN
+ * other than element 0 is never a candidate. */
+__device__ static inline bool max_better(float v, int64_t k, float best, int64_t at,
+                                         int64_t dim) {
+    if (at == dim) return true;
+    if (k == 0 && isnan(v)) return true;
+    if (at == 0 && isnan(best)) return false;
+    return v > best || (v == best && k < at);
+}
+
 /* inner == 1: one block per row, a block sum in double (as the CPU: losses, norms) */
 __global__ void reduce_rows_kernel(bt_reduce_op op, float *out, int64_t *argmax, const float *x,
                                    int64_t dim) {
@@ -13,22 +25,23 @@ __global__ void reduce_rows_kernel(bt_reduce_op op, float *out, int64_t *argmax,
     __shared__ float maxes[32];
     __shared__ int64_t ats[32];
     const float *row = x + (int64_t)blockIdx.x * dim;
-    if (op == BT_RED_MAX) { /* the first position of the maximum, as the CPU */
-        float best = -FLT_MAX;
-        int64_t at = dim;
+    if (op == BT_RED_MAX) { /* the CPU's answer: element 0, then the first strictly greater */
+        float best = -INFINITY;
+        int64_t at = dim; /* dim: this thread has no candidate */
         for (int64_t k = threadIdx.x; k < dim; k += blockDim.x)
-            if (row[k] > best || at == dim) best = row[k], at = k;
+            if ((k == 0 || !isnan(row[k])) && max_better(row[k], k, best, at, dim))
+                best = row[k], at = k;
         for (int o = 16; o > 0; o >>= 1) {
             float b = __shfl_xor_sync(0xffffffffu, best, o);
             int64_t a = __shfl_xor_sync(0xffffffffu, at, o);
-            if (b > best || (b == best && a < at)) best = b, at = a;
+            if (a < dim && max_better(b, a, best, at, dim)) best = b, at = a;
         }
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
         if (lane == 0) maxes[warp] = best, ats[warp] = at;
         __syncthreads();
         if (threadIdx.x == 0) {
             for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-                if (maxes[w] > best || (maxes[w] == best && ats[w] < at))
+                if (ats[w] < dim && max_better(maxes[w], ats[w], best, at, dim))
                     best = maxes[w], at = ats[w];
             out[blockIdx.x] = dim ? best : -FLT_MAX;
             if (argmax) argmax[blockIdx.x] = at == dim ? 0 : at;
@@ -185,7 +198,7 @@ double bt_cuda_sum_squares(const float *const *xs, const int64_t *ns, int64_t n)
     sum_partials_kernel<<<1, 1024, 0, bt_cuda_stream()>>>(partials + n_partials, partials,
                                                           n_partials);
     if (!BT_CUDA_LAUNCHED("sum_partials_kernel")) return NAN;
-    double total = 0.0;
+    double total = NAN; /* stays NaN (0xff bytes) if the copy fails */
     bt_cuda_to_host(&total, partials + n_partials, sizeof total);
     return total;
 }

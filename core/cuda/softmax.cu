@@ -16,9 +16,9 @@ __global__ void softmax_rows_kernel(float *out, const float *x, int64_t dim, boo
     for (int64_t k = threadIdx.x; k < dim; k += blockDim.x)
         s += expf(xr[k] - mx);
     s = bt_block_sum(s, shared);
-    float lse = mx + logf(s);
-    for (int64_t k = threadIdx.x; k < dim; k += blockDim.x)
-        yr[k] = log_ ? xr[k] - lse : expf(xr[k] - mx) / s;
+    float log_s = logf(s);
+    for (int64_t k = threadIdx.x; k < dim; k += blockDim.x) /* (x - max) - log s, as the CPU */
+        yr[k] = log_ ? (xr[k] - mx) - log_s : expf(xr[k] - mx) / s;
 }
 
 __global__ void softmax_cols_kernel(float *out, const float *x, int64_t outer, int64_t dim,
@@ -34,9 +34,9 @@ __global__ void softmax_cols_kernel(float *out, const float *x, int64_t outer, i
         float s = 0.0f;
         for (int64_t k = 0; k < dim; k++)
             s += expf(xb[k * inner] - mx);
-        float lse = mx + logf(s);
+        float log_s = logf(s);
         for (int64_t k = 0; k < dim; k++)
-            yb[k * inner] = log_ ? xb[k * inner] - lse : expf(xb[k * inner] - mx) / s;
+            yb[k * inner] = log_ ? (xb[k * inner] - mx) - log_s : expf(xb[k * inner] - mx) / s;
     }
 }
 

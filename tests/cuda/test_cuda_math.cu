@@ -11,6 +11,7 @@ extern "C" {
 #include "core/dtype_convert.h"
 #include "tests/gradcheck.h"
 }
+#include "core/cuda/cublaslt.h"
 #include "core/cuda/kernel_math.h"
 
 static float uniform(uint64_t seed, uint64_t i, float lo, float hi) {
@@ -310,6 +311,22 @@ START_TEST(test_optimizer_updates_match_cpu) {
 }
 END_TEST
 
+/* cuBLASLt is loaded at run time: the library and every entry braid calls are found, and the
+ * host-side objects of a matmul plan can be made (no GPU needed for those) */
+START_TEST(test_cublaslt_loads) {
+    char why[512] = "";
+    ck_assert_msg(bt_cublaslt_load(why, sizeof why), "%s", why);
+    ck_assert_str_eq(cublasLtGetStatusString(CUBLAS_STATUS_SUCCESS), "success");
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t l;
+    ck_assert_int_eq(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+                     CUBLAS_STATUS_SUCCESS);
+    ck_assert_int_eq(cublasLtMatrixLayoutCreate(&l, CUDA_R_16BF, 64, 32, 64), CUBLAS_STATUS_SUCCESS);
+    ck_assert_int_eq(cublasLtMatrixLayoutDestroy(l), CUBLAS_STATUS_SUCCESS);
+    ck_assert_int_eq(cublasLtMatmulDescDestroy(op), CUBLAS_STATUS_SUCCESS);
+}
+END_TEST
+
 static Suite *make_suite(void) {
     Suite *s = suite_create("cuda_math");
     bt_suite_add(s, test_dtype_conversions_match_cpu);
@@ -320,6 +337,7 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_rope_matches_cpu);
     bt_suite_add(s, test_attention_recurrence_matches_cpu);
     bt_suite_add(s, test_optimizer_updates_match_cpu);
+    bt_suite_add(s, test_cublaslt_loads);
     return s;
 }
 

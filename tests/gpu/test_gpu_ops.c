@@ -1,5 +1,6 @@
 /* The CUDA backend against the CPU backend: every op's forward and backward on the same inputs
- * (float32: within 1e-5 of the output's largest element), the caching allocator and the device
+ * (float32: within 1e-5 of the output's largest element; bf16 matmuls: 2e-2), the caching
+ * allocator and the device
  * step arena, errors on bad device use, and a few AdamW training steps of a small GPT and LLaMA
  * moved to the GPU with nn_module_to. Label gpu; where no GPU is visible the whole suite exits 77,
  * which CTest reports as "skipped", never as passed. */
@@ -15,6 +16,7 @@
 #include "tests/model_check.h"
 
 #define FP32_TOL 1e-5
+#define BF16_TOL 2e-2 /* bf16 keeps 8 bits of mantissa */
 
 static bt_device gpu(void) {
     return bt_cuda(0);
@@ -191,6 +193,20 @@ START_TEST(test_rope_and_attention_match_cpu) {
 }
 END_TEST
 
+/* mixed precision: matmuls with bf16 operands and float32 sums, against the cpu's float32 */
+START_TEST(test_bf16_matmuls_match_cpu) {
+    bt_set_matmul_dtype(BT_BF16);
+    bt_tensor *in[3] = {test_param(BT_SHAPE(2, 64, 384), 13, -1, 1),
+                        test_param(BT_SHAPE(1152, 384), 14, -0.05f, 0.05f),
+                        test_param(BT_SHAPE(1152), 15, -0.1f, 0.1f)};
+    twin("bf16 linear", op_linear, in, 3, NULL, BF16_TOL);
+    bt_tensor *in2[2] = {test_param(BT_SHAPE(3, 33, 17), 11, -1, 1),
+                         test_param(BT_SHAPE(3, 33, 9), 12, -1, 1)};
+    twin("bf16 matmul transposed", op_matmul_transposed, in2, 2, NULL, BF16_TOL);
+    bt_set_matmul_dtype(BT_F32);
+}
+END_TEST
+
 /* dropout draws the same mask on both devices: the counter-based RNG */
 START_TEST(test_dropout_matches_cpu) {
     bt_tensor *x = test_param(BT_SHAPE(100, 100), 28, -1, 1);
@@ -240,7 +256,8 @@ END_TEST
 
 /* a few AdamW steps of a model on the cpu and the same model moved to the gpu: losses and
  * parameters agree (float32; the reassociation of sums compounds a little over the steps) */
-static void train_twins(struct model_config cfg) {
+static void train_twins(struct model_config cfg, bt_dtype matmul_dtype) {
+    double tol = matmul_dtype == BT_BF16 ? BF16_TOL : 1e-5;
     struct model *mc = model_check_create(&cfg, 42), *mg = model_check_create(&cfg, 42);
     ck_assert_int_eq(nn_module_to(mg->root, gpu()), BT_OK);
     struct nn_param_list pc, pg;
@@ -260,22 +277,25 @@ static void train_twins(struct model_config cfg) {
         optim_zero_grad(opt_c);
         optim_zero_grad(opt_g);
         bt_tensor *lc = model_forward(mc, idx, tgt, NULL);
+        bt_dtype was = bt_set_matmul_dtype(matmul_dtype);
         bt_tensor *lg = model_forward(mg, bt_to_device(idx, gpu()), bt_to_device(tgt, gpu()), NULL);
         ck_assert_msg(lc && lg, "%s", bt_last_error());
         double vc = bt_item(lc), vg = bt_item(lg);
-        ck_assert_msg(fabs(vc - vg) <= 1e-5 * fabs(vc), "step %d: loss cpu %.9g cuda %.9g", step,
+        ck_assert_msg(fabs(vc - vg) <= tol * fabs(vc), "step %d: loss cpu %.9g cuda %.9g", step,
                       vc, vg);
-        ck_assert_int_eq(bt_backward(lc), BT_OK);
         ck_assert_msg(bt_backward(lg) == BT_OK, "%s", bt_last_error());
+        bt_set_matmul_dtype(was);
+        ck_assert_int_eq(bt_backward(lc), BT_OK);
         double nc = optim_clip_grad_norm(pc.tensors, pc.count, 1.0);
         double ng = optim_clip_grad_norm(pg.tensors, pg.count, 1.0);
-        ck_assert_msg(fabs(nc - ng) <= 1e-5 * nc, "step %d: grad norm cpu %g cuda %g", step, nc, ng);
+        ck_assert_msg(fabs(nc - ng) <= 10 * tol * nc, "step %d: grad norm cpu %g cuda %g", step,
+                      nc, ng);
         ck_assert_int_eq(optim_step(opt_c, 1e-3), BT_OK);
         ck_assert_msg(optim_step(opt_g, 1e-3) == BT_OK, "%s", bt_last_error());
         bt_step_end();
     }
-    for (int64_t i = 0; i < pc.count; i++)
-        assert_close(pc.names[i], pc.tensors[i], pg.tensors[i], 1e-4);
+    for (int64_t i = 0; i < pc.count; i++) /* 4 updates of lr 1e-3 moved them little */
+        assert_close(pc.names[i], pc.tensors[i], pg.tensors[i], matmul_dtype == BT_BF16 ? 1e-2 : 1e-4);
     optim_free(opt_c);
     optim_free(opt_g);
     nn_param_list_free(&pc);
@@ -285,12 +305,17 @@ static void train_twins(struct model_config cfg) {
 }
 
 START_TEST(test_gpt_training_steps_match_cpu) {
-    train_twins(model_check_tiny_gpt(true, true, 61, 2));
+    train_twins(model_check_tiny_gpt(true, true, 61, 2), BT_F32);
+}
+END_TEST
+
+START_TEST(test_gpt_bf16_training_steps_match_cpu) {
+    train_twins(model_check_tiny_gpt(true, true, 61, 2), BT_BF16);
 }
 END_TEST
 
 START_TEST(test_llama_training_steps_match_cpu) {
-    train_twins(model_check_tiny_llama(false, 61, 2));
+    train_twins(model_check_tiny_llama(false, 61, 2), BT_F32);
 }
 END_TEST
 
@@ -302,10 +327,12 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_softmax_and_norms_match_cpu);
     bt_suite_add(s, test_embedding_and_loss_match_cpu);
     bt_suite_add(s, test_rope_and_attention_match_cpu);
+    bt_suite_add(s, test_bf16_matmuls_match_cpu);
     bt_suite_add(s, test_dropout_matches_cpu);
     bt_suite_add(s, test_device_arena_and_cache_allocate_once);
     bt_suite_add(s, test_device_errors_name_the_problem);
     bt_suite_add(s, test_gpt_training_steps_match_cpu);
+    bt_suite_add(s, test_gpt_bf16_training_steps_match_cpu);
     bt_suite_add(s, test_llama_training_steps_match_cpu);
     return s;
 }
@@ -317,6 +344,9 @@ int main(void) {
         return 77; /* CTest: SKIP_RETURN_CODE */
     }
     SRunner *runner = srunner_create(make_suite());
+    /* no fork: CUDA, initialised above, cannot be used in a forked child (CTest runs each test
+     * in a process of its own, CK_RUN_CASE) */
+    srunner_set_fork_status(runner, CK_NOFORK);
     srunner_run_all(runner, CK_NORMAL);
     int failed = srunner_ntests_failed(runner);
     srunner_free(runner);

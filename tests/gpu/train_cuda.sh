@@ -6,7 +6,11 @@
 #   cpu_vs_cuda      20 steps on cuda give the cpu's losses (train and val) within 1e-4 relative
 #   resume           a cuda run resumed from its step-10 checkpoint continues the losses exactly
 #   cpu_to_cuda      a cpu checkpoint resumed on cuda continues the cpu's losses within 1e-4
-#   multi_rank       parallel.dp=2 on cuda: one error line naming the layout, before any work
+#   bf16             train.dtype=bfloat16 on cuda: the cpu's float32 losses within 2e-2
+#   dp2              2 ranks on 2 GPUs (NCCL buckets, ZeRO-1) give dp=1 grad_accum=2's losses within
+#                    1e-4 (skipped with fewer than 2 GPUs)
+#   tp_refused       parallel.tp=2 on cuda (2 ranks): one error line naming the layout, before any
+#                    GPU work
 set -euo pipefail
 source "$(dirname "$0")/../cli/tiny_job.sh" "$@"
 
@@ -57,13 +61,32 @@ cpu_to_cuda)
   run moved 1 --train.max_steps=20 --checkpoint.every=10 --train.device=cuda
   close_losses cpu moved 1e-4 11
   ;;
-multi_rank)
+bf16)
+  run cpu 1 --train.max_steps=20
+  run bf16 1 --train.max_steps=20 --train.device=cuda --train.dtype=bfloat16
+  grep -q "bfloat16 matmuls" "$out/bf16.log" || fail "no bf16 banner: $(head -40 "$out/bf16.log")"
+  close_losses cpu bf16 2e-2
+  ;;
+dp2)
+  gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
+  if [ "${gpus:-0}" -lt 2 ]; then
+    echo "skipped: dp2 needs 2 GPUs, this machine has ${gpus:-0}"
+    exit 77
+  fi
+  run single 1 --train.max_steps=10 --train.grad_accum=2 --train.device=cuda
+  run dp2 2 --train.max_steps=10 --parallel.dp=2 --train.device=cuda
+  run zero1 2 --train.max_steps=10 --parallel.dp=2 --parallel.zero=1 --train.device=cuda
+  close_losses single dp2 1e-4
+  close_losses single zero1 1e-4
+  ;;
+tp_refused)
   set +e
-  msg=$("$braid" train "${job[@]}" --train.device=cuda --parallel.dp=2 2>&1)
+  msg=$(timeout 120 mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --train.device=cuda \
+    --parallel.tp=2 --model.vocab_size=66 2>&1)
   status=$?
   set -e
   test "$status" -eq 2 || fail "exit status $status, expected 2: $msg"
-  grep -q "train.device=cuda: parallel.dp=2 tp=1 pp=1" <<<"$msg" || fail "message: $msg"
+  grep -q "train.device=cuda: parallel.tp=2 pp=1" <<<"$msg" || fail "message: $msg"
   ;;
 *)
   fail "unknown case $case_name"
