@@ -16,8 +16,8 @@ source "$(dirname "$0")/../cli/tiny_job.sh" "$@"
 
 if ! "$braid" train "${job[@]}" --train.device=cuda --train.max_steps=1 \
   --log.dir="$out/probe" --checkpoint.dir="$out/probe/ck" > "$out/probe.log" 2>&1; then
-  if grep -q "no CUDA device visible" "$out/probe.log"; then
-    echo "skipped: $(grep -o 'no CUDA device visible.*' "$out/probe.log")"
+  if grep -qE "no CUDA device visible|built without the CUDA backend" "$out/probe.log"; then
+    echo "skipped: $(grep -oE '(no CUDA device visible|braid was built without).*' "$out/probe.log")"
     exit 77
   fi
 fi
