@@ -24,8 +24,11 @@ static void die(const char *what) {
 
 /* matmul rate (the runtime's matmul dtype) of (M,K) x (K,N) on the device, GFLOP/s: the median of 10 timed runs */
 static double matmul_rate(int64_t M, int64_t K, int64_t N) {
-    bt_tensor *a = bt_ones(BT_SHAPE(M, K), BT_F32, bt_cuda(0));
-    bt_tensor *b = bt_ones(BT_SHAPE(K, N), BT_F32, bt_cuda(0));
+    bt_tensor *a = bt_tensor_new(BT_SHAPE(M, K), BT_F32, bt_cuda(0));
+    bt_tensor *b = bt_tensor_new(BT_SHAPE(K, N), BT_F32, bt_cuda(0));
+    if (!a || !b) die("matmul operands");
+    bt_fill(a, 1.0);
+    bt_fill(b, 1.0);
     double t[10];
     for (int i = 0; i < 13; i++) {
         bt_cuda_synchronize();
@@ -33,8 +36,10 @@ static double matmul_rate(int64_t M, int64_t K, int64_t N) {
         if (!bt_matmul(a, b)) die("matmul");
         bt_cuda_synchronize();
         if (i >= 3) t[i - 3] = bench_now() - t0;
+        bt_step_end(); /* the output; a and b are persistent */
     }
-    bt_step_end();
+    bt_tensor_free(a);
+    bt_tensor_free(b);
     return 2.0 * (double)M * (double)K * (double)N / bench_median(t, 10) / 1e9;
 }
 

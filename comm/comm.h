@@ -51,9 +51,11 @@ struct comm *comm_split(struct comm *parent, int color, int key, const char *nam
 bt_status comm_use_device(struct comm *c);
 void comm_free(struct comm *c); /* not the world */
 
-/* ---- collectives on CPU tensors ----
- * Tensors must be on the CPU; float32, int32, int64 (and bool for MAX/MIN). Inputs may be
- * non-contiguous views (they are packed and unpacked). Element counts are per rank. */
+/* ---- collectives on host tensors (MPI) or device tensors (NCCL) ----
+ * float32, int32, int64 (and bool for MAX/MIN). Host inputs may be non-contiguous views (they
+ * are packed and unpacked); device tensors must be contiguous, on the process's device, and must
+ * stay alive until their request is waited on (the caching allocator reuses freed memory at
+ * once, and NCCL's stream is not the compute stream). Element counts are per rank. */
 
 /* t = op over the group of t, in place; every rank passes the same shape. */
 bt_status comm_allreduce(struct comm *c, bt_tensor *t, comm_op op);

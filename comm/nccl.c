@@ -66,8 +66,12 @@ static ncclRedOp_t nccl_op(comm_op op) {
 }
 
 /* c's communicator, made now if it has none (collective over c: every rank of c is in the same
- * operation) */
+ * operation). A rank that fails here before the broadcast leaves the others waiting in it:
+ * braid train ends the job then (comm_abort); library callers should do the same. */
 static bt_status ready(struct comm *c, const char *where) {
+    if (bt_fake_cuda())
+        return comm_errorf(where, "BRAID_FAKE_CUDA's device has no NCCL: collectives on its "
+                           "tensors are not supported (it checks one rank's plumbing)");
     if (bt_cuda_current_device() < 0)
         return comm_errorf(where, "no CUDA device is in use in this process");
     if (!nccl_stream)
@@ -98,9 +102,17 @@ bt_status comm_nccl_split(struct comm *parent, struct comm *child, int color, in
     return BT_OK;
 }
 
+/* A communicator that saw an asynchronous error is aborted (destroying it may wait forever on
+ * its stuck kernels) */
 void comm_nccl_free(struct comm *c) {
-    if (c && c->nccl) ncclCommDestroy((ncclComm_t)c->nccl);
-    if (c) c->nccl = NULL;
+    if (!c || !c->nccl) return;
+    ncclResult_t async = ncclSuccess;
+    ncclCommGetAsyncError((ncclComm_t)c->nccl, &async);
+    if (async == ncclSuccess)
+        ncclCommDestroy((ncclComm_t)c->nccl);
+    else
+        ncclCommAbort((ncclComm_t)c->nccl);
+    c->nccl = NULL;
 }
 
 /* Before an operation: the NCCL stream waits for what the compute stream has queued (the
@@ -206,9 +218,19 @@ bt_status comm_nccl_broadcast(struct comm_request *r, struct comm *c, void *buf,
     return end(r, c);
 }
 
+/* Send and recv involve two ranks of the group: they cannot make its communicator (a collective
+ * over all of it), so it must exist already */
+static bt_status has_communicator(struct comm_request *r, const struct comm *c) {
+    if (c->nccl) return BT_OK;
+    return comm_errorf(r->where, "device tensors: group %s has no NCCL communicator yet (call "
+                       "comm_use_device on it, or on the group it was split from, first)",
+                       c->name);
+}
+
 /* NCCL has no tags: messages between two ranks arrive in the order they were sent */
 bt_status comm_nccl_send(struct comm_request *r, struct comm *c, const void *buf, int64_t n,
                          bt_dtype dtype, int peer) {
+    if (has_communicator(r, c) != BT_OK) return BT_ERR;
     START(r, c);
     NCCL_CHECK(r->where, ncclSend(buf, (size_t)n, nccl_dtype(dtype), peer, (ncclComm_t)c->nccl,
                                   nccl_stream));
@@ -217,6 +239,7 @@ bt_status comm_nccl_send(struct comm_request *r, struct comm *c, const void *buf
 
 bt_status comm_nccl_recv(struct comm_request *r, struct comm *c, void *buf, int64_t n,
                          bt_dtype dtype, int peer) {
+    if (has_communicator(r, c) != BT_OK) return BT_ERR;
     START(r, c);
     NCCL_CHECK(r->where, ncclRecv(buf, (size_t)n, nccl_dtype(dtype), peer, (ncclComm_t)c->nccl,
                                   nccl_stream));

@@ -1,6 +1,7 @@
 /* The NCCL backend where braid is built without CUDA: no tensor is on a device, so none of this
  * runs; comm_use_device says why. */
 #include "comm/comm_internal.h"
+#include "core/cuda/cuda.h"
 
 bool comm_is_device_tensor(const bt_tensor *t) {
     return t && t->storage->device.type != BT_DEVICE_CPU;
@@ -23,7 +24,8 @@ void comm_nccl_free(struct comm *c) {
 }
 
 static bt_status absent(struct comm_request *r) {
-    return comm_errorf(r->where, "device tensors need NCCL: braid was built without CUDA");
+    return comm_errorf(r->where, "device tensors need NCCL: braid was built without CUDA%s",
+                       bt_fake_cuda() ? " (BRAID_FAKE_CUDA's device has no collectives)" : "");
 }
 
 bt_status comm_nccl_allreduce(struct comm_request *r, struct comm *c, void *buf, int64_t n,

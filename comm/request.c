@@ -109,9 +109,9 @@ static void list_remove(struct comm_request *r) {
 }
 
 struct comm_request *comm_request_started(struct comm_request *r) {
-    if (r->mpi != MPI_REQUEST_NULL)
+    if (r->mpi != MPI_REQUEST_NULL || r->nccl_done) /* NCCL: polled through its event */
         list_add(r);
-    else if (!r->nccl_done) /* NCCL: polled through its event (poll_once) */
+    else
         r->complete = true; /* local: the work was done when it started */
     return r;
 }
@@ -143,7 +143,10 @@ static void mark_complete(struct comm_request *r, int mpi_error, const char *cal
 static void poll_once(struct comm_request *r) {
     if (r->complete) return;
     if (r->nccl_done) {
-        if (comm_nccl_poll(r)) r->complete = true;
+        if (comm_nccl_poll(r)) {
+            r->complete = true;
+            list_remove(r);
+        }
         return;
     }
     int flag = 0;
@@ -277,6 +280,10 @@ static bool scratch_reserve(struct comm_runtime *rt, int n) {
 
 void comm_progress(void) {
     struct comm_runtime *rt = comm_rt();
+    for (struct comm_request *r = rt->outstanding, *next; r; r = next) { /* NCCL's: events */
+        next = r->next;
+        if (r->nccl_done) poll_once(r);
+    }
     int n = 0;
     for (struct comm_request *r = rt->outstanding; r; r = r->next)
         n++;

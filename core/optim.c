@@ -108,9 +108,6 @@ static bt_status check_param(const struct optim_config *cfg, const char *name, c
     if (p->dtype != BT_F32)
         return bt_error("%s: parameter %s must be float32, got %s %s", opt, name,
                         bt_dtype_name(p->dtype), bt_shape_str(p, shape, sizeof shape));
-    if (p->storage->device.type != BT_DEVICE_CPU)
-        return bt_error("%s: parameter %s is on %s; only cpu parameters are supported yet", opt,
-                        name, bt_device_name(p->storage->device, shape, sizeof shape));
     if (!bt_is_contiguous(p)) return bt_error("%s: parameter %s must be contiguous", opt, name);
     return BT_OK;
 }

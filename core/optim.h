@@ -35,7 +35,8 @@ bool optim_kind_parse(const char *name, optim_kind *out);
 
 struct optim;
 
-/* An optimizer over `params` (persistent float32 CPU tensors; names copied, tensors retained).
+/* An optimizer over `params` (persistent float32 tensors on one device, its state made there; names
+ * copied, tensors retained).
  * NULL with a message naming the bad value or parameter. */
 struct optim *optim_create(const struct optim_config *cfg, const struct nn_param_list *params);
 void optim_free(struct optim *opt);

@@ -2,6 +2,7 @@
  * write into it. */
 #include "core/runtime.h"
 
+#include "core/backend.h"
 #include "core/cpu/kernels.h"
 #include "core/cuda/cuda.h"
 
@@ -118,10 +119,13 @@ void bt_manual_seed(uint64_t seed) {
     bt_runtime()->dropout_rng = bt_rng_make(seed);
 }
 
-void *bt_device_step_alloc(size_t nbytes, struct bt_arena **arena, const char *what) {
+void *bt_device_step_alloc(bt_device device, size_t nbytes, struct bt_arena **arena,
+                           const char *what) {
     struct bt_frame *f = bt_runtime()->frame;
-    if (!f->device_arena)
-        f->device_arena = bt_arena_create_with((size_t)1 << 20, bt_cuda_malloc, bt_cuda_free);
+    const struct bt_backend *be = bt_backend_for(device, what);
+    if (!be) return NULL;
+    if (!f->device_arena) /* its blocks from the device's allocator (CUDA: the caching one) */
+        f->device_arena = bt_arena_create_with((size_t)1 << 20, be->alloc, be->free);
     void *p = f->device_arena ? bt_arena_alloc(f->device_arena, nbytes) : NULL;
     if (!p) {
         struct bt_cuda_memory_stats m = bt_cuda_memory_stats();

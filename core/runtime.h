@@ -68,7 +68,9 @@ void bt_manual_seed(uint64_t seed);
 
 /* Step-arena allocation; sets an error naming `what` and returns NULL when out of memory. */
 void *bt_step_alloc(size_t nbytes, const char *what);
-/* The same on the CUDA device, from the current frame's device arena (set in *arena). */
-void *bt_device_step_alloc(size_t nbytes, struct bt_arena **arena, const char *what);
+/* The same on the device (one per process), from the current frame's device arena (set in
+ * *arena), whose blocks come from the device backend's allocator. */
+void *bt_device_step_alloc(bt_device device, size_t nbytes, struct bt_arena **arena,
+                           const char *what);
 
 #endif

@@ -184,7 +184,7 @@ bt_tensor *bt_empty(int ndim, const int64_t *shape, bt_dtype dtype, bt_device de
     struct bt_arena *arena = bt_runtime()->step_arena;
     void *data = !t     ? NULL
                  : on_cpu ? bt_step_alloc(nbytes, "bt_empty")
-                          : bt_device_step_alloc(nbytes, &arena, "bt_empty");
+                          : bt_device_step_alloc(device, nbytes, &arena, "bt_empty");
     if (!data) return NULL;
     init_header(t, ndim, shape, dtype);
     struct bt_storage *s = (struct bt_storage *)(t + 1);
@@ -329,11 +329,16 @@ static bt_status copy_across(bt_tensor *dst, const bt_tensor *src) {
         bt_backend_for(to_device ? dst->storage->device : src->storage->device, "copy_");
     if (!be) return BT_ERR;
     const struct bt_backend *src_be = to_device ? &bt_cpu_backend : be;
-    bt_tensor *staged = bt_empty(src->ndim, src->shape, dst->dtype, src->storage->device);
+    /* the source as it is when it is already contiguous in dst's dtype (a checkpoint's
+     * parameters and states): no staging copy on its side */
+    bool as_is = bt_is_contiguous(src) && src->dtype == dst->dtype;
+    bt_tensor *staged = as_is ? (bt_tensor *)src
+                              : bt_empty(src->ndim, src->shape, dst->dtype, src->storage->device);
     bt_tensor *landed = bt_is_contiguous(dst) ? dst : bt_empty_like(dst);
     if (!staged || !landed) return BT_ERR;
-    src_be->copy_strided(bt_data(staged), dst->dtype, bt_data(src), src->dtype, src->ndim,
-                         src->shape, src->stride);
+    if (!as_is)
+        src_be->copy_strided(bt_data(staged), dst->dtype, bt_data(src), src->dtype, src->ndim,
+                             src->shape, src->stride);
     if (to_device)
         be->from_host(bt_data(landed), bt_data(staged), bt_nbytes(staged));
     else

@@ -591,9 +591,10 @@ static int64_t expect_dataset(struct ckpt_file *f, const char *full, bt_dtype dt
     return i;
 }
 
-static bool is_cpu_contiguous(struct ckpt_file *f, const char *full, const bt_tensor *t) {
-    if (t->storage->device.type == BT_DEVICE_CPU && bt_is_contiguous(t)) return true;
-    bt_error("%s: %s: the tensor to read into must be contiguous on the CPU", f->label, full);
+/* on any device: a device tensor is read through a host copy (read_into, read_piece) */
+static bool is_contiguous_dest(struct ckpt_file *f, const char *full, const bt_tensor *t) {
+    if (bt_is_contiguous(t)) return true;
+    bt_error("%s: %s: the tensor to read into must be contiguous", f->label, full);
     return false;
 }
 
@@ -604,7 +605,7 @@ static int64_t expect_tensor(struct ckpt_file *f, const char *full, const bt_ten
     int64_t shape[BT_MAX_DIMS];
     nn_split_full_shape(split, t, shape);
     int64_t i = expect_dataset(f, full, t->dtype, t->ndim, shape);
-    return i >= 0 && is_cpu_contiguous(f, full, t) ? i : -1;
+    return i >= 0 && is_contiguous_dest(f, full, t) ? i : -1;
 }
 
 /* Every tensor under `prefix` ("/model/") must be one of the names the caller takes. */
@@ -634,8 +635,12 @@ static bt_status read_piece(struct ckpt_file *f, int64_t i, const struct nn_spli
     if (!nn_split_is_cut(split) && row0 < 0) return read_into(f, i, dest);
     bt_tensor *whole = ckpt_read_tensor(f, i);
     if (!whole) return BT_ERR;
-    bt_status st = nn_split_take(split, whole, dest, row0 < 0 ? 0 : row0);
+    /* the rows are taken on the host; a device destination gets them copied over */
+    bool on_host = dest->storage->device.type == BT_DEVICE_CPU;
+    bt_tensor *rows = on_host ? dest : bt_empty(dest->ndim, dest->shape, dest->dtype, bt_cpu());
+    bt_status st = rows ? nn_split_take(split, whole, rows, row0 < 0 ? 0 : row0) : BT_ERR;
     bt_tensor_free(whole);
+    if (st == BT_OK && !on_host) st = bt_copy_(dest, rows);
     return st == BT_OK ? BT_OK : bt_error_prefix(f->label);
 }
 
@@ -736,7 +741,7 @@ static int64_t expect_rows(struct ckpt_file *f, const char *full, const bt_tenso
     int64_t shape[BT_MAX_DIMS];
     nn_split_full_shape(split, piece, shape);
     int64_t i = expect_dataset(f, full, dest->dtype, piece->ndim, shape);
-    if (i < 0 || !is_cpu_contiguous(f, full, dest)) return -1;
+    if (i < 0 || !is_contiguous_dest(f, full, dest)) return -1;
     bool fits = dest->ndim == piece->ndim && row0 >= 0 &&
                 row0 + dest->shape[0] <= piece->shape[0] &&
                 (!whole_piece || dest->shape[0] == piece->shape[0]);

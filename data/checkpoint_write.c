@@ -358,8 +358,8 @@ static bt_status write_shared(struct writer *w, hid_t obj, const char *path, con
 }
 
 static bt_status check_tensor(struct writer *w, const char *path, const bt_tensor *t) {
-    if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t))
-        return bt_error("%s: %s must be a contiguous CPU tensor", w->label, path);
+    if (!bt_is_contiguous(t)) /* on any device: a device tensor is written from a host copy */
+        return bt_error("%s: %s must be a contiguous tensor", w->label, path);
     return BT_OK;
 }
 
@@ -1090,7 +1090,7 @@ static int64_t param_index(const struct nn_param_list *params, const char *name)
     return -1;
 }
 
-/* The tensors a rank writes must be contiguous CPU tensors of float32 or int64, every state the
+/* The tensors a rank writes must be contiguous tensors of float32 or int64, every state the
  * optimizer names must exist and be its parameter's piece (with opt_row0, rows of it), and the
  * layout must describe this rank: checked before the file is created, so that no rank fails
  * half-way through the collective calls for a reason it could have seen before. */
@@ -1101,9 +1101,8 @@ static bt_status precheck(const struct nn_param_list *params, const struct optim
     const int64_t *opt_row0 = layout ? layout->opt_row0 : NULL;
     for (int64_t i = 0; i < params->count; i++) {
         const bt_tensor *t = params->tensors[i];
-        if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t) ||
-            (t->dtype != BT_F32 && t->dtype != BT_I64))
-            return bt_error("%s: /model/%s must be a contiguous float32 or int64 CPU tensor", label,
+        if (!bt_is_contiguous(t) || (t->dtype != BT_F32 && t->dtype != BT_I64))
+            return bt_error("%s: /model/%s must be a contiguous float32 or int64 tensor", label,
                             params->names[i]);
     }
     if (check_layout(params, layout, at, label) != BT_OK) return BT_ERR;
@@ -1114,8 +1113,8 @@ static bt_status precheck(const struct nn_param_list *params, const struct optim
         for (int s = 0; s < n_states; s++) {
             const bt_tensor *t = optim_state(opt, i, states[s]);
             if (!t) return bt_error_prefix(label);
-            if (t->storage->device.type != BT_DEVICE_CPU || !bt_is_contiguous(t))
-                return bt_error("%s: /optimizer/%s/%s must be a contiguous CPU tensor", label,
+            if (!bt_is_contiguous(t))
+                return bt_error("%s: /optimizer/%s/%s must be a contiguous tensor", label,
                                 optim_param_name(opt, i), states[s]);
             /* the ranks that hold none of it create it so (write_state, write_optimizer) */
             bool count = state_is_count(states[s]);

@@ -31,7 +31,7 @@ bt_status job_resolve_vocab_size(struct braid_config *cfg) {
 bt_status job_check_supported(const struct braid_config *cfg) {
     if (strcmp(cfg->train.device, "cuda") == 0) {
         char why[256];
-        if (!bt_cuda_built())
+        if (!bt_cuda_built() && !bt_fake_cuda())
             return bt_error("train.device=cuda: braid was built without the CUDA backend (nvcc "
                             "was not found at build time; use cpu)");
         if (bt_cuda_device_count(why, sizeof why) == 0)

@@ -33,8 +33,9 @@ void metrics_close(struct metrics_log *log);
 /* FLOP/s of sgemm on this machine for an (M,K)@(K,N) product, timed for about `seconds` with the
  * BLAS threads as configured: the peak MFU is measured against (DESIGN.md "Performance"). */
 double metrics_sgemm_peak(int64_t M, int64_t N, int64_t K, double seconds);
-/* The same on a device (cuda:N): the best rate of float32 (M,K)x(K,N) matmuls through braid's
- * backend (cuBLASLt) over about `seconds`; 0 with an error set when the device fails. */
+/* The same on a device (cuda:N): the best rate of (M,K)x(K,N) matmuls through braid's backend
+ * (cuBLASLt, in the runtime's matmul dtype: bf16 operands under bt_set_matmul_dtype) over about
+ * `seconds`; 0 with an error set when the device fails. */
 double metrics_device_matmul_peak(bt_device device, int64_t M, int64_t N, int64_t K,
                                   double seconds);
 

@@ -40,7 +40,9 @@ static const char train_usage[] =
     "\n"
     "Environment: BRAID_PROFILE=1 prints, at the end, where a step's time went: milliseconds\n"
     "per step by op (forward, backward) and by the loop's other parts, after 3 warm-up steps\n"
-    "(docs/performance.md). OMP_NUM_THREADS sets the CPU threads.\n";
+    "(docs/performance.md). OMP_NUM_THREADS sets the CPU threads. train.device=cuda uses\n"
+    "the GPU of the rank's local rank; BRAID_FAKE_CUDA=1 makes cuda:0 the CPU's kernels on host\n"
+    "memory, to check a GPU job's setup on a machine without one (docs/cuda.md).\n";
 
 /* Everything a run holds, released by run_free in reverse order. */
 struct run {
@@ -352,10 +354,12 @@ static bt_status setup(struct run *r) {
     /* MFU is relative to sgemm at the model's largest GEMM: the MLP or the lm_head */
     int64_t rows = cfg->train.batch_size * T, C = cfg->model.n_embd;
     int64_t wide = mc.vocab_size > 4 * C ? mc.vocab_size : 4 * C;
-    r->peak_flops = r->device.type == BT_DEVICE_CPU
-                        ? metrics_sgemm_peak(rows, wide, C, 0.25)
-                        : metrics_device_matmul_peak(r->device, rows, wide, C, 0.25);
-    return r->peak_flops > 0.0 ? BT_OK : BT_ERR;
+    if (r->device.type == BT_DEVICE_CPU) {
+        r->peak_flops = metrics_sgemm_peak(rows, wide, C, 0.25);
+        return BT_OK;
+    }
+    r->peak_flops = metrics_device_matmul_peak(r->device, rows, wide, C, 0.25);
+    return r->peak_flops > 0.0 ? BT_OK : bt_error_prefix("train.device=cuda: the matmul peak");
 }
 
 /* The collective part of the setup, once every rank has built its part: the pipeline's

@@ -2,6 +2,7 @@
 #include "parallel/grid.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/backend.h"
@@ -54,14 +55,6 @@ void grid_free(struct grid *g) {
     g->pp_group = g->tp_group = g->dp_group = NULL;
 }
 
-/* sum of squares of g's elements, in double, by g's device (NaN if that fails) */
-static double sum_squares(const bt_tensor *g) {
-    const struct bt_backend *be = bt_backend_for(g->storage->device, "grad_norm");
-    const float *x = bt_f32(g);
-    int64_t n = bt_numel(g);
-    return be ? be->sum_squares(&x, &n, 1) : NAN;
-}
-
 static bool spans(struct comm *c) {
     return c && comm_size(c) > 1;
 }
@@ -72,13 +65,32 @@ double grid_grad_norm(const struct nn_param_list *params, const struct grid_norm
     bool rows = spans(g->rows), tp = spans(g->tp), pp = spans(g->pp);
     if (!rows && !tp && !pp && !g->counted_elsewhere)
         return optim_grad_norm(params->tensors, params->count);
-    /* [0]: the pieces of cut tensors, summed over tp; [1]: replicated ones, counted once */
+    /* [0]: the pieces of cut tensors, summed over tp; [1]: replicated ones, counted once; each
+     * kind's squares summed by the gradients' backend in one call (one device sync each) */
     double sumsq[2] = {0.0, 0.0};
-    for (int64_t i = 0; i < params->count; i++) {
+    int64_t count = params->count, n[2] = {0, 0};
+    const float **xs = malloc((size_t)(2 * (count ? count : 1)) * sizeof *xs);
+    int64_t *ns = malloc((size_t)(2 * (count ? count : 1)) * sizeof *ns);
+    const struct bt_backend *be =
+        count ? bt_backend_for(params->tensors[0]->grad->storage->device, "grad_norm") : NULL;
+    if (!xs || !ns || (count && !be)) {
+        free(xs);
+        free(ns);
+        if (!bt_has_error()) bt_error("grad_norm: out of memory");
+        return -1.0;
+    }
+    for (int64_t i = 0; i < count; i++) {
         if (g->counted_elsewhere && strcmp(params->names[i], g->counted_elsewhere) == 0) continue;
         struct nn_split s = nn_param_split(params, i);
-        sumsq[nn_split_is_cut(&s) ? 0 : 1] += sum_squares(params->tensors[i]->grad);
+        int kind = nn_split_is_cut(&s) ? 0 : 1;
+        const bt_tensor *grad = params->tensors[i]->grad;
+        xs[kind * count + n[kind]] = bt_f32(grad);
+        ns[kind * count + n[kind]++] = bt_numel(grad);
     }
+    for (int kind = 0; kind < 2 && count; kind++)
+        sumsq[kind] = be->sum_squares(xs + kind * count, ns + kind * count, n[kind]);
+    free(xs);
+    free(ns);
     if (rows && comm_allreduce_doubles(g->rows, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;
     if (tp && comm_allreduce_doubles(g->tp, &sumsq[0], 1, COMM_SUM) != BT_OK) return -1.0;
     if (pp && comm_allreduce_doubles(g->pp, sumsq, 2, COMM_SUM) != BT_OK) return -1.0;

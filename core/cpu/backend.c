@@ -1,4 +1,7 @@
 /* The CPU kernel table, and the lookup from a device to its backend. */
+#include <stdlib.h>
+#include <string.h>
+
 #include "core/cpu/kernels.h"
 #include "core/cuda/cuda.h"
 #include "core/error.h"
@@ -40,7 +43,32 @@ const struct bt_backend bt_cpu_backend = {
     .sgd = bt_cpu_sgd,
 };
 
+/* BRAID_FAKE_CUDA=1 (core/cuda/cuda.h): cuda:0 is these kernels on host memory */
+bool bt_fake_cuda(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *v = getenv("BRAID_FAKE_CUDA");
+        on = v && *v && strcmp(v, "0") != 0;
+    }
+    return on;
+}
+
+static const struct bt_backend *fake_cuda_backend(int index, const char *op) {
+    static struct bt_backend fake;
+    if (index != 0) {
+        bt_error("%s: device cuda:%d is not available: BRAID_FAKE_CUDA has cuda:0 only", op,
+                 index);
+        return NULL;
+    }
+    if (!fake.name) {
+        fake = bt_cpu_backend;
+        fake.name = "cuda (fake: the CPU's kernels on host memory, BRAID_FAKE_CUDA)";
+    }
+    return &fake;
+}
+
 const struct bt_backend *bt_backend_for(bt_device device, const char *op) {
     if (device.type == BT_DEVICE_CPU) return &bt_cpu_backend;
+    if (bt_fake_cuda()) return fake_cuda_backend(device.index, op);
     return bt_cuda_backend_for(device.index, op); /* core/cuda/ (absent.c when not built) */
 }

@@ -11,6 +11,7 @@ bool bt_cuda_built(void) {
 }
 
 int bt_cuda_device_count(char *why, size_t size) {
+    if (bt_fake_cuda()) return 1;
     if (why && size) snprintf(why, size, "%s", not_built);
     return 0;
 }
@@ -21,11 +22,15 @@ const struct bt_backend *bt_cuda_backend_for(int index, const char *op) {
 }
 
 int bt_cuda_current_device(void) {
-    return -1;
+    return bt_fake_cuda() ? 0 : -1;
 }
 
 const char *bt_cuda_device_description(char *buf, size_t size) {
-    if (buf && size) buf[0] = '\0';
+    if (buf && size)
+        snprintf(buf, size, "%s",
+                 bt_fake_cuda() ? "fake CUDA device: the CPU's kernels on host memory "
+                                  "(BRAID_FAKE_CUDA)"
+                                : "");
     return buf;
 }
 

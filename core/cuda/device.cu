@@ -57,6 +57,7 @@ extern "C" bool bt_cuda_built(void) {
 }
 
 extern "C" int bt_cuda_device_count(char *why, size_t size) {
+    if (bt_fake_cuda()) return 1;
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
@@ -126,13 +127,17 @@ extern "C" const struct bt_backend *bt_cuda_backend_for(int index, const char *o
 }
 
 extern "C" int bt_cuda_current_device(void) {
-    return dev.device;
+    return bt_fake_cuda() ? 0 : dev.device;
 }
 
 extern "C" const char *bt_cuda_device_description(char *buf, size_t size) {
     cudaDeviceProp p;
     if (!buf || !size) return buf;
     buf[0] = '\0';
+    if (bt_fake_cuda()) {
+        snprintf(buf, size, "fake CUDA device: the CPU's kernels on host memory (BRAID_FAKE_CUDA)");
+        return buf;
+    }
     if (dev.device >= 0 && cudaGetDeviceProperties(&p, dev.device) == cudaSuccess)
         snprintf(buf, size, "%s (sm_%d%d, %.1f GiB)", p.name, p.major, p.minor,
                  (double)p.totalGlobalMem / (1 << 30));

@@ -11,18 +11,13 @@
 #include <string.h>
 
 #include "core/backend.h"
-
-#ifdef __CUDACC__
-#define BT_HD __host__ __device__ static inline
-#else
-#define BT_HD static inline
-#endif
+#include "core/dtype_convert.h" /* defines BT_HD */
 
 #define BT_KM_GELU_K 0.7978845608028654f /* sqrt(2/pi) */
 #define BT_KM_INV_SQRT2 0.7071067811865476f
 #define BT_KM_INV_SQRT_2PI 0.3989422804014327f
 
-/* ---- dtypes: bf16/f16 by bit manipulation, round to nearest even (core/dtype_convert.h) ---- */
+/* ---- dtypes: core/dtype_convert.h's conversions (BT_HD there too), and bit casts ---- */
 
 BT_HD uint32_t bt_km_bits(float f) {
     uint32_t u;
@@ -34,101 +29,6 @@ BT_HD float bt_km_float(uint32_t u) {
     float f;
     memcpy(&f, &u, 4);
     return f;
-}
-
-BT_HD uint16_t bt_km_f32_to_bf16(float f) {
-    uint32_t u = bt_km_bits(f);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40); /* quiet NaN */
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
-
-BT_HD float bt_km_bf16_to_f32(uint16_t h) {
-    return bt_km_float((uint32_t)h << 16);
-}
-
-BT_HD float bt_km_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, u;
-    if (exp == 0) {
-        if (man == 0) {
-            u = sign;
-        } else { /* subnormal: normalise */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400u)) {
-                man <<= 1;
-                exp--;
-            }
-            u = sign | (exp << 23) | ((man & 0x3ffu) << 13);
-        }
-    } else if (exp == 31) {
-        u = sign | 0x7f800000u | (man << 13);
-    } else {
-        u = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    return bt_km_float(u);
-}
-
-BT_HD uint16_t bt_km_f32_to_f16(float f) {
-    uint32_t u = bt_km_bits(f), sign = (u >> 16) & 0x8000u, abs = u & 0x7fffffffu;
-    if (abs > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
-    if (abs >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* overflow to inf */
-    if (abs < 0x38800000u) {                                   /* subnormal or zero in f16 */
-        /* 2^-24 is the f16 subnormal quantum; rint rounds half to even */
-        float a = bt_km_float(abs);
-        return (uint16_t)(sign | (uint32_t)rintf(a * 16777216.0f));
-    }
-    uint32_t r = abs + 0xfffu + ((abs >> 13) & 1u); /* round mantissa to 10 bits, ties to even */
-    return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
-}
-
-/* element `i` of a buffer of `dtype`, as double (integers exactly, as the CPU's loads do) */
-BT_HD double bt_km_load(const void *p, bt_dtype dtype, int64_t i) {
-    switch (dtype) {
-    case BT_F32:
-        return ((const float *)p)[i];
-    case BT_BF16:
-        return bt_km_bf16_to_f32(((const uint16_t *)p)[i]);
-    case BT_F16:
-        return bt_km_f16_to_f32(((const uint16_t *)p)[i]);
-    case BT_I32:
-        return ((const int32_t *)p)[i];
-    case BT_I64:
-        return (double)((const int64_t *)p)[i];
-    case BT_U16:
-        return ((const uint16_t *)p)[i];
-    case BT_BOOL:
-        return ((const uint8_t *)p)[i] ? 1.0 : 0.0;
-    default:
-        return 0.0;
-    }
-}
-
-BT_HD void bt_km_store(void *p, bt_dtype dtype, int64_t i, double v) {
-    switch (dtype) {
-    case BT_F32:
-        ((float *)p)[i] = (float)v;
-        break;
-    case BT_BF16:
-        ((uint16_t *)p)[i] = bt_km_f32_to_bf16((float)v);
-        break;
-    case BT_F16:
-        ((uint16_t *)p)[i] = bt_km_f32_to_f16((float)v);
-        break;
-    case BT_I32:
-        ((int32_t *)p)[i] = (int32_t)v;
-        break;
-    case BT_I64:
-        ((int64_t *)p)[i] = (int64_t)v;
-        break;
-    case BT_U16:
-        ((uint16_t *)p)[i] = (uint16_t)v;
-        break;
-    case BT_BOOL:
-        ((uint8_t *)p)[i] = v != 0.0;
-        break;
-    default:
-        break;
-    }
 }
 
 /* ---- indexing: shapes and strides passed by value to kernels ---- */

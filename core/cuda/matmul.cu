@@ -121,7 +121,7 @@ static struct gemm_plan *plan_for(const struct gemm_key *k) {
 }
 
 __global__ void to_bf16_kernel(uint16_t *dst, const float *src, int64_t n) {
-    BT_GRID_STRIDE(i, n) dst[i] = bt_km_f32_to_bf16(src[i]);
+    BT_GRID_STRIDE(i, n) dst[i] = bt_f32_to_bf16(src[i]);
 }
 
 /* elements from a row-major operand's first to its last: rows x cols with leading dimension ld,

@@ -21,7 +21,7 @@ __global__ void copy_convert_kernel(void *dst, bt_dtype dst_dtype, const void *s
                                     bt_dtype src_dtype, int64_t n, struct bt_km_shape shape,
                                     struct bt_km_strides strides) {
     BT_GRID_STRIDE(i, n)
-    bt_km_store(dst, dst_dtype, i, bt_km_load(src, src_dtype, bt_km_offset(i, &shape, &strides)));
+    bt_store_at(dst, dst_dtype, i, bt_load_at(src, src_dtype, bt_km_offset(i, &shape, &strides)));
 }
 
 void bt_cuda_copy_strided(void *dst, bt_dtype dst_dtype, const void *src, bt_dtype src_dtype,
@@ -49,7 +49,7 @@ void bt_cuda_copy_strided(void *dst, bt_dtype dst_dtype, const void *src, bt_dty
 }
 
 __global__ void fill_kernel(void *dst, bt_dtype dtype, int64_t n, double value) {
-    BT_GRID_STRIDE(i, n) bt_km_store(dst, dtype, i, value);
+    BT_GRID_STRIDE(i, n) bt_store_at(dst, dtype, i, value);
 }
 
 void bt_cuda_fill(void *dst, bt_dtype dtype, int64_t n, double value) {

@@ -62,6 +62,19 @@ START_TEST(test_collectives_at_world_one) {
     b = on_gpu(x);
     ck_assert_msg(comm_allgather_v(w, b, counts) == BT_OK, "%s", bt_last_error());
     assert_equal("allgather_v", x, b);
+    /* inputs just computed on the compute stream, not synchronised: NCCL's stream must wait for
+     * them (an operation that ran early would reduce the old values) */
+    bt_tensor *twice = bt_mul_scalar(x, 2.0);
+    for (int rep = 0; rep < 3; rep++) {
+        bt_tensor *g = bt_mul_scalar(on_gpu(x), 2.0);
+        ck_assert_msg(comm_allreduce(w, g, COMM_SUM) == BT_OK, "%s", bt_last_error());
+        assert_equal("allreduce of a fresh kernel's output", twice, g);
+        out = bt_zeros(BT_SHAPE(1000), BT_F32, gpu());
+        ck_assert_msg(comm_reduce_scatter(w, bt_mul_scalar(on_gpu(x), 2.0), out, COMM_SUM) ==
+                          BT_OK,
+                      "%s", bt_last_error());
+        assert_equal("reduce_scatter of a fresh kernel's output", twice, out);
+    }
     bt_tensor *ints = bt_empty(BT_SHAPE(5), BT_I64, bt_cpu());
     for (int i = 0; i < 5; i++)
         bt_set(ints, i, 1000000000000LL + i);
@@ -73,8 +86,15 @@ END_TEST
 
 START_TEST(test_split_groups_and_async) {
     struct comm *w = comm_world();
-    ck_assert_msg(bt_backend_for(gpu(), "test") && comm_use_device(w) == BT_OK, "%s",
-                  bt_last_error());
+    ck_assert_ptr_nonnull(bt_backend_for(gpu(), "test"));
+    /* split before the world has a communicator: the group makes its own on first use */
+    struct comm *early = comm_split(w, 0, 0, "early");
+    ck_assert_msg(early, "%s", bt_last_error());
+    bt_tensor *y = test_param(BT_SHAPE(300), 4, -1, 1), *out = bt_zeros(BT_SHAPE(300), BT_F32, gpu());
+    ck_assert_msg(comm_allgather(early, on_gpu(y), out) == BT_OK, "%s", bt_last_error());
+    assert_equal("allgather on a group that made its own communicator", y, out);
+    comm_free(early);
+    ck_assert_msg(comm_use_device(w) == BT_OK, "%s", bt_last_error());
     struct comm *dp = comm_split(w, 0, 0, "dp"); /* its communicator: ncclCommSplit */
     ck_assert_msg(dp, "%s", bt_last_error());
     bt_tensor *x = test_param(BT_SHAPE(4096), 2, -1, 1), *g = on_gpu(x);

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# usage: fake_cuda.sh CASE BRAID REPO_DIR OUT_DIR
+# braid train --train.device=cuda with BRAID_FAKE_CUDA=1 (core/cuda/cuda.h: cuda:0 is the CPU's
+# kernels on host memory), on the tiny shakespeare_char job. It runs on machines without a GPU
+# and checks what a GPU run does above the kernels: placing the model and batches on the device,
+# device step arenas, the optimizer on device parameters, checkpoints written from and read into
+# device tensors. The kernels are the CPU's, so the losses must be the CPU run's exactly.
+#   train         12 steps on cuda == 12 steps on cpu (train and val losses, every row)
+#   resume_cross  a cpu checkpoint resumed on cuda, and a cuda one resumed on cpu, continue the
+#                 straight cpu run exactly
+#   dp_refused    parallel.dp=2 on the fake device: one error line, non-zero exit
+set -euo pipefail
+source "$(dirname "$0")/tiny_job.sh" "$@"
+export BRAID_FAKE_CUDA=1
+
+case $case_name in
+train)
+  run cpu 1 --train.max_steps=12
+  run cuda 1 --train.max_steps=12 --train.device=cuda
+  grep -q "^device: cuda:0, fake CUDA device" "$out/cuda.log" || fail "no device banner"
+  cmp <(cut -d, -f1-3 "$out/cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/cuda/metrics.jsonl") ||
+    fail "losses differ: $(diff "$out/cpu/metrics.jsonl" "$out/cuda/metrics.jsonl" | head -4)"
+  ;;
+resume_cross)
+  run straight 1 --train.max_steps=12 --checkpoint.every=6
+  run to_cuda 1 --train.max_steps=6 --checkpoint.every=6
+  run to_cuda 1 --train.max_steps=12 --checkpoint.every=6 --train.device=cuda
+  run to_cpu 1 --train.max_steps=6 --checkpoint.every=6 --train.device=cuda
+  run to_cpu 1 --train.max_steps=12 --checkpoint.every=6
+  for name in to_cuda to_cpu; do
+    cmp <(cut -d, -f1-3 "$out/straight/metrics.jsonl") <(cut -d, -f1-3 "$out/$name/metrics.jsonl") ||
+      fail "$name: losses differ from the straight run"
+  done
+  ;;
+dp_refused)
+  set +e
+  msg=$(timeout 120 mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --train.device=cuda \
+    --parallel.dp=2 --log.dir="$out/dp" --checkpoint.dir="$out/dp/ck" 2>&1)
+  status=$?
+  set -e
+  test "$status" -ne 0 || fail "exit status 0: $msg"
+  grep -q "no NCCL\|without CUDA" <<<"$msg" || fail "message: $msg"
+  ;;
+*)
+  fail "unknown case $case_name"
+  ;;
+esac
+echo "ok: $case_name"
