@@ -71,6 +71,7 @@ bf16)
   close_losses cpu bf16 2e-2
   ;;
 dp2)
+  command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; exit 77; }
   gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
   if [ "${gpus:-0}" -lt 2 ]; then
     echo "skipped: dp2 needs 2 GPUs, this machine has ${gpus:-0}"
@@ -83,6 +84,7 @@ dp2)
   close_losses single zero1 1e-4
   ;;
 tp_refused)
+  command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; exit 77; }
   set +e
   msg=$(timeout 120 mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --train.device=cuda \
     --parallel.tp=2 --model.vocab_size=66 2>&1)
