@@ -37,6 +37,8 @@ for dtype in float32 bfloat16; do
   echo "== braid: bench_gpu $steps $batch $dtype =="
   "$bin/bench_gpu" "$steps" "$batch" "$dtype"
 done
+echo "== braid: BRAID_CUDA_ATTENTION=tiled bench_gpu $steps $batch bfloat16 =="
+BRAID_CUDA_ATTENTION=tiled "$bin/bench_gpu" "$steps" "$batch" bfloat16
 if "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   echo "== pytorch: bench/gpu_torch.py =="
   for args in "--dtype float32" "--dtype float32 --compile" "--dtype bfloat16 --compile"; do

@@ -55,4 +55,9 @@ struct bt_cuda_memory_stats bt_cuda_memory_stats(void) {
     return (struct bt_cuda_memory_stats){0, 0, 0, 0};
 }
 
+bool bt_cuda_set_tiled_attention(bool on) {
+    (void)on;
+    return false;
+}
+
 void bt_cuda_shutdown(void) {}

@@ -3,9 +3,40 @@
  * log-sum-exp is saved for the backward, which recomputes the probabilities: one warp per query
  * row for dq (and D = rowsum(dout * out)), one warp per key row for dk and dv, each summing over
  * the rows in order (no atomics: deterministic). Head size up to 256 (8 floats per lane).
- * This is the portable kernel that every GPU runs; cuDNN's fused attention for bf16 is to come
- * (see docs/cuda.md). */
+ * The default until attention_tiled.cu's kernels (BRAID_CUDA_ATTENTION=tiled) have run on a GPU;
+ * cuDNN's fused attention is to come (docs/cuda.md). */
+#include <stdlib.h>
+#include <string.h>
+
 #include "core/cuda/kernels.cuh"
+
+/* attention_tiled.cu */
+bool bt_cuda_attention_tiled_takes(int64_t hs);
+void bt_cuda_attention_tiled(float *out, float *lse, const float *q, const float *k,
+                             const float *v, int64_t B, int64_t NH, int64_t NKV, int64_t T,
+                             int64_t hs, float scale, bool causal,
+                             const struct bt_attn_layouts *layouts);
+void bt_cuda_attention_tiled_backward(float *dq, float *dk, float *dv, const float *dout,
+                                      const float *q, const float *k, const float *v,
+                                      const float *out, const float *lse, int64_t B, int64_t NH,
+                                      int64_t NKV, int64_t T, int64_t hs, float scale, bool causal,
+                                      const struct bt_attn_layouts *layouts);
+
+static int tiled_mode = -1; /* -1: not read yet; from BRAID_CUDA_ATTENTION, or set by the API */
+
+static bool use_tiled(int64_t hs) {
+    if (tiled_mode < 0) {
+        const char *v = getenv("BRAID_CUDA_ATTENTION");
+        tiled_mode = v && strcmp(v, "tiled") == 0;
+    }
+    return tiled_mode && bt_cuda_attention_tiled_takes(hs);
+}
+
+extern "C" bool bt_cuda_set_tiled_attention(bool on) {
+    bool was = use_tiled(64);
+    tiled_mode = on;
+    return was;
+}
 
 #define MAX_PER_LANE 8 /* hs <= 256 */
 #define WARPS 4        /* rows per block */
@@ -67,6 +98,10 @@ void bt_cuda_attention(float *out, float *lse, const float *q, const float *k, c
                        bool causal, const struct bt_attn_layouts *layouts) {
     int64_t rows = B * NH * T;
     if (rows == 0) return;
+    if (use_tiled(hs)) {
+        bt_cuda_attention_tiled(out, lse, q, k, v, B, NH, NKV, T, hs, scale, causal, layouts);
+        return;
+    }
     if (hs > 32 * MAX_PER_LANE) {
         bt_cuda_fail("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
                      32 * MAX_PER_LANE);
@@ -169,6 +204,11 @@ void bt_cuda_attention_backward(float *dq, float *dk, float *dv, const float *do
                                 const struct bt_attn_layouts *layouts) {
     int64_t rows = B * NH * T, kv_rows = B * NKV * T;
     if (rows == 0) return;
+    if (use_tiled(hs)) {
+        bt_cuda_attention_tiled_backward(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, T, hs,
+                                         scale, causal, layouts);
+        return;
+    }
     if (hs > 32 * MAX_PER_LANE) {
         bt_cuda_fail("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
                      32 * MAX_PER_LANE);

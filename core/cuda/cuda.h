@@ -42,6 +42,11 @@ void *bt_cuda_stream_handle(void);
  * first call that meets it, not by the kernel that caused it: CUDA_LAUNCH_BLOCKING=1 finds that. */
 bt_status bt_cuda_synchronize(void);
 
+/* Attention's kernel: the tiled one (core/cuda/attention_tiled.cu, head sizes 64 and 128) when
+ * on, else the one-warp-per-row one; BRAID_CUDA_ATTENTION=tiled sets it at start. Returns the
+ * previous setting. */
+bool bt_cuda_set_tiled_attention(bool on);
+
 /* The caching allocator: device memory is taken from the driver once and reused, so a
  * steady-state step calls cudaMalloc never. Step arenas sit on it (core/runtime.c). */
 void *bt_cuda_malloc(size_t nbytes); /* NULL on failure (after freeing the cache and retrying) */

@@ -243,6 +243,32 @@ BT_HD float bt_km_online_softmax(float *m, float *l, float s, float *p) {
     return corr;
 }
 
+/* ---- the tiled attention kernels' ranges (attention_tiled.cu): a block of br query rows from q0
+ * walks key tiles [k0, k0 + br) below its end; row t uses the first n keys of a tile; a block of
+ * key rows from k0 walks query tiles from its start, and key row j uses rows from `first` on ---- */
+
+/* keys the query block starting at q0 may see: [0, end) */
+BT_HD int64_t bt_km_block_key_end(int64_t q0, int64_t br, int64_t T, bool causal) {
+    return causal ? (q0 + br < T ? q0 + br : T) : T;
+}
+
+/* keys of the tile at k0 that query row t sees (<= 0: none) */
+BT_HD int64_t bt_km_tile_keys(int64_t t, int64_t k0, int64_t br, int64_t T, bool causal) {
+    int64_t n = T - k0 < br ? T - k0 : br;
+    if (causal && t - k0 + 1 < n) n = t - k0 + 1; /* keys <= t */
+    return n;
+}
+
+/* the first query tile the key block starting at k0 reads (causal: none before it sees a key) */
+BT_HD int64_t bt_km_block_query_start(int64_t k0, bool causal) {
+    return causal ? k0 : 0;
+}
+
+/* the first row of the query tile at i0 that key row j contributes to (causal: rows >= j) */
+BT_HD int64_t bt_km_tile_first_query(int64_t j, int64_t i0, bool causal) {
+    return causal && j > i0 ? j - i0 : 0;
+}
+
 /* ---- AdamW: torch.optim.AdamW (_single_tensor_adamw) operation for operation, as the CPU ---- */
 
 BT_HD void bt_km_adamw(const struct bt_adamw_span *s, float *p, float *m, float *v, float g,

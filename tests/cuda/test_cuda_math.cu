@@ -263,6 +263,97 @@ START_TEST(test_attention_recurrence_matches_cpu) {
 }
 END_TEST
 
+/* The tiled kernels' schedule (attention_tiled.cu), run on the host with their own range
+ * functions: blocks of br rows, key and query tiles, the causal cut-offs, against the CPU; tiles
+ * of 3 and 4 rows over T = 7 reach every edge (a partial last tile, a tile wholly above the
+ * diagonal) */
+START_TEST(test_tiled_attention_schedule_matches_cpu) {
+    enum { B = 1, NH = 4, NKV = 2, T = 7, HS = 8, G = NH / NKV };
+    static float q[B * NH * T * HS], k[B * NKV * T * HS], v[B * NKV * T * HS], g[B * NH * T * HS];
+    static float out_c[B * NH * T * HS], lse_c[B * NH * T], dq_c[B * NH * T * HS];
+    static float dk_c[B * NKV * T * HS], dv_c[B * NKV * T * HS];
+    static float out_g[B * NH * T * HS], lse_g[B * NH * T], dq_g[B * NH * T * HS], D[B * NH * T];
+    static float dk_g[B * NKV * T * HS], dv_g[B * NKV * T * HS];
+    for (int i = 0; i < B * NH * T * HS; i++)
+        q[i] = uniform(41, (uint64_t)i, -1, 1), g[i] = uniform(42, (uint64_t)i, -1, 1);
+    for (int i = 0; i < B * NKV * T * HS; i++)
+        k[i] = uniform(43, (uint64_t)i, -1, 1), v[i] = uniform(44, (uint64_t)i, -1, 1);
+    struct bt_attn_layout lq = {NH * T * HS, T * HS, HS}, lk = {NKV * T * HS, T * HS, HS};
+    struct bt_attn_layouts L = {lq, lk, lk, lq, lq, lq, lk, lk};
+    const float scale = 0.35355339f;
+    for (int br = 3; br <= 4; br++)
+        for (int causal = 0; causal < 2; causal++) {
+            bt_cpu_attention(out_c, lse_c, q, k, v, B, NH, NKV, T, HS, scale, causal, &L);
+            bt_cpu_attention_backward(dq_c, dk_c, dv_c, g, q, k, v, out_c, lse_c, B, NH, NKV, T,
+                                      HS, scale, causal, &L);
+            for (int h = 0; h < NH; h++) /* forward and dq: blocks of query rows */
+                for (int64_t q0 = 0; q0 < T; q0 += br)
+                    for (int64_t t = q0; t < q0 + br && t < T; t++) {
+                        const float *qr = q + (h * T + t) * HS, *gr = g + (h * T + t) * HS;
+                        const float *kb = k + (h / G) * T * HS, *vb = v + (h / G) * T * HS;
+                        float m = -INFINITY, l = 0.0f, acc[HS] = {0};
+                        int64_t end = bt_km_block_key_end(q0, br, T, causal);
+                        for (int64_t k0 = 0; k0 < end; k0 += br)
+                            for (int64_t j = 0; j < bt_km_tile_keys(t, k0, br, T, causal); j++) {
+                                float p, corr = bt_km_online_softmax(
+                                             &m, &l, dotp(qr, kb + (k0 + j) * HS, HS) * scale, &p);
+                                for (int c = 0; c < HS; c++)
+                                    acc[c] = acc[c] * corr + p * vb[(k0 + j) * HS + c];
+                            }
+                        for (int c = 0; c < HS; c++)
+                            out_g[(h * T + t) * HS + c] = acc[c] / l;
+                        lse_g[h * T + t] = m + logf(l);
+                        float Di = dotp(gr, out_g + (h * T + t) * HS, HS), dq[HS] = {0};
+                        D[h * T + t] = Di;
+                        for (int64_t k0 = 0; k0 < end; k0 += br)
+                            for (int64_t j = 0; j < bt_km_tile_keys(t, k0, br, T, causal); j++) {
+                                const float *kr = kb + (k0 + j) * HS;
+                                float p = expf(dotp(qr, kr, HS) * scale - lse_g[h * T + t]);
+                                float ds = p * (dotp(gr, vb + (k0 + j) * HS, HS) - Di);
+                                for (int c = 0; c < HS; c++)
+                                    dq[c] += ds * kr[c];
+                            }
+                        for (int c = 0; c < HS; c++)
+                            dq_g[(h * T + t) * HS + c] = dq[c] * scale;
+                    }
+            for (int kvh = 0; kvh < NKV; kvh++) /* dk, dv: blocks of key rows */
+                for (int64_t k0 = 0; k0 < T; k0 += br)
+                    for (int64_t j = k0; j < k0 + br && j < T; j++) {
+                        const float *kr = k + (kvh * T + j) * HS, *vr = v + (kvh * T + j) * HS;
+                        float ak[HS] = {0}, av[HS] = {0};
+                        for (int h = kvh * G; h < (kvh + 1) * G; h++)
+                            for (int64_t i0 = bt_km_block_query_start(k0, causal); i0 < T; i0 += br) {
+                                int64_t n = T - i0 < br ? T - i0 : br;
+                                for (int64_t r = bt_km_tile_first_query(j, i0, causal); r < n; r++) {
+                                    int64_t i = i0 + r;
+                                    const float *qr = q + (h * T + i) * HS, *gr = g + (h * T + i) * HS;
+                                    float p = expf(dotp(kr, qr, HS) * scale - lse_g[h * T + i]);
+                                    float ds = p * (dotp(vr, gr, HS) - D[h * T + i]);
+                                    for (int c = 0; c < HS; c++)
+                                        av[c] += p * gr[c], ak[c] += ds * qr[c];
+                                }
+                            }
+                        for (int c = 0; c < HS; c++)
+                            dk_g[(kvh * T + j) * HS + c] = ak[c] * scale,
+                                                    dv_g[(kvh * T + j) * HS + c] = av[c];
+                    }
+            const float *a[5] = {out_c, lse_c, dq_c, dk_c, dv_c};
+            const float *b[5] = {out_g, lse_g, dq_g, dk_g, dv_g};
+            int n[5] = {B * NH * T * HS, B * NH * T, B * NH * T * HS, B * NKV * T * HS,
+                        B * NKV * T * HS};
+            for (int p = 0; p < 5; p++) {
+                double worst = 0.0, big = 0.0;
+                for (int i = 0; i < n[p]; i++) {
+                    worst = fmax(worst, fabs(a[p][i] - b[p][i]));
+                    big = fmax(big, fabs(a[p][i]));
+                }
+                ck_assert_msg(worst <= 1e-5 * big, "br=%d causal=%d tensor %d: max error %g of %g",
+                              br, causal, p, worst, big);
+            }
+        }
+}
+END_TEST
+
 START_TEST(test_optimizer_updates_match_cpu) {
     enum { N = 5000 };
     static float p_c[N], m_c[N], v_c[N], p_g[N], m_g[N], v_g[N], gr[N], buf_c[N], buf_g[N];
@@ -323,6 +414,7 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_dropout_mask_matches_cpu);
     bt_suite_add(s, test_rope_matches_cpu);
     bt_suite_add(s, test_attention_recurrence_matches_cpu);
+    bt_suite_add(s, test_tiled_attention_schedule_matches_cpu);
     bt_suite_add(s, test_optimizer_updates_match_cpu);
     bt_suite_add(s, test_cublaslt_loads);
     return s;

@@ -193,6 +193,27 @@ START_TEST(test_rope_and_attention_match_cpu) {
 }
 END_TEST
 
+/* the tiled attention kernels (BRAID_CUDA_ATTENTION=tiled): head sizes 64 and 128, T not a
+ * multiple of the tile, GQA, causal and not */
+START_TEST(test_tiled_attention_matches_cpu) {
+    bool was = bt_cuda_set_tiled_attention(true);
+    int64_t hs_of[2] = {64, 128}, T_of[2] = {70, 40};
+    for (int k = 0; k < 2; k++)
+        for (int causal = 0; causal < 2; causal++) {
+            bool c = causal;
+            int64_t hs = hs_of[k], T = T_of[k];
+            bt_tensor *in[3] = {test_param(BT_SHAPE(2, 4, T, hs), 30 + k, -1, 1),
+                                test_param(BT_SHAPE(2, 2, T, hs), 32 + k, -1, 1),
+                                test_param(BT_SHAPE(2, 2, T, hs), 34 + k, -1, 1)};
+            char name[64];
+            snprintf(name, sizeof name, "tiled attention hs %lld%s", (long long)hs,
+                     causal ? " causal" : "");
+            twin(name, op_attention, in, 3, &c, FP32_TOL);
+        }
+    bt_cuda_set_tiled_attention(was);
+}
+END_TEST
+
 /* mixed precision: matmuls with bf16 operands and float32 sums, against the cpu's float32 */
 START_TEST(test_bf16_matmuls_match_cpu) {
     bt_set_matmul_dtype(BT_BF16);
@@ -327,6 +348,7 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_softmax_and_norms_match_cpu);
     bt_suite_add(s, test_embedding_and_loss_match_cpu);
     bt_suite_add(s, test_rope_and_attention_match_cpu);
+    bt_suite_add(s, test_tiled_attention_matches_cpu);
     bt_suite_add(s, test_bf16_matmuls_match_cpu);
     bt_suite_add(s, test_dropout_matches_cpu);
     bt_suite_add(s, test_device_arena_and_cache_allocate_once);
