@@ -47,6 +47,11 @@ int main(int argc, char **argv) {
     int steps = argc > 1 ? atoi(argv[1]) : 30;
     int64_t B = argc > 2 ? atoll(argv[2]) : 8, T = 1024;
     const char *dtype = argc > 3 ? argv[3] : "float32";
+    if (steps < 2 || B < 1) { /* the median needs a step after the warm-up */
+        fprintf(stderr, "bench_gpu: STEPS must be >= 2 and BATCH >= 1, got %d and %lld\n", steps,
+                (long long)B);
+        return 2;
+    }
     if (strcmp(dtype, "float32") != 0 && strcmp(dtype, "bfloat16") != 0) {
         fprintf(stderr, "bench_gpu: DTYPE must be float32 or bfloat16, got '%s'\n", dtype);
         return 2;
