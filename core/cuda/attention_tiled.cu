@@ -19,6 +19,21 @@ __device__ static inline const float *trow(const float *base, struct bt_attn_lay
     return base + b * l.batch + h * l.head + t * l.time;
 }
 
+/* rows [k0, k0 + BR) of kv head kvh's keys and values into shared memory (zeros past T), the
+ * block's threads reading consecutive floats */
+template <int HS>
+__device__ static inline void load_kv_tile(float (*ks)[HS], float (*vs)[HS], const float *k,
+                                           const float *v, const struct bt_attn_layouts &L,
+                                           int64_t b, int64_t kvh, int64_t k0, int64_t T) {
+    constexpr int BR = tile<HS>::rows;
+    for (int i = threadIdx.x; i < BR * HS; i += BR) {
+        int r = i / HS, c = i % HS;
+        bool in = k0 + r < T;
+        ks[r][c] = in ? trow(k, L.k, b, kvh, k0 + r)[c] : 0.0f;
+        vs[r][c] = in ? trow(v, L.v, b, kvh, k0 + r)[c] : 0.0f;
+    }
+}
+
 /* grid (ceil(T / BR), B * NH); thread = query row t of (b, h) */
 template <int HS>
 __global__ void __launch_bounds__(tile<HS>::rows)
@@ -39,12 +54,7 @@ __global__ void __launch_bounds__(tile<HS>::rows)
     int64_t key_end = bt_km_block_key_end(q0, BR, T, causal);
     for (int64_t k0 = 0; k0 < key_end; k0 += BR) {
         __syncthreads(); /* the previous tile is done with */
-        for (int i = threadIdx.x; i < BR * HS; i += BR) {
-            int r = i / HS, c = i % HS;
-            bool in = k0 + r < T;
-            ks[r][c] = in ? trow(k, L.k, b, kvh, k0 + r)[c] : 0.0f;
-            vs[r][c] = in ? trow(v, L.v, b, kvh, k0 + r)[c] : 0.0f;
-        }
+        load_kv_tile<HS>(ks, vs, k, v, L, b, kvh, k0, T);
         __syncthreads();
         int64_t n = bt_km_tile_keys(t, k0, BR, T, causal);
         for (int j = 0; active && j < n; j++) {
@@ -90,12 +100,7 @@ __global__ void __launch_bounds__(tile<HS>::rows)
     int64_t key_end = bt_km_block_key_end(q0, BR, T, causal);
     for (int64_t k0 = 0; k0 < key_end; k0 += BR) {
         __syncthreads();
-        for (int i = threadIdx.x; i < BR * HS; i += BR) {
-            int r = i / HS, c = i % HS;
-            bool in = k0 + r < T;
-            ks[r][c] = in ? trow(k, L.k, b, kvh, k0 + r)[c] : 0.0f;
-            vs[r][c] = in ? trow(v, L.v, b, kvh, k0 + r)[c] : 0.0f;
-        }
+        load_kv_tile<HS>(ks, vs, k, v, L, b, kvh, k0, T);
         __syncthreads();
         int64_t n = bt_km_tile_keys(t, k0, BR, T, causal);
         for (int j = 0; active && j < n; j++) {

@@ -77,6 +77,16 @@ __device__ static inline float bt_block_max(float v, float *shared) {
     return bt_warp_max(v);
 }
 
+/* whether strides are the contiguous row-major ones of shape (size-1 dims ignored) */
+static inline bool bt_strides_contiguous(int ndim, const int64_t *shape, const int64_t *strides) {
+    int64_t expected = 1;
+    for (int d = ndim - 1; d >= 0; d--) {
+        if (shape[d] != 1 && strides[d] != expected) return false;
+        expected *= shape[d];
+    }
+    return true;
+}
+
 /* shapes and strides to a kernel by value */
 static inline struct bt_km_shape bt_km_make_shape(int ndim, const int64_t *shape) {
     struct bt_km_shape s;

@@ -15,22 +15,14 @@ __global__ void binary_strided_kernel(bt_binary_op op, float *out, const float *
     out[i] = bt_km_binary(op, a[bt_km_offset(i, &shape, &as)], b[bt_km_offset(i, &shape, &bs)]);
 }
 
-static bool is_contiguous(int ndim, const int64_t *shape, const int64_t *strides) {
-    int64_t expected = 1;
-    for (int d = ndim - 1; d >= 0; d--) {
-        if (shape[d] != 1 && strides[d] != expected) return false;
-        expected *= shape[d];
-    }
-    return true;
-}
-
 void bt_cuda_binary(bt_binary_op op, float *out, const float *a, const int64_t *a_strides,
                     const float *b, const int64_t *b_strides, int ndim, const int64_t *shape) {
     int64_t n = 1;
     for (int d = 0; d < ndim; d++)
         n *= shape[d];
     if (n == 0) return;
-    if (is_contiguous(ndim, shape, a_strides) && is_contiguous(ndim, shape, b_strides)) {
+    if (bt_strides_contiguous(ndim, shape, a_strides) &&
+        bt_strides_contiguous(ndim, shape, b_strides)) {
         binary_contiguous_kernel<<<bt_blocks(n, BT_THREADS), BT_THREADS, 0, bt_cuda_stream()>>>(
             op, out, a, b, n);
         BT_CUDA_LAUNCHED("binary_contiguous_kernel");

@@ -3,15 +3,6 @@
 
 #include "core/cuda/kernels.cuh"
 
-static bool contiguous(int ndim, const int64_t *shape, const int64_t *strides) {
-    int64_t expected = 1;
-    for (int d = ndim - 1; d >= 0; d--) {
-        if (shape[d] != 1 && strides[d] != expected) return false;
-        expected *= shape[d];
-    }
-    return true;
-}
-
 __global__ void copy_f32_kernel(float *dst, const float *src, int64_t n, struct bt_km_shape shape,
                                 struct bt_km_strides strides) {
     BT_GRID_STRIDE(i, n) dst[i] = src[bt_km_offset(i, &shape, &strides)];
@@ -30,7 +21,7 @@ void bt_cuda_copy_strided(void *dst, bt_dtype dst_dtype, const void *src, bt_dty
     for (int d = 0; d < ndim; d++)
         n *= shape[d];
     if (n == 0) return;
-    if (dst_dtype == src_dtype && contiguous(ndim, shape, src_strides)) {
+    if (dst_dtype == src_dtype && bt_strides_contiguous(ndim, shape, src_strides)) {
         BT_CUDA_CHECK(cudaMemcpyAsync(dst, src, (size_t)n * bt_dtype_size(src_dtype),
                                       cudaMemcpyDeviceToDevice, bt_cuda_stream()));
         return;

@@ -9,6 +9,7 @@
 #   resume_cross  a cpu checkpoint resumed on cuda, and a cuda one resumed on cpu, continue the
 #                 straight cpu run exactly
 #   dp_refused    parallel.dp=2 on the fake device: one error line, non-zero exit
+#   tp_refused    parallel.tp=2 on cuda: the job's one-line refusal, exit 2, before any work
 set -euo pipefail
 source "$(dirname "$0")/tiny_job.sh" "$@"
 export BRAID_FAKE_CUDA=1
@@ -40,6 +41,17 @@ dp_refused)
   set -e
   test "$status" -ne 0 || fail "exit status 0: $msg"
   grep -q "no NCCL\|without CUDA" <<<"$msg" || fail "message: $msg"
+  ;;
+tp_refused)
+  set +e
+  msg=$(timeout 120 mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --train.device=cuda \
+    --parallel.tp=2 --model.vocab_size=66 --log.dir="$out/tp" --checkpoint.dir="$out/tp/ck" 2>&1)
+  status=$?
+  set -e
+  test "$status" -eq 2 || fail "exit status $status, expected 2: $msg"
+  grep -q "braid: error: train.device=cuda: parallel.tp=2 pp=1: on GPUs braid trains data-parallel only" <<<"$msg" ||
+    fail "message: $msg"
+  test "$(grep -c 'error' <<<"$msg")" -eq 1 || fail "expected one error line: $msg"
   ;;
 *)
   fail "unknown case $case_name"

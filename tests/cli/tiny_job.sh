@@ -55,11 +55,12 @@ kill_one_rank() {
   echo "ok: the job ended with status $status ${elapsed} s after a rank was killed"
 }
 
-# same_losses A B [FROM_STEP]: every loss and val_loss of rows >= FROM_STEP agree to 1e-5
+# same_losses A B [FROM_STEP [TOL]]: every loss and val_loss of rows >= FROM_STEP agree to TOL
+# (relative; 1e-5 unless given)
 same_losses() {
-  local from=${3:-1}
+  local from=${3:-1} tol=${4:-1e-5}
   paste -d' ' <(awk -v f="$from" -F'[:,]' '$2 >= f' "$out/$1/metrics.jsonl") \
-    <(awk -v f="$from" -F'[:,]' '$2 >= f' "$out/$2/metrics.jsonl") | awk '
+    <(awk -v f="$from" -F'[:,]' '$2 >= f' "$out/$2/metrics.jsonl") | awk -v tol="$tol" '
     { n = split($0, w, " ")
       a_loss = ""; b_loss = ""; a_val = ""; b_val = ""; half = 0
       for (i = 1; i <= n; i++) {
@@ -74,5 +75,5 @@ same_losses() {
       rows++ }
     END { if (bad) exit 1
           printf "%d rows, largest relative difference %.3g\n", rows, worst
-          if (rows == 0 || worst > 1e-5) exit 1 }' || fail "losses of $1 and $2 differ (above)"
+          if (rows == 0 || worst > tol) exit 1 }' || fail "losses of $1 and $2 differ (above)"
 }
