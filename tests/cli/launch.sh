@@ -16,7 +16,8 @@
 #                 step; launch exits 130 and no braid process is left
 #   sigterm       the same with SIGTERM: exit 143
 #   sigint_twice  a second Ctrl-C during the step the first one ends stops the ranks at once:
-#                 exit 130, no braid process left
+#                 exit 130, no checkpoint of that step, no braid process left (one rank is held
+#                 with SIGSTOP meanwhile, so that the step cannot end between the two)
 #   no_mpirun     mpirun not on PATH: one error line, exit 1
 set -euo pipefail
 source "$(dirname "$0")/tiny_job.sh" "$@"
@@ -53,28 +54,38 @@ ranks_of() {
   pgrep -f "^$braid train .*--log.dir=$out/$1( |$)" || true
 }
 
-# stop_with SIGNAL NAME EXPECTED_STATUS TIMES [overrides...]: launches a long job, signals braid
-# launch TIMES times once it trains (each after launch said it passed the previous one on), checks
-# its status and that no process of the job is left
-stop_with() {
-  local sig=$1 name=$2 want=$3 times=$4
-  shift 4
+# start_long NAME [overrides...]: starts a long dp=2 job with braid launch in the background and
+# waits until it trains; sets $launcher
+start_long() {
+  local name=$1
+  shift
   "$braid" launch -n 2 "${job[@]}" --parallel.dp=2 "$@" --train.max_steps=1000000 \
     --train.eval_every=0 --log.every=20 --log.dir="$out/$name" --checkpoint.dir="$out/$name/ck" \
     > "$out/$name.log" 2>&1 &
-  local launcher=$!
+  launcher=$!
   for _ in $(seq 600); do
     grep -q '^step ' "$out/$name.log" 2> /dev/null && break
     sleep 0.1
   done
   grep -q '^step ' "$out/$name.log" || fail "the job did not start: $(tail -5 "$out/$name.log")"
-  for ((i = 1; i <= times; i++)); do
-    kill -s "$sig" "$launcher"
-    for _ in $(seq 100); do
-      test "$(grep -c "^braid launch: SIG$sig" "$out/$name.log")" -ge "$i" && break
-      sleep 0.05
-    done
+}
+
+# signal_launch SIGNAL NAME I: sends SIGNAL to braid launch and waits until it said it passed the
+# I-th one on
+signal_launch() {
+  local sig=$1 name=$2 i=$3
+  kill -s "$sig" "$launcher"
+  for _ in $(seq 500); do
+    test "$(grep -c "^braid launch: SIG$sig" "$out/$name.log")" -ge "$i" && return
+    sleep 0.02
   done
+  fail "braid launch did not pass SIG$sig number $i on: $(tail -5 "$out/$name.log")"
+}
+
+# end_of_job SIGNAL NAME EXPECTED_STATUS: waits for braid launch, checks its status and that no
+# process of the job is left
+end_of_job() {
+  local sig=$1 name=$2 want=$3
   status=0
   timeout 60 tail --pid="$launcher" -f /dev/null || fail "braid launch still runs 60 s after $sig"
   wait "$launcher" || status=$?
@@ -82,6 +93,24 @@ stop_with() {
     fail "braid launch exited $status after $sig, expected $want: $(tail -5 "$out/$name.log")"
   test -z "$(ranks_of "$name")" || fail "ranks are left running"
   ! pgrep -f "^mpirun .*--log.dir=$out/$name( |$)" > /dev/null || fail "mpirun is left running"
+}
+
+# stop_with SIGNAL NAME EXPECTED_STATUS [overrides...]: a long job stopped by one SIGNAL to braid
+# launch once it trains
+stop_with() {
+  local sig=$1 name=$2 want=$3
+  shift 3
+  start_long "$name" "$@"
+  signal_launch "$sig" "$name" 1
+  end_of_job "$sig" "$name" "$want"
+}
+
+# catches_sigint PID: whether process PID has a SIGINT handler (braid train's is one-shot: once
+# it has run, the process no longer catches SIGINT)
+catches_sigint() {
+  local mask
+  mask=$(sed -n 's/^SigCgt:[[:space:]]*//p' "/proc/$1/status" 2> /dev/null) || return 1
+  test -n "$mask" && (((0x$mask >> 1) & 1))
 }
 
 case $case_name in
@@ -184,7 +213,7 @@ EOF
   echo "ok: status 7 restarted twice then kept, status 2 not restarted, status 0 kept"
   ;;
 sigint)
-  stop_with INT int 130 1
+  stop_with INT int 130
   test -e "$out/int/ck/latest" || fail "no checkpoint after Ctrl-C"
   grep -q "^braid launch: SIGINT: the ranks stop after the current step with a checkpoint" \
     "$out/int.log" || fail "launch did not say what it does with the signal"
@@ -193,14 +222,34 @@ sigint)
   echo "ok: exit 130, $(readlink "$out/int/ck/latest" || cat "$out/int/ck/latest")"
   ;;
 sigterm)
-  stop_with TERM term 143 1
+  stop_with TERM term 143
   test -e "$out/term/ck/latest" || fail "no checkpoint after SIGTERM"
   grep -q "stopped by SIGTERM after step [0-9]*, with a checkpoint" "$out/term.log" ||
     fail "braid train did not stop on SIGTERM: $(tail -5 "$out/term.log")"
   echo "ok: exit 143"
   ;;
 sigint_twice)
-  stop_with INT twice 130 2 "${slow[@]}" --train.batch_size=32
+  # Made deterministic: one rank (a) is frozen with SIGSTOP, so that the other (b) cannot end its
+  # step (the step's collectives need a) whenever the Ctrl-Cs come. The first Ctrl-C has run b's
+  # handler before the second is sent; the second must then kill b mid-step. a, continued, can
+  # never end the step either: b is gone.
+  start_long twice "${slow[@]}"
+  mapfile -t ranks < <(ranks_of twice)
+  test "${#ranks[@]}" -eq 2 || fail "expected two ranks, found: ${ranks[*]}"
+  a=${ranks[0]} b=${ranks[1]}
+  # a failure below must not leave a frozen job behind
+  trap 'kill -KILL "$launcher" "${ranks[@]}" 2> /dev/null || true' EXIT
+  catches_sigint "$b" || fail "rank $b does not catch SIGINT"
+  kill -STOP "$a"
+  signal_launch INT twice 1
+  for _ in $(seq 250); do
+    catches_sigint "$b" || break
+    sleep 0.02
+  done
+  ! catches_sigint "$b" || fail "rank $b did not take the first SIGINT in 5 s"
+  signal_launch INT twice 2
+  kill -CONT "$a" 2> /dev/null || true
+  end_of_job INT twice 130
   grep -q "^braid launch: SIGINT again: stopping the ranks now" "$out/twice.log" ||
     fail "launch did not pass the second Ctrl-C on"
   ! grep -q "stopped by SIGINT after step" "$out/twice.log" ||
