@@ -85,6 +85,21 @@ START_TEST(test_causal_first_row_is_first_value) {
 }
 END_TEST
 
+START_TEST(test_short_sequences_match_reference) {
+    /* T <= 64 with hs a multiple of 16: each head's whole T x T in one direct kernel (no sgemm);
+     * T off the 16-key vectors and off the 4-row blocks, the longest T, grouped and multi-query,
+     * and work above the OpenMP threshold */
+    for (int causal = 0; causal < 2; causal++) {
+        check_forward(2, 2, 2, 1, 16, causal, 0.0, 800);
+        check_forward(2, 4, 2, 5, 16, causal, 0.0, 810);
+        check_forward(1, 2, 1, 17, 32, causal, 0.6, 820);
+        check_forward(1, 3, 3, 16, 48, causal, 0.0, 830);
+        check_forward(3, 4, 4, 64, 32, causal, 0.0, 840);
+        check_forward(1, 2, 2, 63, 128, causal, 0.0, 850);
+    }
+}
+END_TEST
+
 struct attention_case {
     bool causal;
     double scale;
@@ -144,6 +159,28 @@ START_TEST(test_gradients_several_key_blocks) {
     gradcheck_shapes("attention(T=70, full)", fn_attention, false, 1, 2, 2, 70, 2, false, 310);
     /* many (batch, kv head) groups: the backward's one-pass schedule, in parallel */
     gradcheck_shapes("attention(B=4, GQA, T=40)", fn_attention, false, 4, 4, 2, 40, 2, true, 320);
+}
+END_TEST
+
+START_TEST(test_gradients_short_sequences) {
+    /* the direct kernels' backward (T <= 64, hs a multiple of 16) */
+    for (int causal = 0; causal < 2; causal++) {
+        gradcheck_shapes("attention(direct)", fn_attention, false, 1, 2, 2, 7, 16, causal, 900);
+        gradcheck_shapes("attention(direct, GQA)", fn_attention, false, 1, 4, 2, 10, 16, causal,
+                         910);
+        gradcheck_shapes("attention(direct, views)", fn_attention_views, true, 1, 2, 1, 6, 32,
+                         causal, 920);
+    }
+    /* above the OpenMP threshold: groups in parallel */
+    gradcheck_shapes("attention(direct, parallel)", fn_attention, false, 2, 2, 1, 24, 16, true,
+                     930);
+    struct attention_case c = {true, 0.4};
+    bt_tensor *in[3] = {test_param(BT_SHAPE(1, 2, 9, 16), 940, -1, 1),
+                        test_param(BT_SHAPE(1, 2, 9, 16), 941, -1, 1),
+                        test_param(BT_SHAPE(1, 2, 9, 16), 942, -1, 1)};
+    GRADCHECK("attention(direct, scale 0.4)", fn_attention, in, 3, &c);
+    /* the leaves now hold gradients: the backward adds into them */
+    GRADCHECK("attention(direct, existing grads)", fn_attention, in, 3, &c);
 }
 END_TEST
 
@@ -350,6 +387,8 @@ static Suite *attention_suite(void) {
     bt_suite_add(s, test_gradients);
     bt_suite_add(s, test_gradients_transposed_views);
     bt_suite_add(s, test_gradients_several_key_blocks);
+    bt_suite_add(s, test_short_sequences_match_reference);
+    bt_suite_add(s, test_gradients_short_sequences);
     bt_suite_add(s, test_gradients_explicit_scale_and_accumulation);
     bt_suite_add(s, test_gradients_some_inputs);
     bt_suite_add(s, test_gradient_same_tensor_three_times);
