@@ -15,9 +15,9 @@
 #include "core/cpu/kernels.h"
 #include "core/cpu/vecmath.h"
 
-/* The softmax loops over a tile's rows run 16 lanes at a time (core/cpu/vecmath.h) in functions
- * compiled for each ISA level (BT_CPU_DISPATCH); a row's last partial vector is done with the
- * scalar bt_fast_expf. */
+/* The softmax loops over a tile's rows run BT_VL (8) lanes at a time (core/cpu/vecmath.h) in
+ * functions compiled for each ISA level (BT_CPU_DISPATCH); a row's last partial vector is done with
+ * the scalar bt_fast_expf. */
 
 #define BQ 64  /* query rows per tile */
 #define KC 256 /* keys per tile (a multiple of BQ: a causal tile never starts past its queries) */
@@ -161,22 +161,24 @@ struct attention_grads {
  * 64 x 64 x 32 product is 0.26 MFLOP), so each head is done directly: K and V transposed into
  * scratch, and every product as rows of RB outputs times a row-major operand, 16 floats at a
  * time, in registers. Causal blocks skip the keys no row of theirs sees. Needs hs a multiple of
- * BT_VL; other shapes take the tiles. */
+ * DV; other shapes take the tiles. */
 
 #define TD 64  /* longest sequence done directly */
 #define HD 128 /* widest head done directly */
 #define RB 4   /* output rows per register block */
+#define DV 16  /* columns per register block: two 8-float vectors */
 
 static inline int64_t round_up(int64_t n, int64_t m) {
     return (n + m - 1) / m * m;
 }
 
 static bool direct_shape(int64_t T, int64_t hs) {
-    return T <= TD && hs <= HD && hs % BT_VL == 0;
+    return T <= TD && hs <= HD && hs % DV == 0;
 }
 
-/* Eight floats: the block's accumulators are of the native AVX2 width. A bt_vf (16 floats) per
- * accumulator made gcc keep them on the stack in the x86-64-v3 clone (2x slower than sgemm). */
+/* Eight floats, the native AVX2 width, whatever BT_VL is: the register blocks below are
+ * written for it (vectors wider than the registers are kept on the stack by gcc, see
+ * core/cpu/vecmath.h) */
 typedef float v8f __attribute__((vector_size(8 * sizeof(float))));
 
 BT_VEC_INLINE v8f v8f_load(const float *p) {
@@ -185,7 +187,7 @@ BT_VEC_INLINE v8f v8f_load(const float *p) {
     return v;
 }
 
-/* C rows 0..nr-1 (nr <= RB), columns 0..N-1 (N a multiple of BT_VL):
+/* C rows 0..nr-1 (nr <= RB), columns 0..N-1 (N a multiple of DV):
  *   C[r, :] = alpha * sum_{k0 <= k < k1} A[r * ars + k * aks] * B[k * ldb + :]  (+ C[r, :])
  * Rows past nr compute row nr - 1 again and are not stored. */
 BT_VEC_INLINE void block_rows(int64_t nr, int64_t N, int64_t k0, int64_t k1, float alpha,
@@ -193,7 +195,7 @@ BT_VEC_INLINE void block_rows(int64_t nr, int64_t N, int64_t k0, int64_t k1, flo
                               float *C, int64_t ldc, bool accumulate) {
     const float *a0 = A, *a1 = A + (nr > 1 ? 1 : 0) * ars, *a2 = A + (nr > 2 ? 2 : nr - 1) * ars;
     const float *a3 = A + (nr > 3 ? 3 : nr - 1) * ars;
-    for (int64_t c = 0; c < N; c += BT_VL) {
+    for (int64_t c = 0; c < N; c += DV) {
         v8f c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0};
         for (int64_t k = k0; k < k1; k++) {
             const float *b = B + k * ldb + c;
@@ -278,11 +280,11 @@ BT_VEC_INLINE float dot16(const float *a, const float *b, int64_t n) {
 }
 
 /* S (T x Tp) = scale * Q Xt for T query rows of Q (stride ldq) against the transposed keys Xt;
- * when causal each block of rows stops at the first BT_VL-column boundary past its last row */
+ * when causal each block of rows stops at the first DV-column boundary past its last row */
 BT_VEC_INLINE void scores(float *S, const float *Q, int64_t ldq, const float *Xt, int64_t T,
                           int64_t Tp, int64_t hs, float scale, bool causal) {
     for (int64_t i0 = 0; i0 < T; i0 += RB) {
-        int64_t nr = min64(RB, T - i0), ncol = causal ? round_up(i0 + nr, BT_VL) : Tp;
+        int64_t nr = min64(RB, T - i0), ncol = causal ? round_up(i0 + nr, DV) : Tp;
         block_rows(nr, ncol, 0, hs, scale, Q + i0 * ldq, ldq, 1, Xt, Tp, S + i0 * Tp, Tp, false);
     }
 }
@@ -338,7 +340,7 @@ BT_CPU_DISPATCH static void direct_forward_head(float *out, float *lse, const fl
                                                 int64_t hs, float scale, bool causal,
                                                 const struct bt_attn_layouts *L,
                                                 struct direct_scratch *x) {
-    int64_t g = h / (NH / NKV), Tp = round_up(T, BT_VL);
+    int64_t g = h / (NH / NKV), Tp = round_up(T, DV);
     const float *Q = q + row_at(&L->q, b, h, 0), *K = k + row_at(&L->k, b, g, 0);
     const float *V = v + row_at(&L->v, b, g, 0);
     int64_t ldq = L->q.time, ldv = L->v.time, ldo = L->out.time;
@@ -365,7 +367,7 @@ BT_CPU_DISPATCH static void direct_forward_head(float *out, float *lse, const fl
 BT_CPU_DISPATCH static void direct_backward_group(const struct attention_grads *a, int64_t b,
                                                   int64_t g, struct direct_scratch *x) {
     const struct bt_attn_layouts *L = a->L;
-    int64_t NH = a->NH, T = a->T, hs = a->hs, group = NH / a->NKV, Tp = round_up(T, BT_VL);
+    int64_t NH = a->NH, T = a->T, hs = a->hs, group = NH / a->NKV, Tp = round_up(T, DV);
     const float *K = a->k + row_at(&L->k, b, g, 0), *V = a->v + row_at(&L->v, b, g, 0);
     float *dK = a->dk + row_at(&L->dk, b, g, 0), *dV = a->dv + row_at(&L->dv, b, g, 0);
     int64_t ldk = L->k.time, lddk = L->dk.time, lddv = L->dv.time;

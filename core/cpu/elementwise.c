@@ -162,7 +162,7 @@ static inline float unary_derivative(bt_unary_op op, float x, float y, float arg
         }                                                                                          \
     } while (0)
 
-/* The activations' hot loops, 16 lanes at a time (core/cpu/vecmath.h), on spans of SPAN
+/* The activations' hot loops, BT_VL (8) lanes at a time (core/cpu/vecmath.h), on spans of SPAN
  * elements that the OpenMP loop hands out. A last partial vector goes through a zero-padded copy,
  * so every element takes the same arithmetic. */
 #define SPAN 4096

@@ -11,7 +11,7 @@
 
 #define ROW_BLOCK 16 /* rows per call of a dispatched row function */
 
-/* sum_c a[c] * (b ? b[c] : 1) over n floats, 16 lanes of partial sums */
+/* sum_c a[c] * (b ? b[c] : 1) over n floats, BT_VL (8) lanes of partial sums */
 BT_VEC_INLINE float vec_dot(const float *a, const float *b, int64_t n) {
     bt_vf acc = bt_vf_splat(0.0f);
     int64_t c = 0;
@@ -23,7 +23,7 @@ BT_VEC_INLINE float vec_dot(const float *a, const float *b, int64_t n) {
     return sum;
 }
 
-/* Rows n0..n1-1 of the layernorm forward; sums in float, 16 lanes wide */
+/* Rows n0..n1-1 of the layernorm forward; sums in float, BT_VL (8) lanes wide */
 BT_CPU_DISPATCH static void layernorm_rows(float *out, float *mean, float *rstd, const float *x,
                                            const float *w, const float *b, int64_t n0, int64_t n1,
                                            int64_t C, float eps) {
@@ -146,7 +146,7 @@ void bt_cpu_layernorm_backward(float *dx, float *dw, float *db, const float *dou
                                    beta_b);
 }
 
-/* Rows n0..n1-1 of the rmsnorm forward; sums in float, 16 lanes wide */
+/* Rows n0..n1-1 of the rmsnorm forward; sums in float, BT_VL (8) lanes wide */
 BT_CPU_DISPATCH static void rmsnorm_rows(float *out, float *rstd, const float *x, const float *w,
                                          int64_t n0, int64_t n1, int64_t C, float eps) {
     for (int64_t n = n0; n < n1; n++) {

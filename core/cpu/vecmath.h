@@ -3,9 +3,12 @@
  * gcc's auto-vectoriser does vectorise bt_fast_expf loops for the portable x86-64 target (SSE2),
  * but for AVX2 and AVX-512 it turns the range clamps into branches and gives up ("control flow
  * in loop"), so a -march=native build ran GELU 3x slower than the portable one. The loops below
- * are written with gcc's vector extensions instead: one bt_vf holds 16 floats, which the compiler
- * lowers to whatever the target has (4 SSE registers, 2 AVX2 ones, 1 AVX-512 one), with the
- * same arithmetic, operation for operation, as core/cpu/fastmath.h's scalar code.
+ * are written with gcc's vector extensions instead: one bt_vf holds 8 floats, one AVX2 register
+ * (2 SSE ones, half an AVX-512 one), with the same arithmetic, operation for operation, as
+ * core/cpu/fastmath.h's scalar code. Not 16: gcc 12 keeps a vector wider than the target's
+ * registers on the stack wherever it is carried across loop iterations (an accumulator) or read
+ * lane by lane, which made the x86-64-v3 clones of layernorm and the attention softmax several
+ * times slower than their arithmetic.
  *
  * BT_CPU_DISPATCH on a kernel function compiles it three times, for x86-64-v4 (AVX-512),
  * x86-64-v3 (AVX2 + FMA) and the portable baseline, and picks one when the program loads
@@ -38,7 +41,7 @@
 /* Always inlined, so each clone of a dispatched caller gets them compiled for its own ISA */
 #define BT_VEC_INLINE static inline __attribute__((always_inline))
 
-#define BT_VL 16 /* floats per bt_vf */
+#define BT_VL 8 /* floats per bt_vf */
 typedef float bt_vf __attribute__((vector_size(BT_VL * sizeof(float))));
 typedef int32_t bt_vi __attribute__((vector_size(BT_VL * sizeof(int32_t))));
 
@@ -63,9 +66,9 @@ BT_VEC_INLINE bt_vf bt_vf_select(bt_vi mask, bt_vf a, bt_vf b) {
 
 /* a < b as a lane mask, from the sign of a - b (negative exactly when a < b for finite a, b:
  * gradual underflow never rounds a nonzero difference to 0). Not a vector comparison: gcc 12
- * lowers a 16-lane float comparison to 16 scalar compare-and-cmov pairs wherever the target has
- * no 64-byte vectors (x86-64-v3, the baseline), which made the kernels using it (GELU: 2-2.4x)
- * slower on AVX2 machines; a subtraction and an arithmetic shift split into native vectors.
+ * lowers a float comparison wider than the target's vectors to one scalar compare-and-cmov pair
+ * per lane (a 16-lane one made GELU 2-2.4x slower on AVX2 machines; an 8-lane one does the same
+ * on the SSE baseline); a subtraction and an arithmetic shift split into native vectors.
  * Infinities order correctly; NaN lanes give either answer. */
 BT_VEC_INLINE bt_vi bt_vf_lt(bt_vf a, bt_vf b) {
     return (bt_vi)(a - b) >> 31;
