@@ -5,9 +5,9 @@
  * allocator's peak. Run by bench/gpu.sh on a lent GPU; prints "skipped" and exits 0 without one.
  * With DTYPE bfloat16 the matmuls take bf16 operands (train.dtype: bfloat16), and MFU is against
  * the bf16 matmul rate.   usage: bench_gpu [STEPS [BATCH [float32|bfloat16]]] */
-#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bench/bench.h"
 #include "core/autograd.h"
@@ -22,7 +22,8 @@ static void die(const char *what) {
     exit(1);
 }
 
-/* matmul rate (the runtime's matmul dtype) of (M,K) x (K,N) on the device, GFLOP/s: the median of 10 timed runs */
+/* matmul rate (the runtime's matmul dtype) of (M,K) x (K,N) on the device, GFLOP/s: the median of
+ * 10 timed runs */
 static double matmul_rate(int64_t M, int64_t K, int64_t N) {
     bt_tensor *a = bt_tensor_new(BT_SHAPE(M, K), BT_F32, bt_cuda(0));
     bt_tensor *b = bt_tensor_new(BT_SHAPE(K, N), BT_F32, bt_cuda(0));
@@ -61,10 +62,19 @@ int main(int argc, char **argv) {
         printf("bench_gpu: skipped: no CUDA device visible (%s)\n", why);
         return 0;
     }
-    struct model_config cfg = {.arch = MODEL_GPT, .vocab_size = 50304, .block_size = T,
-                               .n_layer = 12, .n_head = 12, .n_kv_head = 12, .n_embd = 768,
-                               .ffn_hidden = 3072, .dropout = 0.0, .bias = false,
-                               .gelu = BT_GELU_TANH, .norm_eps = 1e-5, .tie_embeddings = true};
+    struct model_config cfg = {.arch = MODEL_GPT,
+                               .vocab_size = 50304,
+                               .block_size = T,
+                               .n_layer = 12,
+                               .n_head = 12,
+                               .n_kv_head = 12,
+                               .n_embd = 768,
+                               .ffn_hidden = 3072,
+                               .dropout = 0.0,
+                               .bias = false,
+                               .gelu = BT_GELU_TANH,
+                               .norm_eps = 1e-5,
+                               .tie_embeddings = true};
     struct model *m = model_create(&cfg, 1337);
     if (!m || nn_module_to(m->root, bt_cuda(0)) != BT_OK) die("model");
     printf("command: bench_gpu %d %lld %s   device: %s\n", steps, (long long)B, dtype,
@@ -88,8 +98,8 @@ int main(int argc, char **argv) {
         bt_cuda_synchronize();
         double t0 = bench_now();
         optim_zero_grad(opt);
-        bt_tensor *l = model_forward(m, bt_to_device(idx, bt_cuda(0)), bt_to_device(tgt, bt_cuda(0)),
-                                     NULL);
+        bt_tensor *l =
+            model_forward(m, bt_to_device(idx, bt_cuda(0)), bt_to_device(tgt, bt_cuda(0)), NULL);
         if (!l || bt_backward(l) != BT_OK) die("step");
         optim_clip_grad_norm(params.tensors, params.count, 1.0);
         if (optim_step(opt, 3e-4) != BT_OK) die("optim_step");

@@ -34,7 +34,8 @@ static bt_status check_tensor(const struct comm_request *r, const bt_tensor *t, 
     }
     if (t->storage->device.type != BT_DEVICE_CPU && !bt_is_contiguous(t)) {
         char device[32];
-        return comm_errorf(r->where, "%s is a strided view on %s; device tensors must be "
+        return comm_errorf(r->where,
+                           "%s is a strided view on %s; device tensors must be "
                            "contiguous",
                            arg, bt_device_name(t->storage->device, device, sizeof device));
     }
@@ -274,8 +275,8 @@ struct comm_request *comm_iallgather(struct comm *c, const bt_tensor *in, bt_ten
     bool in_place = allgather_in_place(c, in, out);
     if (!in_place && check_no_overlap(r, in, out) != BT_OK) return discard(r);
     if (comm_is_device_tensor(in)) {
-        if (comm_nccl_allgather(r, c, in_place ? NULL : bt_data(in), bt_data(out), n,
-                                in->dtype) != BT_OK)
+        if (comm_nccl_allgather(r, c, in_place ? NULL : bt_data(in), bt_data(out), n, in->dtype) !=
+            BT_OK)
             return discard(r);
         return count_started(c, r, COMM_KIND_ALLGATHER, tensor_bytes(out));
     }

@@ -71,7 +71,7 @@ static ncclRedOp_t nccl_op(comm_op op) {
 static bt_status ready(struct comm *c, const char *where) {
     if (bt_fake_cuda())
         return comm_errorf(where, "BRAID_FAKE_CUDA's device has no NCCL: collectives on its "
-                           "tensors are not supported (it checks one rank's plumbing)");
+                                  "tensors are not supported (it checks one rank's plumbing)");
     if (bt_cuda_current_device() < 0)
         return comm_errorf(where, "no CUDA device is in use in this process");
     if (!nccl_stream)
@@ -159,17 +159,15 @@ bt_status comm_nccl_reduce_scatter(struct comm_request *r, struct comm *c, const
 
 /* NCCL has no v-variants: one ncclReduce per rank's block, rooted at that rank, in a group */
 bt_status comm_nccl_reduce_scatter_v(struct comm_request *r, struct comm *c, const void *in,
-                                     void *out, const int64_t *counts, bt_dtype dtype,
-                                     comm_op op) {
+                                     void *out, const int64_t *counts, bt_dtype dtype, comm_op op) {
     START(r, c);
     size_t esize = bt_dtype_size(dtype), at = 0;
     NCCL_CHECK(r->where, ncclGroupStart());
     for (int k = 0; k < c->size; k++) {
         const char *block = (const char *)in + at * esize;
         /* recvbuff is only used on the root; the others pass theirs, a valid pointer */
-        ncclResult_t rc = ncclReduce(block, out, (size_t)counts[k],
-                                     nccl_dtype(dtype), nccl_op(op), k, (ncclComm_t)c->nccl,
-                                     nccl_stream);
+        ncclResult_t rc = ncclReduce(block, out, (size_t)counts[k], nccl_dtype(dtype), nccl_op(op),
+                                     k, (ncclComm_t)c->nccl, nccl_stream);
         if (rc != ncclSuccess) {
             ncclGroupEnd();
             return nccl_failed(r->where, rc, "ncclReduce", __LINE__);
@@ -184,9 +182,10 @@ bt_status comm_nccl_reduce_scatter_v(struct comm_request *r, struct comm *c, con
 bt_status comm_nccl_allgather(struct comm_request *r, struct comm *c, const void *in, void *out,
                               int64_t n, bt_dtype dtype) {
     START(r, c);
-    const void *send = in ? in : (const char *)out + (size_t)c->rank * (size_t)n * bt_dtype_size(dtype);
-    NCCL_CHECK(r->where, ncclAllGather(send, out, (size_t)n, nccl_dtype(dtype),
-                                       (ncclComm_t)c->nccl, nccl_stream));
+    const void *send =
+        in ? in : (const char *)out + (size_t)c->rank * (size_t)n * bt_dtype_size(dtype);
+    NCCL_CHECK(r->where, ncclAllGather(send, out, (size_t)n, nccl_dtype(dtype), (ncclComm_t)c->nccl,
+                                       nccl_stream));
     return end(r, c);
 }
 
@@ -222,7 +221,8 @@ bt_status comm_nccl_broadcast(struct comm_request *r, struct comm *c, void *buf,
  * over all of it), so it must exist already */
 static bt_status has_communicator(struct comm_request *r, const struct comm *c) {
     if (c->nccl) return BT_OK;
-    return comm_errorf(r->where, "device tensors: group %s has no NCCL communicator yet (call "
+    return comm_errorf(r->where,
+                       "device tensors: group %s has no NCCL communicator yet (call "
                        "comm_use_device on it, or on the group it was split from, first)",
                        c->name);
 }
@@ -232,8 +232,8 @@ bt_status comm_nccl_send(struct comm_request *r, struct comm *c, const void *buf
                          bt_dtype dtype, int peer) {
     if (has_communicator(r, c) != BT_OK) return BT_ERR;
     START(r, c);
-    NCCL_CHECK(r->where, ncclSend(buf, (size_t)n, nccl_dtype(dtype), peer, (ncclComm_t)c->nccl,
-                                  nccl_stream));
+    NCCL_CHECK(r->where,
+               ncclSend(buf, (size_t)n, nccl_dtype(dtype), peer, (ncclComm_t)c->nccl, nccl_stream));
     return end(r, c);
 }
 
@@ -241,8 +241,8 @@ bt_status comm_nccl_recv(struct comm_request *r, struct comm *c, void *buf, int6
                          bt_dtype dtype, int peer) {
     if (has_communicator(r, c) != BT_OK) return BT_ERR;
     START(r, c);
-    NCCL_CHECK(r->where, ncclRecv(buf, (size_t)n, nccl_dtype(dtype), peer, (ncclComm_t)c->nccl,
-                                  nccl_stream));
+    NCCL_CHECK(r->where,
+               ncclRecv(buf, (size_t)n, nccl_dtype(dtype), peer, (ncclComm_t)c->nccl, nccl_stream));
     return end(r, c);
 }
 

@@ -39,8 +39,7 @@ bt_status comm_nccl_reduce_scatter(struct comm_request *r, struct comm *c, const
     return absent(r);
 }
 bt_status comm_nccl_reduce_scatter_v(struct comm_request *r, struct comm *c, const void *in,
-                                     void *out, const int64_t *counts, bt_dtype dtype,
-                                     comm_op op) {
+                                     void *out, const int64_t *counts, bt_dtype dtype, comm_op op) {
     (void)c, (void)in, (void)out, (void)counts, (void)dtype, (void)op;
     return absent(r);
 }

@@ -8,8 +8,8 @@
 #include <time.h>
 
 #include "comm/shard.h"
-#include "core/backend.h"
 #include "core/autograd.h"
+#include "core/backend.h"
 #include "core/optim.h"
 #include "parallel/grid.h"
 

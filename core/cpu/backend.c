@@ -56,8 +56,7 @@ bool bt_fake_cuda(void) {
 static const struct bt_backend *fake_cuda_backend(int index, const char *op) {
     static struct bt_backend fake;
     if (index != 0) {
-        bt_error("%s: device cuda:%d is not available: BRAID_FAKE_CUDA has cuda:0 only", op,
-                 index);
+        bt_error("%s: device cuda:%d is not available: BRAID_FAKE_CUDA has cuda:0 only", op, index);
         return NULL;
     }
     if (!fake.name) {

@@ -70,8 +70,7 @@ START_TEST(test_collectives_at_world_one) {
         ck_assert_msg(comm_allreduce(w, g, COMM_SUM) == BT_OK, "%s", bt_last_error());
         assert_equal("allreduce of a fresh kernel's output", twice, g);
         out = bt_zeros(BT_SHAPE(1000), BT_F32, gpu());
-        ck_assert_msg(comm_reduce_scatter(w, bt_mul_scalar(on_gpu(x), 2.0), out, COMM_SUM) ==
-                          BT_OK,
+        ck_assert_msg(comm_reduce_scatter(w, bt_mul_scalar(on_gpu(x), 2.0), out, COMM_SUM) == BT_OK,
                       "%s", bt_last_error());
         assert_equal("reduce_scatter of a fresh kernel's output", twice, out);
     }
@@ -90,7 +89,8 @@ START_TEST(test_split_groups_and_async) {
     /* split before the world has a communicator: the group makes its own on first use */
     struct comm *early = comm_split(w, 0, 0, "early");
     ck_assert_msg(early, "%s", bt_last_error());
-    bt_tensor *y = test_param(BT_SHAPE(300), 4, -1, 1), *out = bt_zeros(BT_SHAPE(300), BT_F32, gpu());
+    bt_tensor *y = test_param(BT_SHAPE(300), 4, -1, 1),
+              *out = bt_zeros(BT_SHAPE(300), BT_F32, gpu());
     ck_assert_msg(comm_allgather(early, on_gpu(y), out) == BT_OK, "%s", bt_last_error());
     assert_equal("allgather on a group that made its own communicator", y, out);
     comm_free(early);

@@ -34,8 +34,9 @@ static void assert_close(const char *what, bt_tensor *a, bt_tensor *b, double to
         if (!(d <= worst)) worst = d, at = i; /* NaN counts as worst */
         if (fabs(x) > big) big = fabs(x);
     }
-    ck_assert_msg(worst <= tol * big + 1e-30, "%s: max error %g at %lld (cpu %g, cuda %g), max |cpu| %g",
-                  what, worst, (long long)at, bt_get(a, at), bt_get(hb, at), big);
+    ck_assert_msg(worst <= tol * big + 1e-30,
+                  "%s: max error %g at %lld (cpu %g, cuda %g), max |cpu| %g", what, worst,
+                  (long long)at, bt_get(a, at), bt_get(hb, at), big);
 }
 
 typedef bt_tensor *(*op_fn)(bt_tensor **in, void *ctx);
@@ -119,9 +120,11 @@ static bt_tensor *op_masked_fill(bt_tensor **in, void *ctx) {
 }
 
 START_TEST(test_elementwise_ops_match_cpu) {
-    bt_tensor *in[2] = {test_param(BT_SHAPE(4, 5, 6), 1, -2, 2), test_param(BT_SHAPE(5, 1), 2, -2, 2)};
+    bt_tensor *in[2] = {test_param(BT_SHAPE(4, 5, 6), 1, -2, 2),
+                        test_param(BT_SHAPE(5, 1), 2, -2, 2)};
     twin("add (broadcast)", op_add_broadcast, in, 2, NULL, FP32_TOL);
-    bt_tensor *in2[2] = {test_param(BT_SHAPE(300, 7), 3, -2, 2), test_param(BT_SHAPE(300, 7), 4, -2, 2)};
+    bt_tensor *in2[2] = {test_param(BT_SHAPE(300, 7), 3, -2, 2),
+                         test_param(BT_SHAPE(300, 7), 4, -2, 2)};
     twin("mul/div", op_mul_div, in2, 2, NULL, FP32_TOL);
     bt_tensor *x = test_param(BT_SHAPE(1000, 33), 5, -4, 4);
     twin("unary ops", op_unaries, &x, 1, NULL, FP32_TOL);
@@ -143,7 +146,8 @@ START_TEST(test_reductions_match_cpu) {
 END_TEST
 
 START_TEST(test_matmuls_match_cpu) {
-    bt_tensor *in[2] = {test_param(BT_SHAPE(3, 17, 33), 9, -1, 1), test_param(BT_SHAPE(33, 9), 10, -1, 1)};
+    bt_tensor *in[2] = {test_param(BT_SHAPE(3, 17, 33), 9, -1, 1),
+                        test_param(BT_SHAPE(33, 9), 10, -1, 1)};
     twin("matmul batched x 2-d", op_matmul, in, 2, NULL, FP32_TOL);
     bt_tensor *in2[2] = {test_param(BT_SHAPE(3, 33, 17), 11, -1, 1),
                          test_param(BT_SHAPE(3, 33, 9), 12, -1, 1)};
@@ -158,10 +162,12 @@ END_TEST
 START_TEST(test_softmax_and_norms_match_cpu) {
     bt_tensor *x = test_param(BT_SHAPE(6, 50, 70), 16, -5, 5);
     twin("softmax/log_softmax", op_softmaxes, &x, 1, NULL, FP32_TOL);
-    bt_tensor *ln[3] = {test_param(BT_SHAPE(2, 30, 768), 17, -3, 3), test_param(BT_SHAPE(768), 18, 0.5f, 1.5f),
+    bt_tensor *ln[3] = {test_param(BT_SHAPE(2, 30, 768), 17, -3, 3),
+                        test_param(BT_SHAPE(768), 18, 0.5f, 1.5f),
                         test_param(BT_SHAPE(768), 19, -0.5f, 0.5f)};
     twin("layernorm", op_layernorm, ln, 3, NULL, FP32_TOL);
-    bt_tensor *rn[2] = {test_param(BT_SHAPE(45, 100), 20, -3, 3), test_param(BT_SHAPE(100), 21, 0.5f, 1.5f)};
+    bt_tensor *rn[2] = {test_param(BT_SHAPE(45, 100), 20, -3, 3),
+                        test_param(BT_SHAPE(100), 21, 0.5f, 1.5f)};
     twin("rmsnorm", op_rmsnorm, rn, 2, NULL, FP32_TOL);
 }
 END_TEST
@@ -269,7 +275,8 @@ END_TEST
 START_TEST(test_device_errors_name_the_problem) {
     ck_assert_ptr_null(bt_zeros(BT_SHAPE(2), BT_F32, bt_cuda(7)));
     ck_assert_error_contains("cuda:7");
-    bt_tensor *a = bt_zeros(BT_SHAPE(2, 2), BT_F32, gpu()), *b = bt_zeros(BT_SHAPE(2, 2), BT_F32, bt_cpu());
+    bt_tensor *a = bt_zeros(BT_SHAPE(2, 2), BT_F32, gpu()),
+              *b = bt_zeros(BT_SHAPE(2, 2), BT_F32, bt_cpu());
     ck_assert_ptr_null(bt_add(a, b));
     ck_assert_error_contains("cuda:0");
 }
@@ -302,21 +309,22 @@ static void train_twins(struct model_config cfg, bt_dtype matmul_dtype) {
         bt_tensor *lg = model_forward(mg, bt_to_device(idx, gpu()), bt_to_device(tgt, gpu()), NULL);
         ck_assert_msg(lc && lg, "%s", bt_last_error());
         double vc = bt_item(lc), vg = bt_item(lg);
-        ck_assert_msg(fabs(vc - vg) <= tol * fabs(vc), "step %d: loss cpu %.9g cuda %.9g", step,
-                      vc, vg);
+        ck_assert_msg(fabs(vc - vg) <= tol * fabs(vc), "step %d: loss cpu %.9g cuda %.9g", step, vc,
+                      vg);
         ck_assert_msg(bt_backward(lg) == BT_OK, "%s", bt_last_error());
         bt_set_matmul_dtype(was);
         ck_assert_int_eq(bt_backward(lc), BT_OK);
         double nc = optim_clip_grad_norm(pc.tensors, pc.count, 1.0);
         double ng = optim_clip_grad_norm(pg.tensors, pg.count, 1.0);
-        ck_assert_msg(fabs(nc - ng) <= 10 * tol * nc, "step %d: grad norm cpu %g cuda %g", step,
-                      nc, ng);
+        ck_assert_msg(fabs(nc - ng) <= 10 * tol * nc, "step %d: grad norm cpu %g cuda %g", step, nc,
+                      ng);
         ck_assert_int_eq(optim_step(opt_c, 1e-3), BT_OK);
         ck_assert_msg(optim_step(opt_g, 1e-3) == BT_OK, "%s", bt_last_error());
         bt_step_end();
     }
     for (int64_t i = 0; i < pc.count; i++) /* 4 updates of lr 1e-3 moved them little */
-        assert_close(pc.names[i], pc.tensors[i], pg.tensors[i], matmul_dtype == BT_BF16 ? 1e-2 : 1e-4);
+        assert_close(pc.names[i], pc.tensors[i], pg.tensors[i],
+                     matmul_dtype == BT_BF16 ? 1e-2 : 1e-4);
     optim_free(opt_c);
     optim_free(opt_g);
     nn_param_list_free(&pc);
