@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "bench/bench.h"
+#include "core/cpu/kernels.h"
 #include "core/ops.h"
 #include "core/runtime.h"
 
@@ -144,7 +145,7 @@ static void print_row(const char *op, const struct matmul_case *c, double gflop,
     char shape[64];
     snprintf(shape, sizeof shape, "(%lld,%lld)x(%lld,%lld)", (long long)c->M, (long long)c->K,
              (long long)c->N, (long long)c->K);
-    printf("%-16s %-10s %-22s %9.2f %9.2f %9.1f %9.1f %+8.1f%%\n", op, c->name, shape,
+    printf("%-16s %-12s %-22s %9.2f %9.2f %9.1f %9.1f %+8.1f%%\n", op, c->name, shape,
            1e3 * t_braid, 1e3 * t_raw, gflop / t_braid, gflop / t_raw,
            100.0 * (t_braid - t_raw) / t_raw);
 }
@@ -219,6 +220,47 @@ static void bench_attention(int64_t B, int64_t NH, int64_t NKV, int64_t T, int64
     bt_tensor_free(s.v);
 }
 
+/* ---- GEMM chunks: the three GEMMs of a linear layer, cut for OpenBLAS's small-matrix kernels or
+ * one block per thread (core/cpu/matmul.c), alternating run by run ---- */
+
+static double time_gemm(int which, const struct matmul_case *c, const float *X, const float *W,
+                        const float *G, float *Y, float *dX, float *dW) {
+    int64_t M = c->M, K = c->K, N = c->N;
+    double t0 = bench_now();
+    if (which == 0) /* out (M,N) = x W^T */
+        bt_cpu_gemm(false, true, 1, M, N, K, 1.0f, X, K, 0, W, K, 0, 0.0f, Y, 0);
+    else if (which == 1) /* dX (M,K) = g W */
+        bt_cpu_gemm(false, false, 1, M, K, N, 1.0f, G, N, 0, W, K, 0, 0.0f, dX, 0);
+    else /* dW (N,K) += g^T x */
+        bt_cpu_gemm(true, false, 1, N, K, M, 1.0f, G, N, 0, X, K, 0, 1.0f, dW, 0);
+    return bench_now() - t0;
+}
+
+static void bench_gemm_chunks(const struct matmul_case *c) {
+    float *X = random_buffer(c->M * c->K, 1), *W = random_buffer(c->N * c->K, 2);
+    float *G = random_buffer(c->M * c->N, 3), *Y = random_buffer(c->M * c->N, 4);
+    float *dX = random_buffer(c->M * c->K, 5), *dW = random_buffer(c->N * c->K, 6);
+    double flops = 2.0 * (double)c->M * (double)c->N * (double)c->K * 1e-9;
+    printf("%-12s", c->name);
+    for (int which = 0; which < 3; which++) {
+        double t[2][REPS];
+        for (int r = 0; r < WARMUP + REPS; r++)
+            for (int chunked = 0; chunked < 2; chunked++) {
+                bt_cpu_set_small_gemm_chunks(chunked);
+                double dt = time_gemm(which, c, X, W, G, Y, dX, dW);
+                if (r >= WARMUP) t[chunked][r - WARMUP] = dt;
+            }
+        printf("  %s %6.1f -> %6.1f",
+               which == 0   ? "out"
+               : which == 1 ? "dX"
+                            : "dW",
+               flops / bench_median(t[0], REPS), flops / bench_median(t[1], REPS));
+    }
+    printf("  GFLOP/s\n");
+    bt_cpu_set_small_gemm_chunks(true);
+    free(X), free(W), free(G), free(Y), free(dX), free(dW);
+}
+
 /* ---- activations: GELU-tanh's kernels on a (rows, cols) activation ---- */
 
 static void bench_gelu(int64_t rows, int64_t cols) {
@@ -229,21 +271,34 @@ static void bench_gelu(int64_t rows, int64_t cols) {
     if (!y || !g || !dx) die("gelu: out of memory");
     for (int64_t i = 0; i < n; i++)
         g[i] = 1.0f;
+    float *d = malloc((size_t)n * sizeof(float));
+    if (!d) die("gelu: out of memory");
     const struct bt_backend *be = bt_backend_for(bt_cpu(), "bench");
-    double fwd[REPS], bwd[REPS];
+    double fwd[REPS], bwd[REPS], fwd_saving[REPS], bwd_saved[REPS];
     for (int r = 0; r < WARMUP + REPS; r++) {
         double t0 = bench_now();
         be->unary(BT_UN_GELU_TANH, y, bt_f32(x), n, 0.0f);
         double t1 = bench_now();
         be->unary_backward(BT_UN_GELU_TANH, dx, g, bt_f32(x), y, n, 0.0f, 0.0f);
         double t2 = bench_now();
-        if (r >= WARMUP) fwd[r - WARMUP] = t1 - t0, bwd[r - WARMUP] = t2 - t1;
+        be->unary_with_grad(BT_UN_GELU_TANH, y, d, bt_f32(x), n);
+        double t3 = bench_now();
+        be->mul_grad(dx, g, d, n, 0.0f);
+        double t4 = bench_now();
+        if (r >= WARMUP) {
+            fwd[r - WARMUP] = t1 - t0, bwd[r - WARMUP] = t2 - t1;
+            fwd_saving[r - WARMUP] = t3 - t2, bwd_saved[r - WARMUP] = t4 - t3;
+        }
     }
-    printf("gelu_tanh (%lld,%lld): forward %6.3f ms, backward %6.3f ms\n", (long long)rows,
-           (long long)cols, 1e3 * bench_median(fwd, REPS), 1e3 * bench_median(bwd, REPS));
+    printf("gelu_tanh (%lld,%lld): forward %6.3f ms, backward %6.3f ms (recomputing f'); training "
+           "(f' saved): forward %6.3f ms, backward %6.3f ms\n",
+           (long long)rows, (long long)cols, 1e3 * bench_median(fwd, REPS),
+           1e3 * bench_median(bwd, REPS), 1e3 * bench_median(fwd_saving, REPS),
+           1e3 * bench_median(bwd_saved, REPS));
     free(y);
     free(g);
     free(dx);
+    free(d);
     bt_tensor_free(x);
 }
 
@@ -262,7 +317,7 @@ int main(int argc, char **argv) {
            "linear/matmul fwd+bwd = 3 GEMMs (out, dX, dW), 6*M*K*N flops; backward seeded with a "
            "ones gradient (no loss reduction)\n\n",
            REPS, WARMUP);
-    printf("%-16s %-10s %-22s %9s %9s %9s %9s %9s\n", "op", "layer", "x @ W^T", "braid ms",
+    printf("%-16s %-12s %-22s %9s %9s %9s %9s %9s\n", "op", "layer", "x @ W^T", "braid ms",
            "sgemm ms", "braid GF", "sgemm GF", "overhead");
 
     static const struct matmul_case cases[] = {
@@ -270,10 +325,22 @@ int main(int argc, char **argv) {
         {"attn.proj", 2048, 384, 384},
         {"mlp.fc", 2048, 384, 1536},
         {"mlp.proj", 2048, 1536, 384},
+        /* configs/shakespeare_char.yaml: B*T = 768, C = 128, and its lm_head (V = 65) */
+        {"sh.attn.qkv", 768, 128, 384},
+        {"sh.attn.proj", 768, 128, 128},
+        {"sh.mlp.fc", 768, 128, 512},
+        {"sh.mlp.proj", 768, 512, 128},
+        {"sh.lm_head", 768, 128, 65},
     };
     bool attention_only = argc > 1 && strcmp(argv[1], "attention") == 0;
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]) && !attention_only; i++)
         bench_matmul_case(&cases[i], 100 + 10 * i);
+    if (!attention_only && bt_cpu_has_small_gemm_kernels()) {
+        printf("\nGEMM chunks (%s): one block per thread -> small-matrix kernels\n",
+               openblas_get_corename());
+        for (size_t i = 4; i < sizeof(cases) / sizeof(cases[0]); i++)
+            bench_gemm_chunks(&cases[i]);
+    }
     if (!attention_only) {
         printf("\n");
         bench_gelu(2048, 1536); /* bench/train_cpu.yaml's MLP */

@@ -73,6 +73,12 @@ struct bt_backend {
     /* dx[n] (+)= dout[n] * f'(x[n]); `out` = f(x) where the derivative is cheaper from it */
     void (*unary_backward)(bt_unary_op op, float *dx, const float *dout, const float *x,
                            const float *out, int64_t n, float arg, float beta);
+    /* out[n] = f(x[n]) and dydx[n] = f'(x[n]) in one pass, for GELU (tanh) and SiLU, whose
+     * derivative repeats the forward's exp: the backward is then one multiply (mul_grad). False
+     * for other ops. NULL where recomputing f'(x) in the backward costs as little (CUDA). */
+    bool (*unary_with_grad)(bt_unary_op op, float *out, float *dydx, const float *x, int64_t n);
+    /* dx[n] (+)= dout[n] * dydx[n] */
+    void (*mul_grad)(float *dx, const float *dout, const float *dydx, int64_t n, float beta);
     /* out[i] = mask[i] ? value : x[i]; mask (bool) read through broadcast strides */
     void (*masked_fill)(float *out, const float *x, const uint8_t *mask,
                         const int64_t *mask_strides, int ndim, const int64_t *shape, float value);
@@ -87,8 +93,8 @@ struct bt_backend {
                             int64_t outer, int64_t dim, int64_t inner, float beta);
     /* out += src summed over broadcast: src (shape, contiguous) element at index (i_0..i_n-1)
      * adds into out[sum_k i_k * map[k]] (map[k] = 0 on a broadcast dim); out has out_numel */
-    void (*sum_to)(float *out, int64_t out_numel, const float *src, int ndim,
-                   const int64_t *shape, const int64_t *map);
+    void (*sum_to)(float *out, int64_t out_numel, const float *src, int ndim, const int64_t *shape,
+                   const int64_t *map);
     /* sum over k < n of the squares of xs[k] (ns[k] floats each), in double */
     double (*sum_squares)(const float *const *xs, const int64_t *ns, int64_t n);
 
@@ -170,8 +176,8 @@ struct bt_backend {
     void (*adamw)(const struct bt_adamw_span *spans, int64_t n_spans, float grad_scale);
     /* p (n) += -lr * d, d = g*grad_scale + wd*p, through the momentum buffer when buf is set
      * (torch.optim.SGD without dampening or nesterov) */
-    void (*sgd)(float *p, const float *g, float *buf, int64_t n, float lr, float wd,
-                float momentum, float grad_scale);
+    void (*sgd)(float *p, const float *g, float *buf, int64_t n, float lr, float wd, float momentum,
+                float grad_scale);
 };
 
 /* The backend of a device; NULL with an error set when that device type is not built/available. */

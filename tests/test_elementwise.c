@@ -208,10 +208,11 @@ static double ref_activation(bool gelu, double x, bool derivative) {
 }
 
 START_TEST(test_activation_kernels_every_length) {
-    /* the 16-lane kernels (core/cpu/vecmath.h, BT_CPU_DISPATCH picks this machine's ISA) at
+    /* the vector kernels (core/cpu/vecmath.h, BT_CPU_DISPATCH picks this machine's ISA) at
      * lengths that end in a partial vector, cross a span of work (4096) and run in parallel, over
      * [-100, 100]: far past where exp saturates; backward overwriting (beta 0) and accumulating.
-     * f' to 5e-6: in float, 1 - tanh(u)^2 is 0 once |tanh(u)| rounds to 1 (PyTorch's too) */
+     * f' to 5e-6: in float, 1 - tanh(u)^2 is 0 once |tanh(u)| rounds to 1 (PyTorch's too).
+     * Then the same for the kernels training uses, which save f'(x) in the forward. */
     const int64_t lengths[] = {1, 7, 15, 16, 17, 33, 4095, 4097, 40000};
     const bt_unary_op ops[] = {BT_UN_GELU_TANH, BT_UN_SILU};
     for (int o = 0; o < 2; o++)
@@ -243,8 +244,55 @@ START_TEST(test_activation_kernels_every_length) {
                               "op %d n %lld: g f'(%g) = %g, want %g", o, (long long)n, x[i], dx[i],
                               dfx);
             }
-            free(x), free(y), free(g), free(dx);
+            /* the training path: f and f' in one pass, then the backward's multiply; the same
+             * floats as the recomputing kernels above */
+            float *y2 = malloc((size_t)n * sizeof(float)), *d = malloc((size_t)n * sizeof(float));
+            float *dx2 = malloc((size_t)n * sizeof(float));
+            ck_assert(bt_cpu_unary_with_grad(ops[o], y2, d, x, n));
+            for (int64_t i = 0; i < n; i++) {
+                ck_assert_msg(y2[i] == y[i], "op %d n %lld: fused f(%g) = %g, unfused %g", o,
+                              (long long)n, x[i], y2[i], y[i]);
+                dx2[i] = 2.0f;
+            }
+            bt_cpu_mul_grad(dx2, g, d, n, 1.0f); /* 2 + g f'(x) */
+            for (int64_t i = 0; i < n; i++) {
+                double dfx = 2.0 + g[i] * ref_activation(gelu, x[i], true);
+                ck_assert_msg(fabs(dx2[i] - dfx) <= 5e-6 + 1e-6 * fabs(dfx),
+                              "op %d n %lld: saved 2 + g f'(%g) = %g, want %g", o, (long long)n,
+                              x[i], dx2[i], dfx);
+            }
+            bt_cpu_mul_grad(dx2, g, d, n, 0.0f); /* overwrite */
+            for (int64_t i = 0; i < n; i++)
+                ck_assert_msg(fabsf(dx2[i] - dx[i]) <= 1e-7f * fabsf(dx[i]),
+                              "op %d n %lld: saved g f'(%g) = %g, recomputed %g", o, (long long)n,
+                              x[i], dx2[i], dx[i]);
+            free(x), free(y), free(g), free(dx), free(y2), free(d), free(dx2);
         }
+}
+END_TEST
+
+START_TEST(test_activation_saved_derivative_accumulates) {
+    /* on the CPU a recorded GELU-tanh or SiLU saves f'(x) in its forward: its output equals the
+     * no-grad forward's, and its gradient adds into one that other uses of x wrote first */
+    enum { N = 4099 }; /* more than a span of work, ending in a partial vector */
+    bt_tensor *x = test_param(BT_SHAPE(N), 7, -6.0f, 6.0f);
+    bool mode = bt_set_grad_enabled(false);
+    bt_tensor *plain_g = bt_gelu(x, BT_GELU_TANH), *plain_s = bt_silu(x);
+    bt_set_grad_enabled(mode);
+    bt_tensor *g = bt_gelu(x, BT_GELU_TANH), *s = bt_silu(x);
+    for (int64_t i = 0; i < N; i++) {
+        ck_assert_float_eq(bt_get(g, i), bt_get(plain_g, i));
+        ck_assert_float_eq(bt_get(s, i), bt_get(plain_s, i));
+    }
+    bt_tensor *loss = bt_add(bt_add(bt_sum(bt_mul_scalar(x, 3.0), 0, false), bt_sum(g, 0, false)),
+                             bt_sum(s, 0, false));
+    ck_assert_int_eq(bt_backward(loss), BT_OK);
+    for (int64_t i = 0; i < N; i++) {
+        double xi = bt_get(x, i);
+        double want = 3.0 + ref_activation(true, xi, true) + ref_activation(false, xi, true);
+        ck_assert_msg(fabs(bt_get(x->grad, i) - want) <= 1e-5 * (1.0 + fabs(want)),
+                      "x = %g: grad %g, want %g", xi, bt_get(x->grad, i), want);
+    }
 }
 END_TEST
 
@@ -273,6 +321,7 @@ static Suite *elementwise_suite(void) {
     bt_suite_add_loop(s, test_unary_gradients, 0,
                       (int)(sizeof(unary_cases) / sizeof(unary_cases[0])));
     bt_suite_add(s, test_unary_forward_values);
+    bt_suite_add(s, test_activation_saved_derivative_accumulates);
     bt_suite_add(s, test_fast_exp_matches_libm);
     bt_suite_add(s, test_activation_kernels_every_length);
     bt_suite_add(s, test_vector_exp_equals_scalar);

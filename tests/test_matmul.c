@@ -1,5 +1,9 @@
 /* matmul and linear: forward values worked out by hand, gradient checks (batched, broadcast,
  * transposed views on either side, bias, 3-D input), and the messages of bad inputs. */
+#include <math.h>
+#include <stdlib.h>
+
+#include "core/cpu/kernels.h"
 #include "tests/gradcheck.h"
 
 static void assert_values(const bt_tensor *y, const float *expect, int64_t n) {
@@ -186,6 +190,62 @@ END_TEST
 
 /* ---- bad inputs ---- */
 
+/* C (M,N) = op(A) op(B) + beta C0 in double, row-major, as bt_cpu_gemm's contract */
+static double gemm_ref(bool ta, bool tb, int64_t M, int64_t N, int64_t K, const float *A,
+                       const float *B, float beta, const float *C0, int64_t i, int64_t j) {
+    double acc = beta * (double)C0[i * N + j];
+    for (int64_t k = 0; k < K; k++)
+        acc +=
+            (double)(ta ? A[k * M + i] : A[i * K + k]) * (double)(tb ? B[j * K + k] : B[k * N + j]);
+    return acc;
+}
+
+START_TEST(test_gemm_threads_and_chunks_match_reference) {
+    /* bt_cpu_gemm splits C over the threads; where OpenBLAS has small-matrix kernels it cuts each
+     * thread's share into products of 8..64 rows or columns for them (core/cpu/matmul.c). Both
+     * ways, every transpose, beta 0 and 1, C split by rows and by columns, lengths that are not
+     * multiples of 8 or of the thread count, against double. Elsewhere the two settings run the
+     * same code. */
+    static const int64_t shapes[][3] = {{768, 128, 128}, {203, 65, 77},   {50, 300, 64},
+                                        {768, 65, 128},  {96, 256, 768}, {9, 1000, 130}};
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++) {
+        int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        float *A = malloc((size_t)(M * K) * sizeof(float)),
+              *B = malloc((size_t)(K * N) * sizeof(float));
+        float *C0 = malloc((size_t)(M * N) * sizeof(float)),
+              *C = malloc((size_t)(M * N) * sizeof(float));
+        for (int64_t i = 0; i < M * K; i++)
+            A[i] = bt_rng_uniform_at(11 + si, (uint64_t)i) - 0.5f;
+        for (int64_t i = 0; i < K * N; i++)
+            B[i] = bt_rng_uniform_at(23 + si, (uint64_t)i) - 0.5f;
+        for (int64_t i = 0; i < M * N; i++)
+            C0[i] = bt_rng_uniform_at(37 + si, (uint64_t)i) - 0.5f;
+        for (int chunked = 0; chunked < 2; chunked++)
+            for (int t = 0; t < 4; t++)
+                for (int bi = 0; bi < 2; bi++) {
+                    bool ta = t & 1, tb = t & 2;
+                    float beta = (float)bi;
+                    bool was = bt_cpu_set_small_gemm_chunks(chunked);
+                    memcpy(C, C0, (size_t)(M * N) * sizeof(float));
+                    bt_cpu_gemm(ta, tb, 1, M, N, K, 1.0f, A, ta ? M : K, 0, B, tb ? K : N, 0, beta,
+                                C, 0);
+                    bt_cpu_set_small_gemm_chunks(was);
+                    for (int64_t i = 0; i < M; i++)
+                        for (int64_t j = 0; j < N; j++) {
+                            double want = gemm_ref(ta, tb, M, N, K, A, B, beta, C0, i, j);
+                            ck_assert_msg(fabs(C[i * N + j] - want) <= 1e-5 * (1.0 + fabs(want)),
+                                          "(%lld,%lld,%lld) ta %d tb %d beta %g chunked %d: C[%lld,"
+                                          "%lld] = %g, want %g",
+                                          (long long)M, (long long)N, (long long)K, ta, tb,
+                                          (double)beta, chunked, (long long)i, (long long)j,
+                                          (double)C[i * N + j], want);
+                        }
+                }
+        free(A), free(B), free(C0), free(C);
+    }
+}
+END_TEST
+
 START_TEST(test_matmul_bad_inputs) {
     bt_device cpu = bt_cpu();
     bt_tensor *a = bt_zeros(BT_SHAPE(4, 8), BT_F32, cpu),
@@ -265,6 +325,7 @@ static Suite *matmul_suite(void) {
     bt_suite_add(s, test_matmul_gradients_transposed_views);
     bt_suite_add(s, test_linear_gradients);
     bt_suite_add(s, test_linear_gradient_accumulates_into_persistent_weight);
+    bt_suite_add(s, test_gemm_threads_and_chunks_match_reference);
     bt_suite_add(s, test_matmul_bad_inputs);
     bt_suite_add(s, test_linear_bad_inputs);
     return s;

@@ -223,10 +223,48 @@ BT_VEC_INLINE bt_vf silu_grad_v(bt_vf x) {
         }                                                                                          \
     }
 
+/* out = f(x) and dydx = f'(x) over n elements, sharing f's exp */
+#define ACTIVATION_WITH_GRAD_SPAN(name, both)                                                      \
+    BT_CPU_DISPATCH static void name(float *out, float *dydx, const float *x, int64_t n) {         \
+        int64_t i = 0;                                                                             \
+        bt_vf y, d;                                                                                \
+        for (; i + BT_VL <= n; i += BT_VL) {                                                       \
+            both(bt_vf_load(x + i), &y, &d);                                                       \
+            bt_vf_store(out + i, y);                                                               \
+            bt_vf_store(dydx + i, d);                                                              \
+        }                                                                                          \
+        if (i < n) {                                                                               \
+            float bx[BT_VL] = {0}, by[BT_VL], bd[BT_VL];                                           \
+            memcpy(bx, x + i, (size_t)(n - i) * sizeof(float));                                    \
+            both(bt_vf_load(bx), &y, &d);                                                          \
+            bt_vf_store(by, y);                                                                    \
+            bt_vf_store(bd, d);                                                                    \
+            memcpy(out + i, by, (size_t)(n - i) * sizeof(float));                                  \
+            memcpy(dydx + i, bd, (size_t)(n - i) * sizeof(float));                                 \
+        }                                                                                          \
+    }
+
+/* the same arithmetic as gelu_tanh_v and gelu_tanh_grad_v, tanh computed once */
+BT_VEC_INLINE void gelu_tanh_both_v(bt_vf x, bt_vf *y, bt_vf *d) {
+    bt_vf t = bt_vf_tanh(GELU_K * (x + 0.044715f * x * x * x));
+    bt_vf du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+    *y = 0.5f * x * (1.0f + t);
+    *d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+
+BT_VEC_INLINE void silu_both_v(bt_vf x, bt_vf *y, bt_vf *d) {
+    bt_vf e = bt_vf_exp(-x);
+    *y = x / (1.0f + e);
+    bt_vf s = 1.0f / (1.0f + e);
+    *d = s * (1.0f + x * (1.0f - s));
+}
+
 ACTIVATION_SPAN(gelu_tanh_span, gelu_tanh_v)
 ACTIVATION_SPAN(silu_span, silu_v)
 ACTIVATION_GRAD_SPAN(gelu_tanh_grad_span, gelu_tanh_grad_v)
 ACTIVATION_GRAD_SPAN(silu_grad_span, silu_grad_v)
+ACTIVATION_WITH_GRAD_SPAN(gelu_tanh_both_span, gelu_tanh_both_v)
+ACTIVATION_WITH_GRAD_SPAN(silu_both_span, silu_both_v)
 
 static void activation(void (*span)(float *, const float *, int64_t), float *out, const float *x,
                        int64_t n) {
@@ -260,6 +298,32 @@ void bt_cpu_unary(bt_unary_op op, float *out, const float *x, int64_t n, float a
     default:
         UNARY_LOOP(unary_apply(op, v, arg));
         break;
+    }
+}
+
+bool bt_cpu_unary_with_grad(bt_unary_op op, float *out, float *dydx, const float *x, int64_t n) {
+    void (*span)(float *, float *, const float *, int64_t);
+    if (op == BT_UN_GELU_TANH)
+        span = gelu_tanh_both_span;
+    else if (op == BT_UN_SILU)
+        span = silu_both_span;
+    else
+        return false;
+#pragma omp parallel for schedule(static) if (n >= PARALLEL_MIN)
+    for (int64_t i = 0; i < n; i += SPAN)
+        span(out + i, dydx + i, x + i, n - i < SPAN ? n - i : SPAN);
+    return true;
+}
+
+void bt_cpu_mul_grad(float *dx, const float *dout, const float *dydx, int64_t n, float beta) {
+    if (beta == 0.0f) {
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
+        for (int64_t i = 0; i < n; i++)
+            dx[i] = dout[i] * dydx[i];
+    } else {
+#pragma omp parallel for simd schedule(static) if (n >= PARALLEL_MIN)
+        for (int64_t i = 0; i < n; i++)
+            dx[i] += dout[i] * dydx[i];
     }
 }
 

@@ -20,6 +20,8 @@ void bt_cpu_binary(bt_binary_op op, float *out, const float *a, const int64_t *a
 void bt_cpu_unary(bt_unary_op op, float *out, const float *x, int64_t n, float arg);
 void bt_cpu_unary_backward(bt_unary_op op, float *dx, const float *dout, const float *x,
                            const float *out, int64_t n, float arg, float beta);
+bool bt_cpu_unary_with_grad(bt_unary_op op, float *out, float *dydx, const float *x, int64_t n);
+void bt_cpu_mul_grad(float *dx, const float *dout, const float *dydx, int64_t n, float beta);
 void bt_cpu_masked_fill(float *out, const float *x, const uint8_t *mask,
                         const int64_t *mask_strides, int ndim, const int64_t *shape, float value);
 
@@ -35,6 +37,11 @@ double bt_cpu_sum_squares(const float *const *xs, const int64_t *ns, int64_t n);
 /* matmul.c */
 /* Once per process: OpenBLAS single-threaded; braid's OpenMP threads split the GEMMs. */
 void bt_cpu_threads_init(void);
+/* Whether this machine's OpenBLAS has small-matrix kernels, and whether GEMMs are cut into
+ * products for them (on by default where it has them; core/cpu/matmul.c). The setter returns the
+ * previous setting: for benchmarks and tests. */
+bool bt_cpu_has_small_gemm_kernels(void);
+bool bt_cpu_set_small_gemm_chunks(bool on);
 /* C (M,N) = alpha op(A) op(B) + beta C on the calling thread (row-major, leading dimensions as
  * given): for kernels that already run inside an OpenMP team, e.g. attention's tiles. */
 void bt_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
@@ -86,8 +93,8 @@ void bt_cpu_rope(float *out, const float *x, int64_t B, int64_t NH, int64_t T, i
 
 /* optim.c */
 void bt_cpu_adamw(const struct bt_adamw_span *spans, int64_t n_spans, float grad_scale);
-void bt_cpu_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float wd,
-                float momentum, float grad_scale);
+void bt_cpu_sgd(float *p, const float *g, float *buf, int64_t n, float lr, float wd, float momentum,
+                float grad_scale);
 
 /* attention.c */
 void bt_cpu_attention(float *out, float *lse, const float *q, const float *k, const float *v,

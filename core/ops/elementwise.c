@@ -158,6 +158,10 @@ static bt_status unary_backward(struct ag_node *node) {
     bt_tensor *gx = ag_grad_target(x, &beta);
     if (!gx) return BT_ERR;
     const struct bt_backend *be = op_backend("backward", g);
+    if (node->saved[1]) { /* f'(x) saved by the forward */
+        be->mul_grad(bt_f32(gx), bt_f32(g), bt_f32(node->saved[1]), bt_numel(g), beta);
+        return BT_OK;
+    }
     be->unary_backward((bt_unary_op)node->i[0], bt_f32(gx), bt_f32(g), bt_f32(node->saved[0]),
                        bt_f32(node->out), bt_numel(g), (float)node->f[0], beta);
     return BT_OK;
@@ -171,12 +175,22 @@ static bt_tensor *unary(bt_unary_op op, bt_tensor *x, double arg) {
     bt_tensor *out = xc ? op_new_like_shape(x, x->ndim, x->shape) : NULL;
     const struct bt_backend *be = op_backend(name, x);
     if (!out || !be) return NULL;
-    be->unary(op, bt_f32(out), bt_f32(xc), bt_numel(x), (float)arg);
+    /* where the backend can, a recorded GELU or SiLU saves f'(x) as it computes f(x) */
+    bt_tensor *dydx = NULL;
+    if (be->unary_with_grad && bt_runtime()->grad_enabled && ag_wants_grad(x) &&
+        (op == BT_UN_GELU_TANH || op == BT_UN_SILU)) {
+        dydx = op_new_like_shape(x, x->ndim, x->shape);
+        if (!dydx) return NULL;
+        if (!be->unary_with_grad(op, bt_f32(out), bt_f32(dydx), bt_f32(xc), bt_numel(x)))
+            dydx = NULL;
+    }
+    if (!dydx) be->unary(op, bt_f32(out), bt_f32(xc), bt_numel(x), (float)arg);
     struct ag_node *node = ag_record(name, unary_backward, out, 1, &x);
     if (node) {
         node->i[0] = op;
         node->f[0] = arg;
         node->saved[0] = xc;
+        node->saved[1] = dydx;
     }
     return out;
 }
