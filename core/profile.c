@@ -15,6 +15,7 @@ struct profile_row {
 
 static struct {
     bool on;
+    void (*sync)(void);
     double last;
     int n_rows;
     struct profile_row rows[PROFILE_MAX_ROWS];
@@ -31,12 +32,18 @@ void bt_profile_enable(bool on) {
     bt_profile_reset();
 }
 
+void bt_profile_set_sync(void (*sync)(void)) {
+    profile.sync = sync;
+}
+
 bool bt_profile_enabled(void) {
     return profile.on;
 }
 
 void bt_profile_start(void) {
-    if (profile.on) profile.last = now();
+    if (!profile.on) return;
+    if (profile.sync) profile.sync();
+    profile.last = now();
 }
 
 void bt_profile_reset(void) {
@@ -46,6 +53,7 @@ void bt_profile_reset(void) {
 
 void bt_profile_mark(const char *phase, const char *name) {
     if (!profile.on) return;
+    if (profile.sync) profile.sync();
     double t = now();
     struct profile_row *row = NULL;
     for (int i = 0; i < profile.n_rows && !row; i++)

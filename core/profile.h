@@ -16,6 +16,10 @@
 #include <stdio.h>
 
 void bt_profile_enable(bool on);
+/* Called at every mark before the clock is read, so that asynchronous device work is charged to
+ * the op that queued it (braid train sets bt_cuda_synchronize on cuda; it slows the step, which
+ * is the price of a meaningful split). NULL: host time only. */
+void bt_profile_set_sync(void (*sync)(void));
 bool bt_profile_enabled(void);
 /* Charges the time since the last mark to (phase, name) and marks now; name and phase must be
  * strings that outlive the profile (literals). No-op while profiling is off. */

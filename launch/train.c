@@ -677,6 +677,10 @@ static bt_status finish_step(struct run *r, int64_t step, double lr, const doubl
     return gathered;
 }
 
+static void profile_sync_device(void) {
+    (void)bt_cuda_synchronize(); /* a device error is reported by the step's own check */
+}
+
 static void format_duration(double s, char *buf, size_t size) {
     long total = (long)(s + 0.5);
     if (total >= 3600)
@@ -882,7 +886,12 @@ int cmd_train(int argc, char **argv) {
     } else {
         catch_stop_signals();
         const char *profile = getenv("BRAID_PROFILE");
-        if (profile && *profile && strcmp(profile, "0") != 0) bt_profile_enable(true);
+        if (profile && *profile && strcmp(profile, "0") != 0) {
+            /* on a GPU, each mark waits for the queued kernels (a failure shows at the next
+             * checked call, as without profiling) */
+            if (r.device.type != BT_DEVICE_CPU) bt_profile_set_sync(profile_sync_device);
+            bt_profile_enable(true);
+        }
         if (train_loop(&r) != BT_OK) {
             status = stop_signal ? 128 + stop_signal : 1;
             if (size == 1 || error_everywhere) {

@@ -5,6 +5,7 @@
 
 #include "core/arena.h"
 #include "core/ops/op_common.h"
+#include "core/profile.h"
 #include "tests/gradcheck.h"
 
 START_TEST(test_shared_input) {
@@ -288,6 +289,36 @@ static bt_tensor *fn_wrong_square(bt_tensor **in, void *ctx) {
     return y;
 }
 
+static int profile_syncs;
+static void count_sync(void) {
+    profile_syncs++;
+}
+
+START_TEST(test_profile_marks_call_the_sync_hook) {
+    /* braid train sets the device's synchronize as the hook on cuda: every mark (and the start)
+     * waits for queued work before reading the clock; no hook, no calls; off, nothing */
+    bt_profile_set_sync(count_sync);
+    bt_profile_enable(true);
+    bt_profile_start();
+    bt_tensor *x = bt_requires_grad_(test_param(BT_SHAPE(4), 3, -1.0f, 1.0f), true);
+    bt_tensor *y = bt_sum(bt_exp(x), 0, false); /* two recorded ops: two marks */
+    ck_assert_ptr_nonnull(y);
+    ck_assert_int_eq(profile_syncs, 3);
+    bt_profile_mark("step", "data");
+    ck_assert_int_eq(profile_syncs, 4);
+    bt_profile_set_sync(NULL);
+    bt_profile_mark("step", "data");
+    ck_assert_int_eq(profile_syncs, 4);
+    bt_profile_set_sync(count_sync);
+    bt_profile_enable(false);
+    bt_profile_mark("step", "data");
+    bt_profile_start();
+    ck_assert_int_eq(profile_syncs, 4);
+    bt_profile_set_sync(NULL);
+    bt_step_end();
+}
+END_TEST
+
 START_TEST(test_gradcheck_catches_wrong_gradient) {
     bt_tensor *in[1] = {test_param(BT_SHAPE(4), 70, 0.5f, 1.5f)};
     ck_assert_double_gt(gradcheck_error("wrong_square", fn_wrong_square, in, 1, NULL, 2e-3, 2e-2),
@@ -399,6 +430,7 @@ static Suite *autograd_suite(void) {
     bt_suite_add(s, test_leaf_hook_reports_final_gradients);
     bt_suite_add(s, test_backward_reuses_dead_gradients);
     bt_suite_add(s, test_reuse_keeps_adopted_gradients);
+    bt_suite_add(s, test_profile_marks_call_the_sync_hook);
     return s;
 }
 
