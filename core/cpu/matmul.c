@@ -60,17 +60,23 @@ static void gemm_parallel(bool trans_a, bool trans_b, int64_t M, int64_t N, int6
     }
     bool split_rows = M >= N; /* split the longer side of C */
     int64_t len = split_rows ? M : N;
+    /* one contiguous part per thread; each part in small-kernel chunks where they pay */
+    int64_t part = ((len + threads - 1) / threads + 15) / 16 * 16;
     int64_t chunk = small_gemm_chunk(trans_a, trans_b, split_rows ? N : M, K);
-    if (chunk == 0) chunk = ((len + threads - 1) / threads + 15) / 16 * 16;
-#pragma omp parallel for schedule(static)
-    for (int64_t start = 0; start < len; start += chunk) {
-        int64_t n = start + chunk <= len ? chunk : len - start;
-        if (split_rows) /* rows of op(A) and of C */
-            bt_cpu_sgemm(trans_a, trans_b, n, N, K, alpha, trans_a ? A + start : A + start * lda,
-                         lda, B, ldb, beta, C + start * N, N);
-        else /* columns of op(B) and of C */
-            bt_cpu_sgemm(trans_a, trans_b, M, n, K, alpha, A, lda,
-                         trans_b ? B + start * ldb : B + start, ldb, beta, C + start, N);
+#pragma omp parallel for schedule(static, 1)
+    for (int64_t first = 0; first < len; first += part) {
+        int64_t end = first + part < len ? first + part : len;
+        int64_t step = chunk ? chunk : end - first;
+        for (int64_t start = first; start < end; start += step) {
+            int64_t n = start + step <= end ? step : end - start;
+            if (split_rows) /* rows of op(A) and of C */
+                bt_cpu_sgemm(trans_a, trans_b, n, N, K, alpha,
+                             trans_a ? A + start : A + start * lda, lda, B, ldb, beta,
+                             C + start * N, N);
+            else /* columns of op(B) and of C */
+                bt_cpu_sgemm(trans_a, trans_b, M, n, K, alpha, A, lda,
+                             trans_b ? B + start * ldb : B + start, ldb, beta, C + start, N);
+        }
     }
 }
 
