@@ -22,10 +22,12 @@ void bt_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
 
 /* OpenBLAS's AVX-512 cores (SkylakeX, Cooperlake, Sapphire Rapids) have "small matrix" kernels
  * that read A and B where they lie, without packing them, for products of up to 1e6 M*N*K (and,
- * at beta = 0, without the pass that zeroes C first). On the shapes of small models their
- * products A B and A^T B run 10-15% faster that way than packed (bench/README.md, "GEMM
- * chunks"), A B^T does not (it stays packed). Other cores have no such kernels: a chunked product
- * would be packed chunk by chunk, slower, so they keep one block per thread. */
+ * at beta = 0, without the pass that zeroes C first). On the shapes of small models, A B (dX)
+ * runs 5-16% faster cut into such products than packed, A^T B (dW) mostly faster too (once or
+ * twice 2-3% slower), A B^T slower: it stays packed (bench/README.md, "GEMM chunks"). Other
+ * cores have no such kernels: a chunked product would be packed chunk by chunk, slower, so they
+ * keep one block per thread. This assumes an OpenBLAS built with SMALL_MATRIX_OPT, as x86-64
+ * DYNAMIC_ARCH builds since 0.3.17 are (Debian's is); bench_ops shows whether it pays. */
 #define SMALL_GEMM_MNK 1000000.0
 #define SMALL_GEMM_MAX_ROWS 64
 static bool small_gemm_kernels, small_gemm_chunks = true;
