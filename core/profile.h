@@ -17,8 +17,9 @@
 
 void bt_profile_enable(bool on);
 /* Called at every mark before the clock is read, so that asynchronous device work is charged to
- * the op that queued it (braid train sets bt_cuda_synchronize on cuda; it slows the step, which
- * is the price of a meaningful split). NULL: host time only. */
+ * the op that queued it (braid train sets bt_cuda_synchronize on cuda: it waits for braid's
+ * compute stream, not for NCCL's, so overlapped collectives are charged to nobody; the waits
+ * slow the step, the price of a meaningful split). NULL: host time only. */
 void bt_profile_set_sync(void (*sync)(void));
 bool bt_profile_enabled(void);
 /* Charges the time since the last mark to (phase, name) and marks now; name and phase must be

@@ -28,8 +28,10 @@
  *   torch.nn.utils.clip_grad_norm_([W, b], 1.0)  # on fresh W, b
  */
 #include <math.h>
+#include <stdlib.h>
 
 #include "core/arena.h"
+#include "core/cpu/kernels.h"
 #include "core/optim.h"
 #include "core/schedule.h"
 #include "tests/gradcheck.h"
@@ -340,6 +342,27 @@ START_TEST(test_clip_grad_norm_matches_torch) {
 }
 END_TEST
 
+START_TEST(test_sum_squares_of_many_buffers) {
+    /* the gradient norm's kernel: buffers of odd lengths, split over the threads at places that
+     * cut buffers, a vector reduction in each share; against a serial double sum */
+    static const int64_t ns[] = {3, 40000, 0, 17, 100001, 1};
+    enum { NB = sizeof(ns) / sizeof(ns[0]) };
+    float *xs[NB];
+    double want = 0.0;
+    for (int b = 0; b < NB; b++) {
+        xs[b] = malloc((size_t)(ns[b] + 1) * sizeof(float));
+        for (int64_t i = 0; i < ns[b]; i++) {
+            xs[b][i] = bt_rng_uniform_at(50 + (uint64_t)b, (uint64_t)i) * 4.0f - 2.0f;
+            want += (double)xs[b][i] * (double)xs[b][i];
+        }
+    }
+    double got = bt_cpu_sum_squares((const float *const *)xs, ns, NB);
+    ck_assert_msg(fabs(got - want) <= 1e-12 * want, "sum of squares %.17g, want %.17g", got, want);
+    for (int b = 0; b < NB; b++)
+        free(xs[b]);
+}
+END_TEST
+
 START_TEST(test_bad_optimizer_parameters) {
     struct fixture f;
     fixture_make(&f);
@@ -486,6 +509,7 @@ static Suite *optim_suite(void) {
     bt_suite_add(s, test_zero_grad);
     bt_suite_add(s, test_step_records_nothing_and_allocates_nothing);
     bt_suite_add(s, test_clip_grad_norm_matches_torch);
+    bt_suite_add(s, test_sum_squares_of_many_buffers);
     bt_suite_add(s, test_bad_optimizer_parameters);
     bt_suite_add(s, test_schedule_cosine);
     bt_suite_add(s, test_schedule_linear_and_constant);

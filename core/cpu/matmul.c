@@ -24,7 +24,8 @@ void bt_cpu_sgemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, f
  * that read A and B where they lie, without packing them, for products of up to 1e6 M*N*K (and,
  * at beta = 0, without the pass that zeroes C first). On the shapes of small models, A B (dX)
  * runs 5-16% faster cut into such products than packed, A^T B (dW) mostly faster too (once or
- * twice 2-3% slower), A B^T slower: it stays packed (bench/README.md, "GEMM chunks"). Other
+ * twice 2-3% slower), A B^T slower: it stays packed, as does A^T B^T, which OpenBLAS has no
+ * small kernel for (bench/README.md, "GEMM chunks"). Other
  * cores have no such kernels: a chunked product would be packed chunk by chunk, slower, so they
  * keep one block per thread. This assumes an OpenBLAS built with SMALL_MATRIX_OPT, as x86-64
  * DYNAMIC_ARCH builds since 0.3.17 are (Debian's is); bench_ops shows whether it pays. */
@@ -45,7 +46,7 @@ bool bt_cpu_set_small_gemm_chunks(bool on) {
 /* Rows (or columns) of C per call when C is cut into small-kernel products: a multiple of 8, at
  * most SMALL_GEMM_MAX_ROWS; 0 when this product should not be cut. `other` is C's other side. */
 static int64_t small_gemm_chunk(bool trans_a, bool trans_b, int64_t other, int64_t K) {
-    if (!small_gemm_kernels || !small_gemm_chunks || (!trans_a && trans_b)) return 0;
+    if (!small_gemm_kernels || !small_gemm_chunks || trans_b) return 0;
     double rows = SMALL_GEMM_MNK / ((double)other * (double)K);
     int64_t chunk = rows >= SMALL_GEMM_MAX_ROWS ? SMALL_GEMM_MAX_ROWS : (int64_t)rows / 8 * 8;
     return chunk;

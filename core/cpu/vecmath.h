@@ -13,8 +13,8 @@
  * BT_CPU_DISPATCH on a kernel function compiles it three times, for x86-64-v4 (AVX-512),
  * x86-64-v3 (AVX2 + FMA) and the portable baseline, and picks one when the program loads
  * (gcc's target_clones: an ifunc resolver reading CPUID). So a portable build of braid still uses
- * the machine's widest vectors. Put it on functions without OpenMP pragmas (gcc outlines the
- * parallel region's body into a function of its own, which is not cloned): the parallel loop
+ * the machine's widest vectors. Put it on functions without OpenMP parallel regions (gcc outlines
+ * the parallel region's body into a function of its own, which is not cloned): the parallel loop
  * calls a dispatched function per chunk of work. The v3/v4 clones contract a*b+c into fused
  * multiply-adds, so results may differ from the baseline clone's in the last bits; on one machine
  * they are always the same. */
