@@ -250,11 +250,9 @@ static void bench_gemm_chunks(const struct matmul_case *c) {
                 double dt = time_gemm(which, c, X, W, G, Y, dX, dW);
                 if (r >= WARMUP) t[chunked][r - WARMUP] = dt;
             }
-        printf("  %s %6.1f -> %6.1f",
-               which == 0   ? "out"
-               : which == 1 ? "dX"
-                            : "dW",
-               flops / bench_median(t[0], REPS), flops / bench_median(t[1], REPS));
+        static const char *const gemm_names[] = {"out", "dX", "dW"};
+        printf("  %s %6.1f -> %6.1f", gemm_names[which], flops / bench_median(t[0], REPS),
+               flops / bench_median(t[1], REPS));
     }
     printf("  GFLOP/s\n");
     bt_cpu_set_small_gemm_chunks(true);

@@ -167,24 +167,44 @@ static inline float unary_derivative(bt_unary_op op, float x, float y, float arg
  * so every element takes the same arithmetic. */
 #define SPAN 4096
 
-BT_VEC_INLINE bt_vf gelu_tanh_v(bt_vf x) {
+/* f(x) and f'(x) of each activation from one exp; the kernels that want only one of the two take
+ * it from these (the compiler drops the other), so all paths share one arithmetic */
+BT_VEC_INLINE void gelu_tanh_both_v(bt_vf x, bt_vf *y, bt_vf *d) {
     bt_vf t = bt_vf_tanh(GELU_K * (x + 0.044715f * x * x * x));
-    return 0.5f * x * (1.0f + t);
+    bt_vf du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
+    *y = 0.5f * x * (1.0f + t);
+    *d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+}
+
+BT_VEC_INLINE void silu_both_v(bt_vf x, bt_vf *y, bt_vf *d) {
+    bt_vf e = bt_vf_exp(-x);
+    *y = x / (1.0f + e);
+    bt_vf s = 1.0f / (1.0f + e);
+    *d = s * (1.0f + x * (1.0f - s));
+}
+
+BT_VEC_INLINE bt_vf gelu_tanh_v(bt_vf x) {
+    bt_vf y, d;
+    gelu_tanh_both_v(x, &y, &d);
+    return y;
 }
 
 BT_VEC_INLINE bt_vf gelu_tanh_grad_v(bt_vf x) {
-    bt_vf t = bt_vf_tanh(GELU_K * (x + 0.044715f * x * x * x));
-    bt_vf du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-    return 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
+    bt_vf y, d;
+    gelu_tanh_both_v(x, &y, &d);
+    return d;
 }
 
 BT_VEC_INLINE bt_vf silu_v(bt_vf x) {
-    return x / (1.0f + bt_vf_exp(-x));
+    bt_vf y, d;
+    silu_both_v(x, &y, &d);
+    return y;
 }
 
 BT_VEC_INLINE bt_vf silu_grad_v(bt_vf x) {
-    bt_vf s = 1.0f / (1.0f + bt_vf_exp(-x));
-    return s * (1.0f + x * (1.0f - s));
+    bt_vf y, d;
+    silu_both_v(x, &y, &d);
+    return d;
 }
 
 /* out = f(x) over n elements; f one of the activations above */
@@ -243,21 +263,6 @@ BT_VEC_INLINE bt_vf silu_grad_v(bt_vf x) {
             memcpy(dydx + i, bd, (size_t)(n - i) * sizeof(float));                                 \
         }                                                                                          \
     }
-
-/* the same arithmetic as gelu_tanh_v and gelu_tanh_grad_v, tanh computed once */
-BT_VEC_INLINE void gelu_tanh_both_v(bt_vf x, bt_vf *y, bt_vf *d) {
-    bt_vf t = bt_vf_tanh(GELU_K * (x + 0.044715f * x * x * x));
-    bt_vf du = GELU_K * (1.0f + 3.0f * 0.044715f * x * x);
-    *y = 0.5f * x * (1.0f + t);
-    *d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * du;
-}
-
-BT_VEC_INLINE void silu_both_v(bt_vf x, bt_vf *y, bt_vf *d) {
-    bt_vf e = bt_vf_exp(-x);
-    *y = x / (1.0f + e);
-    bt_vf s = 1.0f / (1.0f + e);
-    *d = s * (1.0f + x * (1.0f - s));
-}
 
 ACTIVATION_SPAN(gelu_tanh_span, gelu_tanh_v)
 ACTIVATION_SPAN(silu_span, silu_v)
