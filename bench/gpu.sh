@@ -26,7 +26,7 @@ for suite in test_cuda_math test_gpu_ops test_gpu_comm; do
   "$bin/$suite" 2>&1 | tail -15
 done
 out=$(mktemp -d)
-for case in cpu_vs_cuda resume cpu_to_cuda bf16 dp2 tp_refused; do
+for case in cpu_vs_cuda resume cpu_to_cuda bf16 dp2 tp_refused gemm_attention attention_env; do
   printf -- '-- train_cuda.sh %s: ' "$case"
   bash tests/gpu/train_cuda.sh "$case" "$bin/braid" "$PWD" "$out" > "$out/$case.txt" 2>&1
   status=$?
@@ -37,8 +37,10 @@ for dtype in float32 bfloat16; do
   echo "== braid: bench_gpu $steps $batch $dtype =="
   "$bin/bench_gpu" "$steps" "$batch" "$dtype"
 done
-echo "== braid: BRAID_CUDA_ATTENTION=tiled bench_gpu $steps $batch bfloat16 =="
-BRAID_CUDA_ATTENTION=tiled "$bin/bench_gpu" "$steps" "$batch" bfloat16
+for kernel in tiled gemm; do
+  echo "== braid: BRAID_CUDA_ATTENTION=$kernel bench_gpu $steps $batch bfloat16 =="
+  BRAID_CUDA_ATTENTION=$kernel "$bin/bench_gpu" "$steps" "$batch" bfloat16
+done
 if "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   echo "== pytorch: bench/gpu_torch.py =="
   for args in "--dtype float32" "--dtype float32 --compile" "--dtype bfloat16 --compile"; do

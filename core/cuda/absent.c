@@ -55,9 +55,9 @@ struct bt_cuda_memory_stats bt_cuda_memory_stats(void) {
     return (struct bt_cuda_memory_stats){0, 0, 0, 0};
 }
 
-bool bt_cuda_set_tiled_attention(bool on) {
-    (void)on;
-    return false;
+enum bt_cuda_attention_kernel bt_cuda_set_attention_kernel(enum bt_cuda_attention_kernel kind) {
+    (void)kind;
+    return BT_CUDA_ATTENTION_ROWS;
 }
 
 void bt_cuda_shutdown(void) {}

@@ -3,8 +3,10 @@
  * log-sum-exp is saved for the backward, which recomputes the probabilities: one warp per query
  * row for dq (and D = rowsum(dout * out)), one warp per key row for dk and dv, each summing over
  * the rows in order (no atomics: deterministic). Head size up to 256 (8 floats per lane).
- * The default until attention_tiled.cu's kernels (BRAID_CUDA_ATTENTION=tiled) have run on a GPU;
- * cuDNN's fused attention is to come (docs/cuda.md). */
+ * The default (BRAID_CUDA_ATTENTION=rows) until attention_tiled.cu's (tiled) or
+ * attention_gemm.cu's (gemm) kernels have run on a GPU; cuDNN's fused attention is to come
+ * (docs/cuda.md). */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,19 +24,52 @@ void bt_cuda_attention_tiled_backward(float *dq, float *dk, float *dv, const flo
                                       int64_t NKV, int64_t T, int64_t hs, float scale, bool causal,
                                       const struct bt_attn_layouts *layouts);
 
-static int tiled_mode = -1; /* -1: not read yet; from BRAID_CUDA_ATTENTION, or set by the API */
+/* attention_gemm.cu */
+void bt_cuda_attention_gemm(float *out, float *lse, const float *q, const float *k,
+                            const float *v, int64_t B, int64_t NH, int64_t NKV, int64_t T,
+                            int64_t hs, float scale, bool causal,
+                            const struct bt_attn_layouts *layouts);
+void bt_cuda_attention_gemm_backward(float *dq, float *dk, float *dv, const float *dout,
+                                     const float *q, const float *k, const float *v,
+                                     const float *out, const float *lse, int64_t B, int64_t NH,
+                                     int64_t NKV, int64_t T, int64_t hs, float scale, bool causal,
+                                     const struct bt_attn_layouts *layouts);
 
-static bool use_tiled(int64_t hs) {
-    if (tiled_mode < 0) {
-        const char *v = getenv("BRAID_CUDA_ATTENTION");
-        tiled_mode = v && strcmp(v, "tiled") == 0;
+static int chosen = -1; /* an enum bt_cuda_attention_kernel; -1: BRAID_CUDA_ATTENTION not read */
+
+bool bt_cuda_attention_kernel_from_env(char *why, size_t size) {
+    if (chosen >= 0) return true;
+    const char *v = getenv("BRAID_CUDA_ATTENTION");
+    if (!v || !*v || strcmp(v, "rows") == 0)
+        chosen = BT_CUDA_ATTENTION_ROWS;
+    else if (strcmp(v, "tiled") == 0)
+        chosen = BT_CUDA_ATTENTION_TILED;
+    else if (strcmp(v, "gemm") == 0)
+        chosen = BT_CUDA_ATTENTION_GEMM;
+    else {
+        snprintf(why, size, "BRAID_CUDA_ATTENTION=%s: expected rows, tiled or gemm", v);
+        return false;
     }
-    return tiled_mode && bt_cuda_attention_tiled_takes(hs);
+    return true;
 }
 
-extern "C" bool bt_cuda_set_tiled_attention(bool on) {
-    bool was = use_tiled(64);
-    tiled_mode = on;
+/* the kernels for head size hs (the device checked BRAID_CUDA_ATTENTION when it started) */
+static enum bt_cuda_attention_kernel kernel_for(int64_t hs) {
+    char why[160];
+    if (chosen < 0 && !bt_cuda_attention_kernel_from_env(why, sizeof why))
+        chosen = BT_CUDA_ATTENTION_ROWS;
+    if (chosen == BT_CUDA_ATTENTION_TILED && !bt_cuda_attention_tiled_takes(hs))
+        return BT_CUDA_ATTENTION_ROWS;
+    return (enum bt_cuda_attention_kernel)chosen;
+}
+
+extern "C" enum bt_cuda_attention_kernel
+bt_cuda_set_attention_kernel(enum bt_cuda_attention_kernel kind) {
+    char why[160];
+    if (chosen < 0 && !bt_cuda_attention_kernel_from_env(why, sizeof why))
+        chosen = BT_CUDA_ATTENTION_ROWS;
+    enum bt_cuda_attention_kernel was = (enum bt_cuda_attention_kernel)chosen;
+    chosen = kind;
     return was;
 }
 
@@ -98,8 +133,13 @@ void bt_cuda_attention(float *out, float *lse, const float *q, const float *k, c
                        bool causal, const struct bt_attn_layouts *layouts) {
     int64_t rows = B * NH * T;
     if (rows == 0) return;
-    if (use_tiled(hs)) {
+    enum bt_cuda_attention_kernel kind = kernel_for(hs);
+    if (kind == BT_CUDA_ATTENTION_TILED) {
         bt_cuda_attention_tiled(out, lse, q, k, v, B, NH, NKV, T, hs, scale, causal, layouts);
+        return;
+    }
+    if (kind == BT_CUDA_ATTENTION_GEMM) {
+        bt_cuda_attention_gemm(out, lse, q, k, v, B, NH, NKV, T, hs, scale, causal, layouts);
         return;
     }
     if (hs > 32 * MAX_PER_LANE) {
@@ -204,9 +244,15 @@ void bt_cuda_attention_backward(float *dq, float *dk, float *dv, const float *do
                                 const struct bt_attn_layouts *layouts) {
     int64_t rows = B * NH * T, kv_rows = B * NKV * T;
     if (rows == 0) return;
-    if (use_tiled(hs)) {
+    enum bt_cuda_attention_kernel kind = kernel_for(hs);
+    if (kind == BT_CUDA_ATTENTION_TILED) {
         bt_cuda_attention_tiled_backward(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, T, hs,
                                          scale, causal, layouts);
+        return;
+    }
+    if (kind == BT_CUDA_ATTENTION_GEMM) {
+        bt_cuda_attention_gemm_backward(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, T, hs,
+                                        scale, causal, layouts);
         return;
     }
     if (hs > 32 * MAX_PER_LANE) {

@@ -23,6 +23,10 @@ void *bt_cuda_gemm_workspace(size_t *nbytes);
  * until the next call; stream order keeps earlier kernels' uses safe. NULL when out of memory. */
 void *bt_cuda_scratch(size_t nbytes);
 
+/* reads BRAID_CUDA_ATTENTION once (attention.cu); false with the reason for a value it does not
+ * know */
+bool bt_cuda_attention_kernel_from_env(char *why, size_t size);
+
 #define BT_THREADS 256
 
 /* blocks for n elements at `threads` per block, capped (kernels loop grid-stride) */

@@ -1,6 +1,7 @@
 /* The CUDA backend as the rest of braid sees it: plain C, so core/ and launch/ call it without
- * nvcc. Built from the .cu files of core/cuda/ when nvcc is found; otherwise core/cuda/absent.c answers every
- * question with "not built". One process drives one device (cuda:N, N = its local rank). */
+ * nvcc. Built from the .cu files of core/cuda/ when nvcc is found; otherwise core/cuda/absent.c
+ * answers every question with "not built". One process drives one device (cuda:N, N = its local
+ * rank). */
 #ifndef BRAID_CORE_CUDA_CUDA_H
 #define BRAID_CORE_CUDA_CUDA_H
 
@@ -42,10 +43,17 @@ void *bt_cuda_stream_handle(void);
  * first call that meets it, not by the kernel that caused it: CUDA_LAUNCH_BLOCKING=1 finds that. */
 bt_status bt_cuda_synchronize(void);
 
-/* Attention's kernel: the tiled one (core/cuda/attention_tiled.cu, head sizes 64 and 128) when
- * on, else the one-warp-per-row one; BRAID_CUDA_ATTENTION=tiled sets it at start. Returns the
- * previous setting. */
-bool bt_cuda_set_tiled_attention(bool on);
+/* Attention's kernels on the device: one warp per query row, float32 (attention.cu, the
+ * default); tiled, float32 (attention_tiled.cu, head sizes 64 and 128, others take the rows
+ * kernels); or batched cuBLASLt GEMMs around a row softmax (attention_gemm.cu, bf16 tensor cores
+ * under train.dtype: bfloat16). BRAID_CUDA_ATTENTION=rows|tiled|gemm chooses at start (another
+ * value: the device refuses to start, naming it); the setter returns the previous choice. */
+enum bt_cuda_attention_kernel {
+    BT_CUDA_ATTENTION_ROWS,
+    BT_CUDA_ATTENTION_TILED,
+    BT_CUDA_ATTENTION_GEMM,
+};
+enum bt_cuda_attention_kernel bt_cuda_set_attention_kernel(enum bt_cuda_attention_kernel kind);
 
 /* The caching allocator: device memory is taken from the driver once and reused, so a
  * steady-state step calls cudaMalloc never. Step arenas sit on it (core/runtime.c). */

@@ -269,6 +269,48 @@ BT_HD int64_t bt_km_tile_first_query(int64_t j, int64_t i0, bool causal) {
     return causal && j > i0 ? j - i0 : 0;
 }
 
+/* ---- attention as batched GEMMs (attention_gemm.h): the heads of whole batch entries
+ * b0 .. b0 + nb are packed into contiguous (nb·NH, T, hs) buffers, one per operand, and their
+ * scores into (nb·NH, T, T) ones whose row r is query t = r % T of packed head r / T ---- */
+
+/* the offset in an operand laid out as l of element i of its packed buffer; `group` query heads
+ * read one head of the operand (1 for q, out, dout; NH / NKV for k and v) */
+BT_HD int64_t bt_km_attn_packed_src(int64_t i, struct bt_attn_layout l, int64_t b0, int64_t NH,
+                                    int64_t group, int64_t T, int64_t hs) {
+    int64_t c = i % hs, t = (i / hs) % T, g = i / (hs * T);
+    return (b0 + g / NH) * l.batch + (g % NH) / group * l.head + t * l.time + c;
+}
+
+/* element i of a packed (nb, NKV, T, hs) key or value gradient: the sum, in head order, of the
+ * packed (nb·NH, T, hs) gradients of the group of query heads that read that kv head; *dst gets
+ * its offset in an operand laid out as l */
+BT_HD float bt_km_attn_kv_sum(const float *packed, int64_t i, struct bt_attn_layout l, int64_t b0,
+                              int64_t NH, int64_t NKV, int64_t T, int64_t hs, int64_t *dst) {
+    int64_t c = i % hs, t = (i / hs) % T, kvh = (i / (hs * T)) % NKV, bl = i / (hs * T * NKV);
+    int64_t group = NH / NKV;
+    float sum = 0.0f;
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
+        sum += packed[((bl * NH + h) * T + t) * hs + c];
+    *dst = (b0 + bl) * l.batch + kvh * l.head + t * l.time + c;
+    return sum;
+}
+
+/* keys query row t sees: [0, n) */
+BT_HD int64_t bt_km_attn_keys(int64_t t, int64_t T, bool causal) {
+    return causal ? t + 1 : T;
+}
+
+/* the probability of score s (key j, query t) given its row's log-sum-exp; 0 above the causal
+ * diagonal. The forward and the backward's recomputation both take it from here. */
+BT_HD float bt_km_attn_prob(float s, float lse, int64_t j, int64_t t, bool causal) {
+    return causal && j > t ? 0.0f : expf(s - lse);
+}
+
+/* the gradient of score s: p (dp - D), dp = dout . v_j and D = dout . out of its row */
+BT_HD float bt_km_attn_dscore(float p, float dp, float D) {
+    return p * (dp - D);
+}
+
 /* ---- AdamW: torch.optim.AdamW (_single_tensor_adamw) operation for operation, as the CPU ---- */
 
 BT_HD void bt_km_adamw(const struct bt_adamw_span *s, float *p, float *m, float *v, float g,

@@ -5,12 +5,14 @@
  * without a GPU: nothing here touches the device. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 
 extern "C" {
 #include "core/cpu/kernels.h"
 #include "core/dtype_convert.h"
 #include "tests/gradcheck.h"
 }
+#include "core/cuda/attention_gemm.h"
 #include "core/cuda/cublaslt.h"
 #include "core/cuda/kernel_math.h"
 
@@ -392,6 +394,142 @@ END_TEST
 
 /* cuBLASLt is loaded at run time: the library and every entry braid calls are found, and the
  * host-side objects of a matmul plan can be made (no GPU needed for those) */
+/* attention_gemm.h's steps on the host: each Ops member a plain loop over kernel_math.h's
+ * bt_km_attn_* functions (as the device kernels call them), and the CPU's GEMM in cuBLASLt's
+ * place, with its semantics (struct bt_backend's gemm) */
+struct host_attn_ops {
+    int chunks = 0; /* score buffers filled (softmax or probs calls) */
+    float *alloc(int64_t floats) { return (float *)malloc((size_t)floats * sizeof(float)); }
+    void release(float *p) { free(p); }
+    bool ok() { return true; }
+    void gemm(bool ta, bool tb, int64_t batch, int64_t M, int64_t N, int64_t K, float alpha,
+              const float *A, int64_t lda, int64_t sa, const float *B, int64_t ldb, int64_t sb,
+              float beta, float *C, int64_t sc) {
+        bt_cpu_gemm(ta, tb, batch, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, sc);
+    }
+    void pack(float *dst, const float *src, struct bt_attn_layout l, int64_t b0, int64_t nb,
+              int64_t NH, int64_t group, int64_t T, int64_t hs) {
+        for (int64_t i = 0; i < nb * NH * T * hs; i++)
+            dst[i] = src[bt_km_attn_packed_src(i, l, b0, NH, group, T, hs)];
+    }
+    void unpack(float *dst, struct bt_attn_layout l, const float *src, int64_t b0, int64_t nb,
+                int64_t NH, int64_t T, int64_t hs) {
+        for (int64_t i = 0; i < nb * NH * T * hs; i++)
+            dst[bt_km_attn_packed_src(i, l, b0, NH, 1, T, hs)] = src[i];
+    }
+    void unpack_kv(float *dst, struct bt_attn_layout l, const float *src, int64_t b0, int64_t nb,
+                   int64_t NH, int64_t NKV, int64_t T, int64_t hs) {
+        for (int64_t i = 0; i < nb * NKV * T * hs; i++) {
+            int64_t at;
+            float sum = bt_km_attn_kv_sum(src, i, l, b0, NH, NKV, T, hs, &at);
+            dst[at] = sum;
+        }
+    }
+    void softmax(float *S, float *lse, int64_t rows, int64_t T, bool causal) {
+        chunks++;
+        for (int64_t r = 0; r < rows; r++) {
+            float *s = S + r * T, m = -INFINITY, l = 0.0f;
+            int64_t t = r % T, n = bt_km_attn_keys(t, T, causal);
+            for (int64_t j = 0; j < n; j++)
+                m = fmaxf(m, s[j]);
+            for (int64_t j = 0; j < n; j++)
+                l += expf(s[j] - m);
+            lse[r] = m + logf(l);
+            for (int64_t j = 0; j < T; j++)
+                s[j] = bt_km_attn_prob(s[j], lse[r], j, t, causal);
+        }
+    }
+    void probs(float *S, const float *lse, int64_t rows, int64_t T, bool causal) {
+        chunks++;
+        for (int64_t i = 0; i < rows * T; i++)
+            S[i] = bt_km_attn_prob(S[i], lse[i / T], i % T, (i / T) % T, causal);
+    }
+    void row_dots(float *D, const float *dout, const float *out, const struct bt_attn_layouts &L,
+                  int64_t B, int64_t NH, int64_t T, int64_t hs) {
+        for (int64_t row = 0; row < B * NH * T; row++) {
+            int64_t t = row % T, h = (row / T) % NH, b = row / (T * NH);
+            const float *g = dout + b * L.dout.batch + h * L.dout.head + t * L.dout.time;
+            const float *o = out + b * L.out.batch + h * L.out.head + t * L.out.time;
+            D[row] = dotp(g, o, (int)hs);
+        }
+    }
+    void dscores(float *dP, const float *P, const float *D, int64_t rows, int64_t T) {
+        for (int64_t i = 0; i < rows * T; i++)
+            dP[i] = bt_km_attn_dscore(P[i], dP[i], D[i / T]);
+    }
+};
+
+/* attention_gemm.h run on the host against the CPU's attention: q, k and v read in place from
+ * one fused (B, T, (NH + 2 NKV) hs) buffer, as GPT's qkv projection leaves them, out and dout
+ * (B, T, NH hs), the gradients written into a fused buffer alike; GQA and not, causal and not,
+ * an odd head size, and caps on the scores that cut the batch into chunks (of 2 and 1 entries
+ * forward and 1 backward, or of 3 forward and 2 and 1 backward) */
+START_TEST(test_gemm_attention_steps_match_cpu) {
+    enum { B = 3, T = 9, HS = 5 };
+    const int nkv_of[2] = {2, 4};
+    for (int kv = 0; kv < 2; kv++)
+        for (int cap_entries = 0; cap_entries < 3; cap_entries++)
+            for (int causal = 0; causal < 2; causal++) {
+                const int64_t NH = 4, NKV = nkv_of[kv], W = (NH + 2 * NKV) * HS, C = NH * HS;
+                const int64_t n_qkv = B * T * W, n_out = B * T * C;
+                /* cap_entries 0: no cap; else room for that many entries' backward buffers */
+                int64_t cap = cap_entries ? cap_entries * 2 * NH * T * T * 4 : (int64_t)1 << 40;
+                float *qkv = (float *)malloc(n_qkv * sizeof(float));
+                float *g = (float *)malloc(n_out * sizeof(float));
+                float *res[2][3]; /* [cpu, host][out, lse, dqkv] */
+                for (int i = 0; i < n_qkv; i++)
+                    qkv[i] = uniform(51, (uint64_t)i, -2, 2);
+                for (int i = 0; i < n_out; i++)
+                    g[i] = uniform(52, (uint64_t)i, -1, 1);
+                const int64_t sizes[3] = {n_out, B * NH * T, n_qkv};
+                for (int w = 0; w < 2; w++)
+                    for (int o = 0; o < 3; o++) {
+                        res[w][o] = (float *)malloc(sizes[o] * sizeof(float));
+                        for (int64_t i = 0; i < sizes[o]; i++)
+                            res[w][o][i] = 7.0f; /* what is not written stays 7 in both */
+                    }
+                struct bt_attn_layout lqkv = {T * W, HS, W}, lo = {T * C, HS, C};
+                struct bt_attn_layouts L = {lqkv, lqkv, lqkv, lo, lo, lqkv, lqkv, lqkv};
+                const float *q = qkv, *k = qkv + NH * HS, *v = qkv + (NH + NKV) * HS;
+                const float scale = 0.4472136f;
+                bt_cpu_attention(res[0][0], res[0][1], q, k, v, B, NH, NKV, T, HS, scale, causal,
+                                 &L);
+                float *d = res[0][2];
+                bt_cpu_attention_backward(d, d + NH * HS, d + (NH + NKV) * HS, g, q, k, v,
+                                          res[0][0], res[0][1], B, NH, NKV, T, HS, scale, causal,
+                                          &L);
+                host_attn_ops ops;
+                bt_attn_gemm_forward(ops, res[1][0], res[1][1], q, k, v, B, NH, NKV, T, HS, scale,
+                                     causal, L, cap);
+                ck_assert_int_eq(ops.chunks, cap_entries == 1 ? 2 : 1); /* one buffer: 2 + 1 */
+                d = res[1][2];
+                bt_attn_gemm_backward(ops, d, d + NH * HS, d + (NH + NKV) * HS, g, q, k, v,
+                                      res[1][0], res[1][1], B, NH, NKV, T, HS, scale, causal, L,
+                                      cap);
+                /* the backward's two buffers: 3 entries at once, 1 at a time, or 2 + 1 */
+                int expect = cap_entries == 0 ? 1 + 1 : cap_entries == 1 ? 2 + 3 : 1 + 2;
+                ck_assert_int_eq(ops.chunks, expect);
+                static const char *names[3] = {"out", "lse", "dq dk dv"};
+                for (int o = 0; o < 3; o++) {
+                    double worst = 0.0, big = 0.0;
+                    for (int64_t i = 0; i < sizes[o]; i++) {
+                        double e = fabs(res[0][o][i] - res[1][o][i]);
+                        worst = e > worst || e != e ? e : worst; /* NaN fails */
+                        big = fmax(big, fabs(res[0][o][i]));
+                    }
+                    ck_assert_msg(worst <= 1e-5 * big,
+                                  "NKV=%lld cap=%d causal=%d %s: max error %g, max |cpu| %g",
+                                  (long long)NKV, cap_entries, causal, names[o], worst, big);
+                }
+                for (int w = 0; w < 2; w++)
+                    for (int o = 0; o < 3; o++)
+                        free(res[w][o]);
+                free(qkv);
+                free(g);
+            }
+}
+END_TEST
+
 START_TEST(test_cublaslt_loads) {
     char why[512] = "";
     ck_assert_msg(bt_cublaslt_load(why, sizeof why), "%s", why);
@@ -416,6 +554,7 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_rope_matches_cpu);
     bt_suite_add(s, test_attention_recurrence_matches_cpu);
     bt_suite_add(s, test_tiled_attention_schedule_matches_cpu);
+    bt_suite_add(s, test_gemm_attention_steps_match_cpu);
     bt_suite_add(s, test_optimizer_updates_match_cpu);
     bt_suite_add(s, test_cublaslt_loads);
     return s;

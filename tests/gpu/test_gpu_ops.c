@@ -199,24 +199,39 @@ START_TEST(test_rope_and_attention_match_cpu) {
 }
 END_TEST
 
-/* the tiled attention kernels (BRAID_CUDA_ATTENTION=tiled): head sizes 64 and 128, T not a
- * multiple of the tile, GQA, causal and not */
-START_TEST(test_tiled_attention_matches_cpu) {
-    bool was = bt_cuda_set_tiled_attention(true);
-    int64_t hs_of[2] = {64, 128}, T_of[2] = {70, 40};
-    for (int k = 0; k < 2; k++)
+/* the tiled attention kernels (BRAID_CUDA_ATTENTION=tiled), then the GEMM ones (gemm): head
+ * sizes 64 and 128 (the tiled kernels' two) and 24, T not a multiple of a tile, GQA, causal and
+ * not; the GEMM ones in bf16 too */
+static void attention_kernels_match_cpu(enum bt_cuda_attention_kernel kind, const char *what) {
+    enum bt_cuda_attention_kernel was = bt_cuda_set_attention_kernel(kind);
+    int64_t hs_of[3] = {64, 128, 24}, T_of[3] = {70, 40, 33};
+    for (int k = 0; k < 3; k++)
         for (int causal = 0; causal < 2; causal++) {
             bool c = causal;
             int64_t hs = hs_of[k], T = T_of[k];
-            bt_tensor *in[3] = {test_param(BT_SHAPE(2, 4, T, hs), 30 + k, -1, 1),
-                                test_param(BT_SHAPE(2, 2, T, hs), 32 + k, -1, 1),
-                                test_param(BT_SHAPE(2, 2, T, hs), 34 + k, -1, 1)};
-            char name[64];
-            snprintf(name, sizeof name, "tiled attention hs %lld%s", (long long)hs,
-                     causal ? " causal" : "");
-            twin(name, op_attention, in, 3, &c, FP32_TOL);
+            for (int bf16 = 0; bf16 < (kind == BT_CUDA_ATTENTION_GEMM ? 2 : 1); bf16++) {
+                /* fresh inputs each time: the cpu ones accumulate their gradients */
+                bt_tensor *in[3] = {test_param(BT_SHAPE(2, 4, T, hs), 30 + k, -1, 1),
+                                    test_param(BT_SHAPE(2, 2, T, hs), 33 + k, -1, 1),
+                                    test_param(BT_SHAPE(2, 2, T, hs), 36 + k, -1, 1)};
+                char name[80];
+                snprintf(name, sizeof name, "%s attention%s hs %lld%s", what, bf16 ? " bf16" : "",
+                         (long long)hs, causal ? " causal" : "");
+                bt_set_matmul_dtype(bf16 ? BT_BF16 : BT_F32);
+                twin(name, op_attention, in, 3, &c, bf16 ? BF16_TOL : FP32_TOL);
+                bt_set_matmul_dtype(BT_F32);
+            }
         }
-    bt_cuda_set_tiled_attention(was);
+    bt_cuda_set_attention_kernel(was);
+}
+
+START_TEST(test_tiled_attention_matches_cpu) {
+    attention_kernels_match_cpu(BT_CUDA_ATTENTION_TILED, "tiled");
+}
+END_TEST
+
+START_TEST(test_gemm_attention_matches_cpu) {
+    attention_kernels_match_cpu(BT_CUDA_ATTENTION_GEMM, "gemm");
 }
 END_TEST
 
@@ -357,6 +372,7 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_embedding_and_loss_match_cpu);
     bt_suite_add(s, test_rope_and_attention_match_cpu);
     bt_suite_add(s, test_tiled_attention_matches_cpu);
+    bt_suite_add(s, test_gemm_attention_matches_cpu);
     bt_suite_add(s, test_bf16_matmuls_match_cpu);
     bt_suite_add(s, test_dropout_matches_cpu);
     bt_suite_add(s, test_device_arena_and_cache_allocate_once);

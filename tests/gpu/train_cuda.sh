@@ -11,6 +11,9 @@
 #                    1e-4 (skipped with fewer than 2 GPUs)
 #   tp_refused       parallel.tp=2 on cuda (2 ranks): one error line naming the layout, before any
 #                    GPU work
+#   gemm_attention   BRAID_CUDA_ATTENTION=gemm (attention as cuBLASLt GEMMs): the cpu's losses
+#                    within 1e-4 in float32, within 2e-2 with train.dtype=bfloat16
+#   attention_env    BRAID_CUDA_ATTENTION=bogus: one error naming it, non-zero exit, no step run
 set -euo pipefail
 source "$(dirname "$0")/../cli/tiny_job.sh" "$@"
 
@@ -71,6 +74,24 @@ tp_refused)
   set -e
   test "$status" -eq 2 || fail "exit status $status, expected 2: $msg"
   grep -q "train.device=cuda: parallel.tp=2 pp=1" <<<"$msg" || fail "message: $msg"
+  ;;
+gemm_attention)
+  run cpu 1 --train.max_steps=20
+  BRAID_CUDA_ATTENTION=gemm run gemm 1 --train.max_steps=20 --train.device=cuda
+  BRAID_CUDA_ATTENTION=gemm run gemm_bf16 1 --train.max_steps=20 --train.device=cuda \
+    --train.dtype=bfloat16
+  same_losses cpu gemm 1 1e-4
+  same_losses cpu gemm_bf16 1 2e-2
+  ;;
+attention_env)
+  set +e
+  msg=$(BRAID_CUDA_ATTENTION=bogus timeout 120 "$braid" train "${job[@]}" --train.device=cuda \
+    --log.dir="$out/bogus" --checkpoint.dir="$out/bogus/ck" 2>&1)
+  status=$?
+  set -e
+  test "$status" -ne 0 || fail "exit status 0 with BRAID_CUDA_ATTENTION=bogus: $msg"
+  grep -q "BRAID_CUDA_ATTENTION=bogus: expected rows, tiled or gemm" <<<"$msg" || fail "message: $msg"
+  test ! -s "$out/bogus/metrics.jsonl" || fail "steps ran: $(cat "$out/bogus/metrics.jsonl")"
   ;;
 *)
   fail "unknown case $case_name"
