@@ -35,8 +35,11 @@ static bt_status cuda_failed(const char *where, cudaError_t rc, const char *call
         if (rc_ != cudaSuccess) return cuda_failed((where), rc_, #call, __LINE__);                 \
     } while (0)
 
+/* BRAID_FAKE_CUDA's "device" tensors are host memory: they travel over MPI, so that multi-rank
+ * jobs on the fake device check everything above the transport (which tensors go where, over
+ * which group, in which order) on machines without a GPU */
 bool comm_is_device_tensor(const bt_tensor *t) {
-    return t && t->storage->device.type == BT_DEVICE_CUDA;
+    return t && t->storage->device.type == BT_DEVICE_CUDA && !bt_fake_cuda();
 }
 
 static ncclDataType_t nccl_dtype(bt_dtype dtype) {
@@ -70,8 +73,8 @@ static ncclRedOp_t nccl_op(comm_op op) {
  * braid train ends the job then (comm_abort); library callers should do the same. */
 static bt_status ready(struct comm *c, const char *where) {
     if (bt_fake_cuda())
-        return comm_errorf(where, "BRAID_FAKE_CUDA's device has no NCCL: collectives on its "
-                                  "tensors are not supported (it checks one rank's plumbing)");
+        return comm_errorf(where, "BRAID_FAKE_CUDA's device has no NCCL (its tensors go over "
+                                  "MPI)");
     if (bt_cuda_current_device() < 0)
         return comm_errorf(where, "no CUDA device is in use in this process");
     if (!nccl_stream)
@@ -90,6 +93,7 @@ bt_status comm_use_device(struct comm *c) {
     char where[COMM_WHERE_MAX];
     comm_where(c, "comm_use_device", where, sizeof where);
     if (!c) return comm_errorf(where, "group is NULL");
+    if (bt_fake_cuda()) return BT_OK; /* its tensors go over MPI (comm_is_device_tensor) */
     return ready(c, where);
 }
 

@@ -1,15 +1,17 @@
 /* The NCCL backend where braid is built without CUDA: no tensor is on a device, so none of this
- * runs; comm_use_device says why. */
+ * runs; comm_use_device says why. BRAID_FAKE_CUDA's tensors (host memory) go over MPI, as in the
+ * CUDA build (comm/nccl.c). */
 #include "comm/comm_internal.h"
 #include "core/cuda/cuda.h"
 
 bool comm_is_device_tensor(const bt_tensor *t) {
-    return t && t->storage->device.type != BT_DEVICE_CPU;
+    return t && t->storage->device.type != BT_DEVICE_CPU && !bt_fake_cuda();
 }
 
 bt_status comm_use_device(struct comm *c) {
     char where[COMM_WHERE_MAX];
     comm_where(c, "comm_use_device", where, sizeof where);
+    if (c && bt_fake_cuda()) return BT_OK;
     return comm_errorf(where, "braid was built without the CUDA backend (no NCCL)");
 }
 
@@ -24,8 +26,7 @@ void comm_nccl_free(struct comm *c) {
 }
 
 static bt_status absent(struct comm_request *r) {
-    return comm_errorf(r->where, "device tensors need NCCL: braid was built without CUDA%s",
-                       bt_fake_cuda() ? " (BRAID_FAKE_CUDA's device has no collectives)" : "");
+    return comm_errorf(r->where, "device tensors need NCCL: braid was built without CUDA");
 }
 
 bt_status comm_nccl_allreduce(struct comm_request *r, struct comm *c, void *buf, int64_t n,

@@ -45,22 +45,42 @@ const struct bt_backend bt_cpu_backend = {
     .sgd = bt_cpu_sgd,
 };
 
-/* BRAID_FAKE_CUDA=1 (core/cuda/cuda.h): cuda:0 is these kernels on host memory */
-bool bt_fake_cuda(void) {
-    static int on = -1;
-    if (on < 0) {
+/* BRAID_FAKE_CUDA=N (core/cuda/cuda.h): cuda:0 .. cuda:N-1 are these kernels on host memory */
+int bt_fake_cuda_devices(void) {
+    static int n = -1;
+    if (n < 0) {
         const char *v = getenv("BRAID_FAKE_CUDA");
-        on = v && *v && strcmp(v, "0") != 0;
+        char *end;
+        long k = v && *v ? strtol(v, &end, 10) : 0;
+        n = !v || !*v || strcmp(v, "0") == 0 ? 0 : *end == '\0' && k > 1 && k <= 64 ? (int)k : 1;
     }
-    return on;
+    return n;
+}
+
+bool bt_fake_cuda(void) {
+    return bt_fake_cuda_devices() > 0;
+}
+
+static int fake_current = -1; /* the fake device this process drives, once chosen */
+
+int bt_fake_cuda_current(void) {
+    return fake_current < 0 ? 0 : fake_current;
 }
 
 static const struct bt_backend *fake_cuda_backend(int index, const char *op) {
     static struct bt_backend fake;
-    if (index != 0) {
-        bt_error("%s: device cuda:%d is not available: BRAID_FAKE_CUDA has cuda:0 only", op, index);
+    int n = bt_fake_cuda_devices();
+    if (index < 0 || index >= n) {
+        bt_error("%s: device cuda:%d is not available: BRAID_FAKE_CUDA=%d has cuda:0..%d", op,
+                 index, n, n - 1);
         return NULL;
     }
+    if (fake_current >= 0 && index != fake_current) {
+        bt_error("%s: this process drives cuda:%d; cuda:%d was asked for (one device per process)",
+                 op, fake_current, index);
+        return NULL;
+    }
+    fake_current = index;
     if (!fake.name) {
         fake = bt_cpu_backend;
         fake.name = "cuda (fake: the CPU's kernels on host memory, BRAID_FAKE_CUDA)";

@@ -11,7 +11,7 @@ bool bt_cuda_built(void) {
 }
 
 int bt_cuda_device_count(char *why, size_t size) {
-    if (bt_fake_cuda()) return 1;
+    if (bt_fake_cuda()) return bt_fake_cuda_devices();
     if (why && size) snprintf(why, size, "%s", not_built);
     return 0;
 }
@@ -22,7 +22,7 @@ const struct bt_backend *bt_cuda_backend_for(int index, const char *op) {
 }
 
 int bt_cuda_current_device(void) {
-    return bt_fake_cuda() ? 0 : -1;
+    return bt_fake_cuda() ? bt_fake_cuda_current() : -1;
 }
 
 const char *bt_cuda_device_description(char *buf, size_t size) {

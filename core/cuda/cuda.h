@@ -19,11 +19,15 @@ struct bt_backend;
 
 bool bt_cuda_built(void); /* false where braid was built without nvcc */
 /* BRAID_FAKE_CUDA=1 (a test double, for machines without a GPU): cuda:0 is the CPU's kernels on
- * host memory. Every path above the kernels (placing a model, transfers, device step arenas,
- * checkpoints of device tensors, braid train --train.device=cuda) runs as with a GPU, and the
- * numbers are the CPU's exactly. Collectives on "device" tensors fail (there is no NCCL device),
- * and it is no faster than the cpu: it checks plumbing, it does not train anything. */
+ * host memory; BRAID_FAKE_CUDA=N (2..64) makes N such devices, one per process as real ones, so
+ * that ranks pick theirs by local rank. Every path above the kernels (placing a model, transfers,
+ * device step arenas, checkpoints of device tensors, braid train --train.device=cuda, dp's
+ * buckets) runs as with a GPU, and the numbers are the CPU's exactly. Collectives on its tensors
+ * go over MPI (host memory), not NCCL. It is no faster than the cpu: it checks plumbing, it does
+ * not train anything. */
 bool bt_fake_cuda(void);
+int bt_fake_cuda_devices(void); /* N above; 0 when off */
+int bt_fake_cuda_current(void); /* the fake device this process uses (0 before one is chosen) */
 /* Devices this process can see; 0 with the reason in `why` (e.g. "cudaGetDeviceCount: no CUDA-
  * capable device is detected", or "braid was built without the CUDA backend"). */
 int bt_cuda_device_count(char *why, size_t size);

@@ -57,7 +57,7 @@ extern "C" bool bt_cuda_built(void) {
 }
 
 extern "C" int bt_cuda_device_count(char *why, size_t size) {
-    if (bt_fake_cuda()) return 1;
+    if (bt_fake_cuda()) return bt_fake_cuda_devices();
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
@@ -131,7 +131,7 @@ extern "C" const struct bt_backend *bt_cuda_backend_for(int index, const char *o
 }
 
 extern "C" int bt_cuda_current_device(void) {
-    return bt_fake_cuda() ? 0 : dev.device;
+    return bt_fake_cuda() ? bt_fake_cuda_current() : dev.device;
 }
 
 extern "C" const char *bt_cuda_device_description(char *buf, size_t size) {
