@@ -26,7 +26,7 @@ for suite in test_cuda_math test_gpu_ops test_gpu_comm; do
   "$bin/$suite" 2>&1 | tail -15
 done
 out=$(mktemp -d)
-for case in cpu_vs_cuda resume cpu_to_cuda bf16 dp2 tp_refused gemm_attention attention_env; do
+for case in cpu_vs_cuda resume cpu_to_cuda bf16 dp2 tp2 pp2 gemm_attention attention_env; do
   printf -- '-- train_cuda.sh %s: ' "$case"
   bash tests/gpu/train_cuda.sh "$case" "$bin/braid" "$PWD" "$out" > "$out/$case.txt" 2>&1
   status=$?

@@ -36,13 +36,8 @@ bt_status job_check_supported(const struct braid_config *cfg) {
                             "was not found at build time; use cpu)");
         if (bt_cuda_device_count(why, sizeof why) == 0)
             return bt_error("train.device=cuda: no CUDA device visible (%s)", why);
-        /* one GPU per rank; data parallelism reduces through NCCL (comm/nccl.c). Tensor and
-         * pipeline parallelism still move some tensors through host-only code. */
-        const struct cfg_parallel *p = &cfg->parallel;
-        if (p->tp * p->pp > 1)
-            return bt_error("train.device=cuda: parallel.tp=%lld pp=%lld: on GPUs braid trains "
-                            "data-parallel only so far (use parallel.dp, or cpu)",
-                            (long long)p->tp, (long long)p->pp);
+        /* one GPU per rank: dp's and tp's collectives go through NCCL (comm/nccl.c), the
+         * pipeline's activations through host copies over MPI (parallel/pipeline.c) */
         return BT_OK; /* float32, or bfloat16: bf16 matmuls (core/cuda/matmul.cu) */
     }
     if (strcmp(cfg->train.dtype, "float32") != 0)

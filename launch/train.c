@@ -343,7 +343,8 @@ static bt_status setup(struct run *r) {
                                .microbatches = cfg->train.grad_accum,
                                .chunks = (int)cfg->parallel.virtual_stages,
                                .act_ndim = 3,
-                               .act_shape = {cfg->train.batch_size, T / sp, cfg->model.n_embd}};
+                               .act_shape = {cfg->train.batch_size, T / sp, cfg->model.n_embd},
+                               .device = r->device};
         if (!(r->pp = pp_create(r->grid.pp_group, &o))) return BT_ERR;
     }
     if (build_optimizer(r) != BT_OK) return BT_ERR;

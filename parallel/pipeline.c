@@ -170,8 +170,21 @@ static void note_memory(struct pipeline *p) {
 
 /* ---- one micro-batch forward and backward ---- */
 
+/* Messages travel over MPI on host tensors. Device activations and gradients cross through host
+ * copies: NCCL's sends and receives are not grouped, so two stages sending to each other at once
+ * (1F1B's steady state) would each wait for the other's receive. */
 static bt_tensor *activation_buffer(const struct pipeline *p) {
     return bt_empty(p->options.act_ndim, p->options.act_shape, BT_F32, bt_cpu());
+}
+
+/* a received host tensor where the stage computes (itself on the cpu) */
+static bt_tensor *on_device(const struct pipeline *p, bt_tensor *host) {
+    return host ? bt_to_device(host, p->options.device) : NULL;
+}
+
+/* t as a host tensor to send (itself when it is one), a step tensor of the current frame */
+static bt_tensor *on_host(bt_tensor *t) {
+    return t ? bt_to_device(t, bt_cpu()) : NULL;
 }
 
 /* A persistent buffer of the activation's shape for a gradient to send. */
@@ -215,8 +228,9 @@ static bt_status forward(struct pipeline *p, int chunk, int64_t i, pp_forward_fn
     struct bt_frame *was = bt_frame_enter(mb->frame);
     bt_status st = BT_ERR;
     if (!is_first(p, chunk)) {
-        if (!(mb->in = activation_buffer(p)) ||
-            comm_recv(p->group, mb->in, prev_rank(p), tag_activation(chunk)) != BT_OK)
+        bt_tensor *recv = activation_buffer(p);
+        if (!recv || comm_recv(p->group, recv, prev_rank(p), tag_activation(chunk)) != BT_OK ||
+            !(mb->in = on_device(p, recv)))
             goto done;
         bt_requires_grad_(mb->in, true);
     }
@@ -244,8 +258,9 @@ static bt_status forward(struct pipeline *p, int chunk, int64_t i, pp_forward_fn
                      (long long)i);
             goto done;
         }
-        if (!(mb->to_next = comm_isend(p->group, mb->out, next_rank(p),
-                                       tag_activation(next_chunk(p, chunk)))))
+        bt_tensor *send = on_host(mb->out); /* lives in mb's frame until the send completes */
+        if (!send || !(mb->to_next = comm_isend(p->group, send, next_rank(p),
+                                                tag_activation(next_chunk(p, chunk)))))
             goto done;
     }
     note_memory(p);
@@ -265,7 +280,8 @@ static bt_status backward(struct pipeline *p, int chunk, int64_t i) {
         p->stats->compute_seconds += now_seconds() - t0;
     } else {
         bt_tensor *grad = activation_buffer(p);
-        if (!grad || comm_recv(p->group, grad, next_rank(p), tag_gradient(chunk)) != BT_OK)
+        if (!grad || comm_recv(p->group, grad, next_rank(p), tag_gradient(chunk)) != BT_OK ||
+            !(grad = on_device(p, grad)))
             goto done;
         t0 = now_seconds();
         if (bt_backward_ex(mb->out, grad, false) != BT_OK) goto done;
@@ -278,7 +294,7 @@ static bt_status backward(struct pipeline *p, int chunk, int64_t i) {
     }
     if (!is_first(p, chunk)) {
         /* a stage that did not use its input sends a zero gradient */
-        bt_tensor *g = mb->in->grad ? mb->in->grad : bt_zeros_like(mb->in);
+        bt_tensor *g = on_host(mb->in->grad ? mb->in->grad : bt_zeros_like(mb->in));
         /* copied out of the frame, so that the frame is released now, not when the previous
          * stage gets to receive it */
         if (!g || !(mb->grad_sent = send_buffer(p)) || bt_copy_(mb->grad_sent, g) != BT_OK ||
@@ -352,7 +368,8 @@ bt_status pp_forward_only(struct pipeline *p, int64_t n, pp_forward_fn fn, void 
         st = BT_ERR;
         if (!is_first(p, chunk) &&
             (!(in = activation_buffer(p)) ||
-             comm_recv(p->group, in, prev_rank(p), tag_activation(chunk)) != BT_OK))
+             comm_recv(p->group, in, prev_rank(p), tag_activation(chunk)) != BT_OK ||
+             !(in = on_device(p, in))))
             break;
         if (!(out = fn(ctx, chunk, i, in))) break;
         if (is_last(p, chunk)) {
@@ -365,7 +382,7 @@ bt_status pp_forward_only(struct pipeline *p, int64_t n, pp_forward_fn fn, void 
             *loss_sum += bt_item(out);
         } else {
             /* the next stage receives micro-batches in order, so waiting here cannot block it */
-            if (comm_send(p->group, bt_contiguous(out), next_rank(p),
+            if (comm_send(p->group, on_host(bt_contiguous(out)), next_rank(p),
                           tag_activation(next_chunk(p, chunk))) != BT_OK)
                 break;
         }

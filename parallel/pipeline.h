@@ -47,6 +47,8 @@ struct pp_options {
      * sequence parallelism; the same on every stage */
     int act_ndim;
     int64_t act_shape[BT_MAX_DIMS];
+    /* where the stages compute ({0}: the cpu); messages cross through host copies */
+    bt_device device;
 };
 
 /* The computation of this rank's chunk `chunk` (0 without interleaving) for one micro-batch, run

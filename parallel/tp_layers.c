@@ -301,11 +301,14 @@ bt_status tp_vocab_embedding_load_full(struct tp_vocab_embedding *m, const bt_te
     return load_piece(&m->base, "weight", full_weight); /* its rows */
 }
 
-/* ids (int64, contiguous) -> this rank's rows: local ids (0 for a row held elsewhere) and the mask
- * of those held elsewhere (..., 1), as step tensors; false with a message on a bad id */
+/* ids -> this rank's rows: local ids (0 for a row held elsewhere) and the mask of those held
+ * elsewhere (..., 1), as step tensors on the ids' device (worked out on the host: the ids are
+ * few); false with a message on a bad id */
 static bool local_ids(const struct tp_vocab_embedding *m, bt_tensor *idx, bt_tensor **local,
                       bt_tensor **elsewhere) {
-    bt_tensor *ids = idx->dtype == BT_I64 && bt_is_contiguous(idx) ? idx : bt_to_dtype(idx, BT_I64);
+    bt_device device = idx->storage->device;
+    bt_tensor *ids = device.type == BT_DEVICE_CPU ? idx : bt_to_device(idx, bt_cpu());
+    if (ids && !(ids->dtype == BT_I64 && bt_is_contiguous(ids))) ids = bt_to_dtype(ids, BT_I64);
     int64_t shape[BT_MAX_DIMS];
     for (int k = 0; k < idx->ndim; k++)
         shape[k] = idx->shape[k];
@@ -328,7 +331,10 @@ static bool local_ids(const struct tp_vocab_embedding *m, bt_tensor *idx, bt_ten
         lid[n] = here ? l : 0;
         away[n] = !here;
     }
-    return true;
+    if (device.type == BT_DEVICE_CPU) return true;
+    *local = bt_to_device(*local, device);
+    *elsewhere = *local ? bt_to_device(*elsewhere, device) : NULL;
+    return *elsewhere != NULL;
 }
 
 bt_tensor *tp_vocab_embedding_forward(struct tp_vocab_embedding *m, bt_tensor *idx) {
@@ -344,9 +350,9 @@ bt_tensor *tp_vocab_embedding_forward(struct tp_vocab_embedding *m, bt_tensor *i
                  bt_dtype_name(idx->dtype), SHAPE(idx));
         goto done;
     }
-    if (idx->storage->device.type != BT_DEVICE_CPU || idx->ndim + 1 > BT_MAX_DIMS) {
-        bt_error("vocab-parallel embedding: indices %s must be on the CPU with at most %d dims",
-                 SHAPE(idx), BT_MAX_DIMS - 1);
+    if (idx->ndim + 1 > BT_MAX_DIMS) {
+        bt_error("vocab-parallel embedding: indices %s must have at most %d dims", SHAPE(idx),
+                 BT_MAX_DIMS - 1);
         goto done;
     }
     if (!local_ids(m, idx, &local, &elsewhere)) goto done;

@@ -11,9 +11,6 @@
 
 #define SHAPE(t) bt_shape_str((t), (char[96]){0}, 96)
 
-/* rows x columns above which the cross-entropy loops use every OpenMP thread */
-#define PARALLEL_MIN 32768
-
 /* ---- helpers ---- */
 
 /* The group travels to the backward in the node's last integer slot: ag_node has no pointer one,
@@ -28,10 +25,10 @@ static struct comm *saved_group(const struct ag_node *node) {
     return (struct comm *)(intptr_t)node->i[GROUP_SLOT];
 }
 
-/* Checks common to the ops: x present, float32, on the CPU (comm moves host tensors); a group.
+/* Checks common to the ops: x present, float32 (on any device: comm moves host tensors over MPI
+ * and device ones over NCCL); a group.
  * Returns the group's size, or 0 with a message. */
 static int check_op(const char *op, const char *what, const bt_tensor *x, struct comm *group) {
-    char dev[32];
     if (!x) {
         if (!bt_has_error()) bt_error("%s: %s is NULL", op, what);
         return 0;
@@ -42,11 +39,6 @@ static int check_op(const char *op, const char *what, const bt_tensor *x, struct
     }
     if (x->dtype != BT_F32) {
         bt_error("%s: %s must be float32, got %s %s", op, what, bt_dtype_name(x->dtype), SHAPE(x));
-        return 0;
-    }
-    if (x->storage->device.type != BT_DEVICE_CPU) {
-        bt_error("%s: %s %s is on %s; tensor-parallel ops take CPU tensors", op, what, SHAPE(x),
-                 bt_device_name(x->storage->device, dev, sizeof dev));
         return 0;
     }
     return comm_size(group);
@@ -98,17 +90,34 @@ static bt_tensor *rank_major_view(bt_tensor *x, int d, int P) {
     return v;
 }
 
+/* comm takes device tensors contiguous only (it stages strided host ones itself) */
+static bool needs_staging(const bt_tensor *t) {
+    return t->storage->device.type != BT_DEVICE_CPU && !bt_is_contiguous(t);
+}
+
 /* out (x's shape with dim d P-fold) <- every rank's x, in rank order along d */
 static bt_status gather_along(struct comm *group, bt_tensor *x, int d, bt_tensor *out) {
     if (bt_numel(x) == 0) return BT_OK; /* the same on every rank: nothing to move */
     bt_tensor *dst = rank_major_view(out, d, comm_size(group));
-    return dst ? comm_allgather(group, x, dst) : BT_ERR;
+    bt_tensor *src = dst && needs_staging(x) ? contiguous_copy(x) : x;
+    if (!dst || !src) return BT_ERR;
+    if (!needs_staging(dst)) return comm_allgather(group, src, dst);
+    /* into a contiguous (P, outer, block) first, then permuted into out (outer, P, block): the
+     * copy reads strided and writes contiguous, which device kernels do */
+    bt_tensor *whole = bt_empty(dst->ndim, dst->shape, BT_F32, dst->storage->device);
+    if (!whole || comm_allgather(group, src, whole) != BT_OK) return BT_ERR;
+    bool grad_mode = bt_set_grad_enabled(false);
+    bt_tensor *from = bt_permute(whole, (int[]){1, 0, 2});
+    bt_tensor *to = from ? bt_reshape(out, 3, from->shape) : NULL;
+    bt_set_grad_enabled(grad_mode);
+    return to ? bt_copy_(to, from) : BT_ERR;
 }
 
 /* out (x's shape with dim d divided by P) <- sum over the ranks of their block `rank` along d */
 static bt_status reduce_scatter_along(struct comm *group, bt_tensor *x, int d, bt_tensor *out) {
     if (bt_numel(x) == 0) return BT_OK;
     bt_tensor *src = rank_major_view(x, d, comm_size(group));
+    if (src && needs_staging(src)) src = contiguous_copy(src);
     return src ? comm_reduce_scatter(group, src, out, COMM_SUM) : BT_ERR;
 }
 
@@ -237,69 +246,34 @@ bt_tensor *tp_scatter_seq(bt_tensor *x, struct comm *group, int dim) {
 
 /* ---- vocab-parallel cross-entropy ---- */
 
-/* t as a contiguous int64 tensor (t itself when it already is one) */
-static bt_tensor *as_int64(bt_tensor *t) {
+/* t as a contiguous int64 tensor on the CPU (t itself when it already is one) */
+static bt_tensor *host_int64(bt_tensor *t) {
+    if (t->storage->device.type != BT_DEVICE_CPU && !(t = bt_to_device(t, bt_cpu()))) return NULL;
     if (t->dtype == BT_I64 && bt_is_contiguous(t)) return t;
     return bt_to_dtype(t, BT_I64);
 }
 
-/* saved = {logits (N, V/P), lse (N), targets (N)}, contiguous; i[0] = counted rows, i[1] = this
- * rank's first vocabulary id.
- * dlogits[n, v] (+)= (exp(logits[n, v] - lse[n]) - [vocab_start + v == targets[n]]) * gout / count
- */
+/* a step tensor on `device` holding the N int64s at `data` (host memory) */
+static bt_tensor *int64s_on(bt_device device, const int64_t *data, int64_t N) {
+    bt_tensor *h = bt_from_data(BT_SHAPE(N), BT_I64, data);
+    return h ? bt_to_device(h, device) : NULL;
+}
+
+/* saved = {logits (N, V/P), lse (N, the whole vocabulary's), targets (N): this rank's column of
+ * each row's target, V/P for a target another rank holds, -1 for an ignored row}, all contiguous
+ * on the logits' device; i[0] = counted rows. The backend's cross-entropy backward then gives
+ * dlogits[n, v] (+)= (exp(logits[n, v] - lse[n]) - [v == targets[n]]) * gout / count */
 static bt_status cross_entropy_backward(struct ag_node *node) {
-    bt_tensor *logits = node->inputs[0], *g = node->out->grad;
-    const float *lc = bt_f32(node->saved[0]), *lse = bt_f32(node->saved[1]);
-    const int64_t *targets = bt_data(node->saved[2]);
-    int64_t V = logits->shape[logits->ndim - 1], N = bt_numel(node->saved[2]);
-    int64_t count = node->i[0], vocab_start = node->i[1];
+    bt_tensor *logits = node->inputs[0], *g = node->out->grad, *lc = node->saved[0];
+    int64_t V = logits->shape[logits->ndim - 1], N = bt_numel(node->saved[2]), count = node->i[0];
+    const struct bt_backend *be = bt_backend_for(lc->storage->device, "tp_cross_entropy");
     float scale = count ? (float)(bt_item(g) / (double)count) : 0.0f;
     float beta;
-    bt_tensor *gl = ag_grad_target(logits, &beta);
+    bt_tensor *gl = be ? ag_grad_target(logits, &beta) : NULL;
     if (!gl) return BT_ERR;
-    float *dl = bt_f32(gl);
-#pragma omp parallel for schedule(static) if (N * V >= PARALLEL_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        const float *xr = lc + n * V;
-        float *dr = dl + n * V;
-        int64_t t = targets[n] < 0 ? -1 : targets[n] - vocab_start; /* may fall outside [0, V) */
-        for (int64_t v = 0; v < V; v++) {
-            float d =
-                targets[n] < 0 ? 0.0f : (expf(xr[v] - lse[n]) - (v == t ? 1.0f : 0.0f)) * scale;
-            dr[v] = beta == 0.0f ? d : dr[v] + d;
-        }
-    }
-    return BT_OK;
-}
-
-/* x (N, V) this rank's logits: mx[n] = max over v of x[n, v], over the whole vocabulary once
- * all-reduced (MAX): the shift that keeps exp finite */
-static void row_maxima(const float *x, int64_t N, int64_t V, float *mx) {
-#pragma omp parallel for schedule(static) if (N * V >= PARALLEL_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        float m = -INFINITY;
-        for (int64_t v = 0; v < V; v++)
-            if (x[n * V + v] > m) m = x[n * V + v];
-        mx[n] = m;
-    }
-}
-
-/* x (N, V) this rank's logits, vocabulary ids [vocab_start, vocab_start + V), t (N) global
- * targets, mx (N) the global maxima: sumexp[n] = sum over v of exp(x[n, v] - mx[n]) and
- * target_logit[n] = x[n, t[n] - vocab_start] when this rank holds t[n], else 0; both sum to
- * their whole-vocabulary values when all-reduced (SUM) */
-static void row_sums(const float *x, const int64_t *t, int64_t N, int64_t V, int64_t vocab_start,
-                     float *mx, float *sumexp, float *target_logit) {
-#pragma omp parallel for schedule(static) if (N * V >= PARALLEL_MIN)
-    for (int64_t n = 0; n < N; n++) {
-        if (mx[n] == -INFINITY) mx[n] = 0.0f; /* a row of -inf everywhere */
-        double s = 0.0;
-        for (int64_t v = 0; v < V; v++)
-            s += expf(x[n * V + v] - mx[n]);
-        sumexp[n] = (float)s;
-        int64_t local = t[n] - vocab_start;
-        target_logit[n] = t[n] >= 0 && local >= 0 && local < V ? x[n * V + local] : 0.0f;
-    }
+    be->cross_entropy_backward(bt_f32(gl), bt_f32(lc), bt_f32(node->saved[1]),
+                               bt_data(node->saved[2]), N, V, scale, beta);
+    return bt_has_error() ? BT_ERR : BT_OK;
 }
 
 static bool targets_match(const bt_tensor *logits, const bt_tensor *targets) {
@@ -309,6 +283,11 @@ static bool targets_match(const bt_tensor *logits, const bt_tensor *targets) {
     return true;
 }
 
+/* The rows' log-sum-exp over the whole vocabulary and the sum of their target logits, from each
+ * rank's piece: the backend's cross-entropy kernel gives each row's log-sum-exp over this rank's
+ * columns (lse_r), an embedding lookup of the flattened logits the target logit where this rank
+ * holds it; then lse = m + log sum_r exp(lse_r - m), m = max_r lse_r, over the group (on the
+ * host: N values a rank). So the kernels are the device's own and only (N) vectors travel. */
 bt_tensor *tp_cross_entropy(bt_tensor *logits, bt_tensor *targets, struct comm *group) {
     const char *op = "tp_cross_entropy";
     int P = check_op(op, "logits", logits, group);
@@ -329,49 +308,82 @@ bt_tensor *tp_cross_entropy(bt_tensor *logits, bt_tensor *targets, struct comm *
                  op, SHAPE(targets), SHAPE(logits));
         return NULL;
     }
+    bt_device dev = logits->storage->device;
+    const struct bt_backend *be = bt_backend_for(dev, op);
     int64_t V = logits->shape[logits->ndim - 1], N = bt_numel(targets);
     int64_t vocab_start = comm_rank(group) * V, V_full = V * P;
-    bt_tensor *t64 = as_int64(targets);
-    if (!t64) return NULL;
-    const int64_t *t = bt_data(t64);
-    for (int64_t n = 0; n < N; n++)
+    bt_tensor *th = be ? host_int64(targets) : NULL;
+    /* host: the kernels' targets (forward: column 0 for every counted row, so each gets its
+     * log-sum-exp; backward: see cross_entropy_backward), where each row's target logit is in
+     * the flattened logits, then the statistics the group reduces: maxima (N), then the sums of
+     * exp(lse_r - m) and of the target logits (2N) */
+    bt_tensor *ids = th ? bt_empty(BT_SHAPE(3, N), BT_I64, bt_cpu()) : NULL;
+    bt_tensor *maxima = ids ? bt_empty(BT_SHAPE(N), BT_F32, bt_cpu()) : NULL;
+    bt_tensor *sums = maxima ? bt_empty(BT_SHAPE(2, N), BT_F32, bt_cpu()) : NULL;
+    if (!sums) return NULL;
+    const int64_t *t = bt_data(th);
+    int64_t *fwd_t = bt_data(ids), *at = fwd_t + N, *bwd_t = fwd_t + 2 * N;
+    for (int64_t n = 0; n < N; n++) {
         if (t[n] != -1 && (t[n] < 0 || t[n] >= V_full)) {
             bt_error("%s: target %lld at position %lld is out of range [0, %lld) for logits %s "
                      "on each of tp=%d ranks (-1 = ignore)",
                      op, (long long)t[n], (long long)n, (long long)V_full, SHAPE(logits), P);
             return NULL;
         }
+        int64_t local = t[n] - vocab_start;
+        bool here = t[n] >= 0 && local >= 0 && local < V;
+        fwd_t[n] = t[n] < 0 ? -1 : 0;
+        at[n] = n * V + (here ? local : 0);
+        bwd_t[n] = t[n] < 0 ? -1 : here ? local : V;
+    }
     bt_tensor *lc = bt_is_contiguous(logits) ? logits : contiguous_copy(logits);
-    bt_tensor *row_max = lc ? bt_empty(BT_SHAPE(N), BT_F32, bt_cpu()) : NULL;
-    bt_tensor *sums = row_max ? bt_empty(BT_SHAPE(2, N), BT_F32, bt_cpu()) : NULL;
-    bt_tensor *lse = sums ? bt_empty(BT_SHAPE(N), BT_F32, bt_cpu()) : NULL;
-    bt_tensor *out = lse ? bt_empty(0, (int64_t[1]){0}, BT_F32, bt_cpu()) : NULL;
-    if (!out) return NULL;
-    const float *x = bt_f32(lc);
-    float *mx = bt_f32(row_max), *sumexp = bt_f32(sums), *target_logit = sumexp + N;
-    row_maxima(x, N, V, mx);
-    if (comm_allreduce(group, row_max, COMM_MAX) != BT_OK) return NULL;
-    row_sums(x, t, N, V, vocab_start, mx, sumexp, target_logit);
+    bt_tensor *fwd_d = lc ? int64s_on(dev, fwd_t, N) : NULL,
+              *at_d = fwd_d ? int64s_on(dev, at, N) : NULL;
+    bt_tensor *bwd_d = at_d ? int64s_on(dev, bwd_t, N) : NULL;
+    bt_tensor *lse_r = bwd_d ? bt_empty(BT_SHAPE(N), BT_F32, dev) : NULL;
+    bt_tensor *picked = lse_r ? bt_empty(BT_SHAPE(N), BT_F32, dev) : NULL;
+    if (!picked) return NULL;
+    int64_t rows_counted;
+    be->cross_entropy(bt_f32(lse_r), bt_f32(lc), bt_data(fwd_d), N, V, &rows_counted);
+    be->embedding(bt_f32(picked), bt_f32(lc), bt_data(at_d), N, 1);
+    bt_tensor *lse_h = bt_has_error() ? NULL : bt_to_device(lse_r, bt_cpu());
+    bt_tensor *picked_h = lse_h ? bt_to_device(picked, bt_cpu()) : NULL;
+    if (!picked_h) return NULL;
+    const float *lr = bt_f32(lse_h), *xt = bt_f32(picked_h);
+    float *m = bt_f32(maxima);
+    for (int64_t n = 0; n < N; n++)
+        m[n] = lr[n];
+    if (comm_allreduce(group, maxima, COMM_MAX) != BT_OK) return NULL;
+    float *sumexp = bt_f32(sums), *target_logit = sumexp + N;
+    for (int64_t n = 0; n < N; n++) {
+        int64_t local = t[n] - vocab_start;
+        sumexp[n] = m[n] == -INFINITY ? 0.0f : expf(lr[n] - m[n]);
+        target_logit[n] = t[n] >= 0 && local >= 0 && local < V ? xt[n] : 0.0f;
+    }
     if (comm_allreduce(group, sums, COMM_SUM) != BT_OK) return NULL;
     /* loss = mean over counted rows of lse - target logit; serial, so the bits do not depend
      * on the thread count */
-    float *l = bt_f32(lse);
+    bt_tensor *lse_full = bt_empty(BT_SHAPE(N), BT_F32, bt_cpu());
+    if (!lse_full) return NULL;
+    float *l = bt_f32(lse_full);
     double total = 0.0;
     int64_t count = 0;
     for (int64_t n = 0; n < N; n++) {
-        l[n] = mx[n] + logf(sumexp[n]);
+        l[n] = m[n] + logf(sumexp[n]);
         if (t[n] < 0) continue;
         total += (double)l[n] - (double)target_logit[n];
         count++;
     }
+    bt_tensor *lse_d = bt_to_device(lse_full, dev);
+    bt_tensor *out = lse_d ? bt_empty(0, (int64_t[1]){0}, BT_F32, dev) : NULL;
+    if (!out) return NULL;
     bt_fill(out, count ? total / (double)count : 0.0);
     struct ag_node *node = ag_record(op, cross_entropy_backward, out, 1, &logits);
     if (node) {
         node->saved[0] = lc;
-        node->saved[1] = lse;
-        node->saved[2] = t64;
+        node->saved[1] = lse_d;
+        node->saved[2] = bwd_d;
         node->i[0] = count;
-        node->i[1] = vocab_start;
     }
     return out;
 }

@@ -10,7 +10,11 @@
 #                 straight cpu run exactly
 #   dp            parallel.dp=2 on the fake device (its tensors go over MPI: comm/nccl.c), with and
 #                 without ZeRO-1: the cpu's dp=2 losses exactly
-#   tp_refused    parallel.tp=2 on cuda: the job's one-line refusal, exit 2, before any work
+#   tp            tp=2 on two fake devices (GPT, with and without sequence parallelism, and LLaMA
+#                 with GQA): the cpu's tp=2 losses exactly
+#   pp            pp=2 (1F1B, and interleaved with 2 virtual stages): the cpu's losses exactly
+#   grid          tp=2 x pp=2 on four: a cpu checkpoint resumed on cuda, and a cuda one on cpu,
+#                 continue the straight cpu run exactly
 set -euo pipefail
 source "$(dirname "$0")/tiny_job.sh" "$@"
 export BRAID_FAKE_CUDA=1
@@ -45,16 +49,49 @@ dp)
       fail "$name: losses differ: $(diff "$out/cpu/metrics.jsonl" "$out/$name/metrics.jsonl" | head -4)"
   done
   ;;
-tp_refused)
-  set +e
-  msg=$(timeout 120 mpirun -np 2 --oversubscribe "$braid" train "${job[@]}" --train.device=cuda \
-    --parallel.tp=2 --model.vocab_size=66 --log.dir="$out/tp" --checkpoint.dir="$out/tp/ck" 2>&1)
-  status=$?
-  set -e
-  test "$status" -eq 2 || fail "exit status $status, expected 2: $msg"
-  grep -q "braid: error: train.device=cuda: parallel.tp=2 pp=1: on GPUs braid trains data-parallel only" <<<"$msg" ||
-    fail "message: $msg"
-  test "$(grep -c 'error' <<<"$msg")" -eq 1 || fail "expected one error line: $msg"
+tp)
+  command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; exit 77; }
+  export BRAID_FAKE_CUDA=2
+  tp=(--parallel.tp=2 --model.vocab_size=66 --train.max_steps=10)
+  run cpu 2 "${tp[@]}"
+  run cuda 2 "${tp[@]}" --train.device=cuda
+  run sp_cpu 2 "${tp[@]}" --parallel.sequence_parallel=true
+  run sp_cuda 2 "${tp[@]}" --parallel.sequence_parallel=true --train.device=cuda
+  llama=(--model.arch=llama --model.n_head=4 --model.n_kv_head=2 --model.dropout=0.0)
+  run llama_cpu 2 "${tp[@]}" "${llama[@]}"
+  run llama_cuda 2 "${tp[@]}" "${llama[@]}" --train.device=cuda
+  for name in "" sp_ llama_; do
+    cmp <(cut -d, -f1-3 "$out/${name}cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/${name}cuda/metrics.jsonl") ||
+      fail "${name}cuda: losses differ from the cpu's"
+  done
+  ;;
+pp)
+  command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; exit 77; }
+  export BRAID_FAKE_CUDA=2
+  pp=(--parallel.pp=2 --train.grad_accum=4 --model.n_layer=4 --train.max_steps=10)
+  run cpu 2 "${pp[@]}"
+  run cuda 2 "${pp[@]}" --train.device=cuda
+  run v_cpu 2 "${pp[@]}" --parallel.virtual_stages=2
+  run v_cuda 2 "${pp[@]}" --parallel.virtual_stages=2 --train.device=cuda
+  for name in "" v_; do
+    cmp <(cut -d, -f1-3 "$out/${name}cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/${name}cuda/metrics.jsonl") ||
+      fail "${name}cuda: losses differ from the cpu's"
+  done
+  ;;
+grid)
+  command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; exit 77; }
+  export BRAID_FAKE_CUDA=4
+  grid=(--parallel.tp=2 --parallel.pp=2 --train.grad_accum=2 --model.vocab_size=66
+    --checkpoint.every=6)
+  run straight 4 "${grid[@]}" --train.max_steps=12
+  run to_cuda 4 "${grid[@]}" --train.max_steps=6
+  run to_cuda 4 "${grid[@]}" --train.max_steps=12 --train.device=cuda
+  run to_cpu 4 "${grid[@]}" --train.max_steps=6 --train.device=cuda
+  run to_cpu 4 "${grid[@]}" --train.max_steps=12
+  for name in to_cuda to_cpu; do
+    cmp <(cut -d, -f1-3 "$out/straight/metrics.jsonl") <(cut -d, -f1-3 "$out/$name/metrics.jsonl") ||
+      fail "$name: losses differ from the straight cpu run"
+  done
   ;;
 *)
   fail "unknown case $case_name"

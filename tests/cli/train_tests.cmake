@@ -57,13 +57,13 @@ endif()
 
 # BRAID_FAKE_CUDA=1: train.device=cuda on the CPU's kernels over host memory (tests/cli/
 # fake_cuda.sh), so machines without a GPU run every path of a GPU job above the kernels
-foreach(case train resume_cross dp tp_refused)
+foreach(case train resume_cross dp tp pp grid)
   add_test(NAME fake_cuda_${case}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/fake_cuda.sh ${case} $<TARGET_FILE:braid>
                    ${PROJECT_SOURCE_DIR} ${TRAIN_OUT}/fake_cuda)
   set_tests_properties(fake_cuda_${case} PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77)
 endforeach()
-if(BRAID_SANITIZE) # dp and tp_refused run under mpirun
-  set_tests_properties(fake_cuda_dp fake_cuda_tp_refused PROPERTIES
+if(BRAID_SANITIZE) # these run under mpirun
+  set_tests_properties(fake_cuda_dp fake_cuda_tp fake_cuda_pp fake_cuda_grid PROPERTIES
                        ENVIRONMENT ASAN_OPTIONS=detect_leaks=0)
 endif()
