@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cuda/cuda.h"
 #include "core/runtime.h"
 #include "data/checkpoint.h"
 #include "data/tokenizer.h"
@@ -22,7 +23,7 @@
 #define GPT2_END_OF_TEXT 50256
 
 struct sample_options {
-    const char *checkpoint, *prompt;
+    const char *checkpoint, *prompt, *device;
     int64_t tokens, top_k;
     double temperature;
     uint64_t seed;
@@ -30,7 +31,8 @@ struct sample_options {
 
 /* What a run holds; sampler_close releases it. */
 struct sampler {
-    char path[4096]; /* the checkpoint file */
+    char path[4096];  /* the checkpoint file */
+    bt_device device; /* where the model and its cache live */
     struct model *model;
     struct tokenizer *tok;
     struct model_cache *cache;
@@ -46,7 +48,7 @@ struct sampler {
 static void print_help(FILE *out) {
     fprintf(out,
             "usage: braid sample --checkpoint PATH|DIR [--prompt TEXT] [--tokens N]\n"
-            "                    [--temperature T] [--top-k K] [--seed S]\n\n"
+            "                    [--temperature T] [--top-k K] [--seed S] [--device D]\n\n"
             "Generates text from a checkpoint of braid train: the prompt, then N new tokens, on\n"
             "stdout as they come. The model and the tokenizer are the ones stored in the\n"
             "checkpoint. A context longer than model.block_size keeps its last block_size/2\n"
@@ -60,6 +62,7 @@ static void print_help(FILE *out) {
             "                      (default %g)\n"
             "  --top-k K           sample among the K likeliest tokens only; 0 = all (default 0)\n"
             "  --seed S            random seed: the same seed gives the same text (default %d)\n"
+            "  --device D          cpu, or cuda (the first visible GPU; float32) (default cpu)\n"
             "  -h, --help          show this help and exit\n\n"
             "See docs/sample.md.\n",
             DEFAULT_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_SEED);
@@ -103,6 +106,12 @@ static int set_option(struct sample_options *o, const char *name, const char *va
             return 2;
         }
         o->seed = (uint64_t)n;
+    } else if (!strcmp(name, "device")) {
+        if (strcmp(value, "cpu") != 0 && strcmp(value, "cuda") != 0) {
+            cli_error("sample: --device '%s': expected cpu or cuda", value);
+            return 2;
+        }
+        o->device = value;
     } else if (!strcmp(name, "temperature")) {
         char *end;
         errno = 0;
@@ -122,11 +131,12 @@ static int set_option_of(void *o, const char *name, const char *value) {
 /* Parses argv (argv[0] = "sample"); returns -1 to go on, else the exit status (0 after --help). */
 static int parse_args(int argc, char **argv, struct sample_options *o) {
     *o = (struct sample_options){.prompt = "",
+                                 .device = "cpu",
                                  .tokens = DEFAULT_TOKENS,
                                  .temperature = DEFAULT_TEMPERATURE,
                                  .seed = DEFAULT_SEED};
     static const char *const names[] = {"checkpoint", "prompt", "tokens", "temperature",
-                                        "top-k",      "seed",   NULL};
+                                        "top-k",      "seed",   "device", NULL};
     int status = cli_parse_options(argc, argv, "sample", names, set_option_of, o, print_help);
     if (status >= 0) return status;
     if (!o->checkpoint) {
@@ -181,8 +191,24 @@ static bt_status load_tokenizer(struct sampler *s, struct ckpt_file *f) {
     return BT_OK;
 }
 
-/* Opens the checkpoint (a directory: its latest), then the model, tokenizer and cache. */
-static bt_status sampler_open(struct sampler *s, const char *checkpoint) {
+/* s->device from --device: cuda is the first visible GPU, checked before any work */
+static bt_status choose_device(struct sampler *s, const char *device) {
+    s->device = bt_cpu();
+    if (strcmp(device, "cuda") != 0) return BT_OK;
+    char why[256];
+    if (!bt_cuda_built() && !bt_fake_cuda())
+        return bt_error("--device cuda: braid was built without the CUDA backend (nvcc was not "
+                        "found at build time; use cpu)");
+    if (bt_cuda_device_count(why, sizeof why) == 0)
+        return bt_error("--device cuda: no CUDA device visible (%s)", why);
+    s->device = bt_cuda(0);
+    return bt_backend_for(s->device, "--device cuda") ? BT_OK : BT_ERR;
+}
+
+/* Opens the checkpoint (a directory: its latest), then the model (on s->device), tokenizer and
+ * cache. */
+static bt_status sampler_open(struct sampler *s, const char *checkpoint, const char *device) {
+    if (choose_device(s, device) != BT_OK) return BT_ERR;
     if (ckpt_resolve(checkpoint, s->path, sizeof s->path) != BT_OK) return BT_ERR;
     struct ckpt_file *f = ckpt_open(s->path);
     if (!f) return BT_ERR;
@@ -190,6 +216,8 @@ static bt_status sampler_open(struct sampler *s, const char *checkpoint) {
     if (st == BT_OK) st = load_tokenizer(s, f);
     ckpt_close(f);
     if (st != BT_OK) return BT_ERR;
+    if (s->device.type != BT_DEVICE_CPU && nn_module_to(s->model->root, s->device) != BT_OK)
+        return bt_error_prefix("--device cuda");
     s->probs = malloc((size_t)s->vocab * sizeof *s->probs);
     s->sorted = malloc((size_t)s->vocab * sizeof *s->sorted);
     if (!s->probs || !s->sorted)
@@ -245,8 +273,8 @@ static bt_status start_tokens(struct sampler *s, const char *prompt, int64_t ext
 /* ---- generating ---- */
 
 /* Runs the model on the newest n_new tokens through the cache and returns the logits (V) of the
- * last one (a step tensor's row). When the window is full it starts over from the last
- * block_size/2 tokens (a prompt longer than the window: its last block_size). */
+ * last one (a step tensor's row, on the host). When the window is full it starts over from the
+ * last block_size/2 tokens (a prompt longer than the window: its last block_size). */
 static const float *next_logits(struct sampler *s, int64_t n_new) {
     int64_t block = s->model->config.block_size, len = model_cache_len(s->cache);
     int64_t from = s->n_ids - n_new;
@@ -257,8 +285,11 @@ static const float *next_logits(struct sampler *s, int64_t n_new) {
     }
     int64_t n = s->n_ids - from;
     bt_tensor *idx = bt_from_data(BT_SHAPE(1, n), BT_U16, s->ids + from);
+    if (idx) idx = bt_to_device(idx, s->device);
     bt_tensor *logits = idx ? model_forward_cached(s->model, s->cache, idx) : NULL;
-    return logits ? bt_f32(logits) + (n - 1) * logits->shape[2] : NULL;
+    bt_tensor *last = logits ? bt_narrow(logits, 1, n - 1, 1) : NULL; /* (1, 1, V) */
+    if (last) last = bt_to_device(last, bt_cpu());
+    return last ? bt_f32(last) : NULL;
 }
 
 static int compare_desc(const void *a, const void *b) {
@@ -365,8 +396,8 @@ int cmd_sample(int argc, char **argv) {
     if (status >= 0) return status;
     struct sampler s;
     memset(&s, 0, sizeof s);
-    if (sampler_open(&s, o.checkpoint) != BT_OK || start_tokens(&s, o.prompt, o.tokens) != BT_OK ||
-        generate(&s, &o) != BT_OK) {
+    if (sampler_open(&s, o.checkpoint, o.device) != BT_OK ||
+        start_tokens(&s, o.prompt, o.tokens) != BT_OK || generate(&s, &o) != BT_OK) {
         cli_error("sample: %s", bt_last_error());
         status = 1;
     } else {

@@ -119,7 +119,11 @@ static bt_tensor *attend_cached(bt_tensor *q, bt_tensor *K, bt_tensor *V, int64_
     bt_tensor *qg = bt_reshape(q, BT_SHAPE(B, NKV, G * n, hs));
     qg = bt_mul_scalar(qg, 1.0 / sqrt((double)hs));
     bt_tensor *scores = bt_matmul(qg, bt_transpose(K, 2, 3)); /* (B, NKV, G*n, len+n) */
-    if (n > 1) scores = bt_masked_fill(scores, future_mask(G, n, len), -INFINITY);
+    if (n > 1) {
+        bt_tensor *mask = scores ? future_mask(G, n, len) : NULL;
+        if (mask) mask = bt_to_device(mask, scores->storage->device); /* made on the host */
+        scores = bt_masked_fill(scores, mask, -INFINITY);
+    }
     bt_tensor *y = bt_matmul(bt_softmax(scores, -1), V); /* (B, NKV, G*n, hs) */
     return bt_reshape(y, BT_SHAPE(B, NH, n, hs));
 }

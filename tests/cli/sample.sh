@@ -9,6 +9,9 @@
 #   file_and_dir  a checkpoint file and its directory give the same text
 #   bad_prompt    a character outside the vocabulary: exit 1, one line naming it, empty stdout
 #   no_tokenizer  a checkpoint trained on shards without tokenizer.yaml: exit 1, one line saying so
+#   fake_cuda     --device cuda on BRAID_FAKE_CUDA's device (the CPU's kernels on "device"
+#                 memory: the model, its cache, the batches and the masks placed there) gives the
+#                 cpu's text exactly, with a prompt and past the window
 # The model's block_size is 16, so every case but `train` runs past the window.
 set -euo pipefail
 case=$1 braid=$2 repo=$3 out=$4
@@ -70,6 +73,12 @@ greedy)
 default)
   sample_to "$out/default.txt"
   expect_text "$out/default.txt" "" 200
+  ;;
+fake_cuda)
+  sample_to "$out/host.txt" --tokens 60 --prompt "ROMEO:" --top-k 5
+  BRAID_FAKE_CUDA=1 sample_to "$out/device.txt" --tokens 60 --prompt "ROMEO:" --top-k 5 --device cuda
+  cmp -s "$out/host.txt" "$out/device.txt" ||
+    fail "cuda and cpu texts differ: $(cat "$out/host.txt") / $(cat "$out/device.txt")"
   ;;
 file_and_dir)
   sample_to "$out/dir.txt" --tokens 30 --prompt "First"

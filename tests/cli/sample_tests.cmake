@@ -21,6 +21,8 @@ braid_cli_test(sample_negative_top_k 2 "braid: error: sample: --top-k '-1': expe
                sample --checkpoint ${SAMPLE_OUT}/x --top-k -1)
 braid_cli_test(sample_bad_seed 2 "braid: error: sample: --seed 'x1': expected a whole number >= 0"
                sample --checkpoint ${SAMPLE_OUT}/x --seed x1)
+braid_cli_test(sample_bad_device 2 "braid: error: sample: --device 'gpu': expected cpu or cuda"
+               sample --checkpoint ${SAMPLE_OUT}/x --device gpu)
 braid_cli_test(sample_missing_checkpoint 1 "${SAMPLE_OUT}/nope"
                sample --checkpoint ${SAMPLE_OUT}/nope)
 
@@ -29,7 +31,7 @@ add_test(NAME sample_train
                  ${PROJECT_SOURCE_DIR} ${SAMPLE_OUT}/shakespeare_char)
 set_tests_properties(sample_train PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2" TIMEOUT 300
                      FIXTURES_SETUP sample_model)
-foreach(case length seed greedy default file_and_dir bad_prompt no_tokenizer)
+foreach(case length seed greedy default file_and_dir bad_prompt no_tokenizer fake_cuda)
   add_test(NAME sample_${case}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/sample.sh ${case} $<TARGET_FILE:braid>
                    ${PROJECT_SOURCE_DIR} ${SAMPLE_OUT}/shakespeare_char)
