@@ -1,7 +1,8 @@
 /* Tensor parallelism (DESIGN.md "Comm and parallel", Megatron-LM, Shoeybi et al. 2019): the
  * autograd ops that move activations between the ranks of a tensor-parallel group, and the layers
  * built on them — column- and row-parallel linear, vocab-parallel embedding and cross-entropy.
- * Relies on core/ (ops, autograd, nn) and comm/ (collectives on CPU tensors); docs/tp.md.
+ * Relies on core/ (ops, autograd, nn) and comm/ (collectives: MPI for host tensors, NCCL for
+ * device ones); docs/tp.md.
  *
  * Every rank of the group runs the same ops in the same order: the ops are collectives. A group of
  * size 1 makes each op the identity (x itself is returned, nothing is copied or recorded). Ops'
@@ -16,7 +17,7 @@
 #include "comm/comm.h"
 #include "core/nn.h"
 
-/* ---- the conjugate ops (parallel/tp_ops.c); x float32 on the CPU, any shape ----
+/* ---- the conjugate ops (parallel/tp_ops.c); x float32 on any device, any shape ----
  * P = comm_size(group), r = comm_rank(group); dim may be negative (from the end). */
 
 /* Megatron's f: identity forward; backward all-reduces (sums) the gradient over the group. Put in
@@ -40,8 +41,10 @@ bt_tensor *tp_scatter_seq(bt_tensor *x, struct comm *group, int dim);
 /* Vocab-parallel cross-entropy: logits (..., V/P) are this rank's vocabulary slice [r*V/P,
  * (r+1)*V/P); targets (...) are global ids (int32/int64/uint16, -1 = ignore) and the same on every
  * rank. Mean over the counted targets (0 when none), 0-d, the same on every rank; the full logits
- * are never gathered: the row maxima are all-reduced (max), then the sums of exponentials and the
- * target logits (sum). Backward gives each rank its slice of (softmax - onehot) / count. */
+ * are never gathered: each rank's backend kernels give each row's log-sum-exp over its slice
+ * (lse_r) and its target logit where it holds it; m = max_r lse_r is all-reduced (max), then
+ * sum_r exp(lse_r - m) and the target logits (sum), as N-row host vectors. Backward gives each
+ * rank its slice of (softmax - onehot) / count. */
 bt_tensor *tp_cross_entropy(bt_tensor *logits, bt_tensor *targets, struct comm *group);
 
 /* n / tp, or -1 with "<owner>: <what> <n> not divisible by tp=<tp>" (e.g. owner "column-parallel

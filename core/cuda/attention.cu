@@ -35,40 +35,45 @@ void bt_cuda_attention_gemm_backward(float *dq, float *dk, float *dv, const floa
                                      int64_t NKV, int64_t T, int64_t hs, float scale, bool causal,
                                      const struct bt_attn_layouts *layouts);
 
-static int chosen = -1; /* an enum bt_cuda_attention_kernel; -1: BRAID_CUDA_ATTENTION not read */
+/* -1 until read or set: what BRAID_CUDA_ATTENTION says (rows when unset or unknown), and what
+ * bt_cuda_set_attention_kernel chose over it */
+static int from_env = -1, chosen = -1;
 
 bool bt_cuda_attention_kernel_from_env(char *why, size_t size) {
-    if (chosen >= 0) return true;
     const char *v = getenv("BRAID_CUDA_ATTENTION");
+    bool known = true;
     if (!v || !*v || strcmp(v, "rows") == 0)
-        chosen = BT_CUDA_ATTENTION_ROWS;
+        from_env = BT_CUDA_ATTENTION_ROWS;
     else if (strcmp(v, "tiled") == 0)
-        chosen = BT_CUDA_ATTENTION_TILED;
+        from_env = BT_CUDA_ATTENTION_TILED;
     else if (strcmp(v, "gemm") == 0)
-        chosen = BT_CUDA_ATTENTION_GEMM;
+        from_env = BT_CUDA_ATTENTION_GEMM;
     else {
+        from_env = BT_CUDA_ATTENTION_ROWS;
+        known = false;
         snprintf(why, size, "BRAID_CUDA_ATTENTION=%s: expected rows, tiled or gemm", v);
-        return false;
     }
-    return true;
+    return known;
+}
+
+static enum bt_cuda_attention_kernel current(void) {
+    char why[160];
+    if (chosen >= 0) return (enum bt_cuda_attention_kernel)chosen;
+    if (from_env < 0) bt_cuda_attention_kernel_from_env(why, sizeof why);
+    return (enum bt_cuda_attention_kernel)from_env;
 }
 
 /* the kernels for head size hs (the device checked BRAID_CUDA_ATTENTION when it started) */
 static enum bt_cuda_attention_kernel kernel_for(int64_t hs) {
-    char why[160];
-    if (chosen < 0 && !bt_cuda_attention_kernel_from_env(why, sizeof why))
-        chosen = BT_CUDA_ATTENTION_ROWS;
-    if (chosen == BT_CUDA_ATTENTION_TILED && !bt_cuda_attention_tiled_takes(hs))
-        return BT_CUDA_ATTENTION_ROWS;
-    return (enum bt_cuda_attention_kernel)chosen;
+    enum bt_cuda_attention_kernel k = current();
+    return k == BT_CUDA_ATTENTION_TILED && !bt_cuda_attention_tiled_takes(hs)
+               ? BT_CUDA_ATTENTION_ROWS
+               : k;
 }
 
 extern "C" enum bt_cuda_attention_kernel
 bt_cuda_set_attention_kernel(enum bt_cuda_attention_kernel kind) {
-    char why[160];
-    if (chosen < 0 && !bt_cuda_attention_kernel_from_env(why, sizeof why))
-        chosen = BT_CUDA_ATTENTION_ROWS;
-    enum bt_cuda_attention_kernel was = (enum bt_cuda_attention_kernel)chosen;
+    enum bt_cuda_attention_kernel was = current();
     chosen = kind;
     return was;
 }

@@ -4,6 +4,9 @@
  * until it has run on a GPU: docs/cuda.md. */
 #include "core/cuda/attention_gemm.h"
 #include "core/cuda/kernels.cuh"
+extern "C" {
+#include "core/runtime.h"
+}
 
 __global__ void attn_pack_kernel(float *dst, const float *src, struct bt_attn_layout l,
                                  int64_t b0, int64_t NH, int64_t group, int64_t T, int64_t hs,
@@ -145,13 +148,21 @@ struct cuda_attn_ops {
     }
 };
 
+/* the cap on a chunk's scores: under bf16, bt_cuda_gemm also rounds P (or dS) into its scratch
+ * buffer (half the scores' bytes, grown by half again, kept for later matmuls), so the scores get
+ * 4/7 of BT_ATTN_GEMM_CHUNK_BYTES and the two together stay under it */
+static int64_t chunk_cap(void) {
+    return bt_runtime()->matmul_dtype == BT_BF16 ? BT_ATTN_GEMM_CHUNK_BYTES / 7 * 4
+                                                 : BT_ATTN_GEMM_CHUNK_BYTES;
+}
+
 void bt_cuda_attention_gemm(float *out, float *lse, const float *q, const float *k,
                             const float *v, int64_t B, int64_t NH, int64_t NKV, int64_t T,
                             int64_t hs, float scale, bool causal,
                             const struct bt_attn_layouts *layouts) {
     cuda_attn_ops ops;
     bt_attn_gemm_forward(ops, out, lse, q, k, v, B, NH, NKV, T, hs, scale, causal, *layouts,
-                         BT_ATTN_GEMM_CHUNK_BYTES);
+                         chunk_cap());
 }
 
 void bt_cuda_attention_gemm_backward(float *dq, float *dk, float *dv, const float *dout,
@@ -161,5 +172,5 @@ void bt_cuda_attention_gemm_backward(float *dq, float *dk, float *dv, const floa
                                      const struct bt_attn_layouts *layouts) {
     cuda_attn_ops ops;
     bt_attn_gemm_backward(ops, dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, T, hs, scale,
-                          causal, *layouts, BT_ATTN_GEMM_CHUNK_BYTES);
+                          causal, *layouts, chunk_cap());
 }

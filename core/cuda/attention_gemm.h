@@ -7,8 +7,9 @@
  * attention kernels of attention.cu and attention_tiled.cu run float32 on CUDA cores. The price:
  * the whole T x T square is computed (the causal half above the diagonal is masked to 0, not
  * skipped), and the chunk's scores are held: one (n, T, T) buffer forward, two backward, chunks
- * sized so they stay under a cap. Nothing T x T outlives the call: the backward recomputes P
- * from the saved log-sum-exp, as the other kernels do. Backward, with D = rowsum(dout ∘ out):
+ * sized so they stay under a cap. The backward recomputes P from the saved log-sum-exp, as the
+ * other kernels do (under bf16, bt_cuda_gemm's scratch keeps the bf16 copy of the last P or dS
+ * it rounded: attention_gemm.cu's cap counts it). Backward, with D = rowsum(dout ∘ out):
  *   dV = Pᵀ dO,  dP = dO Vᵀ,  dS = P ∘ (dP - D),  dQ = scale dS K,  dK = scale dSᵀ Q,
  * and a key or value head's gradient is the sum over the query heads that read it (GQA).
  *

@@ -392,8 +392,6 @@ START_TEST(test_optimizer_updates_match_cpu) {
 }
 END_TEST
 
-/* cuBLASLt is loaded at run time: the library and every entry braid calls are found, and the
- * host-side objects of a matmul plan can be made (no GPU needed for those) */
 /* attention_gemm.h's steps on the host: each Ops member a plain loop over kernel_math.h's
  * bt_km_attn_* functions (as the device kernels call them), and the CPU's GEMM in cuBLASLt's
  * place, with its semantics (struct bt_backend's gemm) */
@@ -530,6 +528,8 @@ START_TEST(test_gemm_attention_steps_match_cpu) {
 }
 END_TEST
 
+/* cuBLASLt is loaded at run time: the library and every entry braid calls are found, and the
+ * host-side objects of a matmul plan can be made (no GPU needed for those) */
 START_TEST(test_cublaslt_loads) {
     char why[512] = "";
     ck_assert_msg(bt_cublaslt_load(why, sizeof why), "%s", why);
