@@ -158,6 +158,7 @@ static bt_tensor *gpt_stage(struct model *m, bt_tensor *in, int64_t pos0,
         x = block_forward(c, g->h[l], x, cache, g->layer_begin + l);
     if (!model_config_is_last_stage(c)) return x;
     x = model_layernorm(c, g->ln_f, x);
+    if (m->hidden_only && g->lm_head) return x;                           /* (B, T, C) */
     if (g->lm_head_tp) return tp_column_linear_forward(g->lm_head_tp, x); /* (B, T, V/P) */
     if (g->wte_tp) return tp_vocab_embedding_attend(g->wte_tp, x);        /* (B, T, V/P) */
     return nn_linear_forward(g->lm_head, x);                              /* (B, T, V) */
@@ -308,6 +309,7 @@ static bt_status attach_head(struct model *m, struct nn_module *tr, struct comm 
     g->lm_head =
         model_attach(m->root, nn_linear_create("lm_head", c->n_embd, c->vocab_size, false, NULL));
     if (!g->lm_head) return BT_ERR;
+    m->head = g->lm_head;
     if (c->tie_embeddings)
         return nn_module_set_parameter(&g->lm_head->base, "weight", g->wte->weight);
     return BT_OK;

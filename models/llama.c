@@ -166,6 +166,7 @@ static bt_tensor *llama_stage(struct model *m, bt_tensor *in, struct model_cache
         x = layer_forward(c, g->layers[l], x, cache, g->layer_begin + l);
     if (!model_config_is_last_stage(c)) return x;
     x = model_rmsnorm(c, g->norm, x);
+    if (m->hidden_only && g->lm_head) return x;                                      /* (B, T, C) */
     if (g->lm_head_tp) return tp_column_linear_forward(g->lm_head_tp, x);            /* (B,T,V/P) */
     if (g->embed_tokens_tp) return tp_vocab_embedding_attend(g->embed_tokens_tp, x); /* same */
     return nn_linear_forward(g->lm_head, x);                                         /* (B,T,V) */
@@ -329,6 +330,7 @@ static bt_status attach_head(struct model *m, struct nn_module *body, struct com
     }
     g->lm_head = model_attach(m->root, nn_linear_create("lm_head", C, V, false, NULL));
     if (!g->lm_head) return BT_ERR;
+    m->head = g->lm_head;
     if (c->tie_embeddings)
         return nn_module_set_parameter(&g->lm_head->base, "weight", g->embed_tokens->weight);
     return BT_OK;

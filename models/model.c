@@ -254,6 +254,14 @@ bt_tensor *model_stage_forward(struct model *m, bt_tensor *in, bt_tensor *target
     bt_status st =
         model_config_is_first_stage(c) ? check_batch(m, in, targets) : check_hidden(m, in, targets);
     if (st != BT_OK) return NULL;
+    if (model_config_is_last_stage(c) && targets && !logits && m->head && !m->head->bias) {
+        m->hidden_only = true; /* the head and the loss as one op, without the logits */
+        bt_tensor *h = m->forward(m, in);
+        m->hidden_only = false;
+        if (!h) return NULL;
+        return bt_linear_cross_entropy(bt_reshape(h, BT_SHAPE(-1, h->shape[2])), m->head->weight,
+                                       bt_reshape(targets, BT_SHAPE(-1)));
+    }
     bt_tensor *out = m->forward(m, in);
     if (!model_config_is_last_stage(c)) return out; /* the hidden state for the next stage */
     return finish_forward(out, targets, model_tp_size(c) > 1 ? c->tp_group : NULL, logits);
@@ -408,8 +416,7 @@ bt_tensor *model_dropout(const struct model_config *c, struct nn_dropout *d, bt_
         shape[k] = x->shape[k];
     int P = comm_size(c->tp_group);
     shape[1] *= P;
-    bt_tensor *mask =
-        bt_dropout(bt_ones(x->ndim, shape, x->dtype, x->storage->device), d->p, true);
+    bt_tensor *mask = bt_dropout(bt_ones(x->ndim, shape, x->dtype, x->storage->device), d->p, true);
     bt_tensor *y = bt_mul(x, bt_narrow(mask, 1, comm_rank(c->tp_group) * x->shape[1], x->shape[1]));
     bt_scope_pop();
     return y;

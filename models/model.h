@@ -47,8 +47,14 @@ struct model {
     void *impl;             /* the family's own layer pointers */
     /* The stage's layers, on an input model_stage_forward has checked: idx (B, T) on the first
      * stage, else the previous stage's hidden state; returns the hidden state (B, T, C), or on
-     * the last stage the logits (B, T, V) (V/P with tp). */
+     * the last stage the logits (B, T, V) (V/P with tp); with hidden_only set, the last stage's
+     * hidden state (B, T, C) after its final norm, for `head`. */
     bt_tensor *(*forward)(struct model *m, bt_tensor *in);
+    /* The last stage's LM head on one rank (its weight the tied embedding's when tied), or NULL
+     * (tp, or another stage). With it, a forward that wants the loss and not the logits runs the
+     * head and the loss as one bt_linear_cross_entropy: no (B, T, V) logits in the step. */
+    struct nn_linear *head;
+    bool hidden_only;
 };
 
 /* Builds the model with its family's init (GPT-2: normal 0.02 with scaled residual projections;

@@ -239,6 +239,101 @@ START_TEST(test_cross_entropy_bad_inputs) {
 }
 END_TEST
 
+/* ---- linear + cross-entropy without the logits ---- */
+
+static bt_tensor *fn_linear_cross_entropy(bt_tensor **in, void *ctx) {
+    return bt_linear_cross_entropy(in[0], in[1], ctx);
+}
+
+/* against the unfused bt_cross_entropy(bt_linear(x, w)) on the same values: the loss and both
+ * gradients within 1e-6 of their largest element, with ignored rows, a gradient that is not 1
+ * (the loss scaled by 0.25 before the backward), rows past one chunk (V = 50000: 640 rows a
+ * chunk, so 1300 rows run as 640 + 640 + 20), and w tied to a second use (its gradient adds) */
+static void linear_ce_matches_unfused(int64_t N, int64_t C, int64_t V) {
+    bt_tensor *t = bt_empty(BT_SHAPE(N), BT_I64, bt_cpu());
+    for (int64_t n = 0; n < N; n++)
+        bt_set(t, n, n % 7 == 3 ? -1.0 : (double)((n * 7919) % V));
+    bt_tensor *x[2], *w[2], *loss[2];
+    for (int k = 0; k < 2; k++) {
+        x[k] = test_param(BT_SHAPE(N, C), 330, -1, 1);
+        w[k] = test_param(BT_SHAPE(V, C), 331, -0.5f, 0.5f);
+        loss[k] = k ? bt_linear_cross_entropy(x[k], w[k], t)
+                    : bt_cross_entropy(bt_linear(x[k], w[k], NULL), t);
+        ck_assert_msg(loss[k], "%s", bt_last_error());
+        /* w used once more, as a tied embedding would be */
+        bt_tensor *other = bt_sum_all(bt_mul_scalar(w[k], 0.5));
+        ck_assert_int_eq(bt_backward(bt_add(bt_mul_scalar(loss[k], 0.25), other)), BT_OK);
+    }
+    ck_assert_double_eq_tol(bt_item(loss[1]), bt_item(loss[0]), 1e-6 * fabs(bt_item(loss[0])));
+    bt_tensor *g[2][2] = {{x[0]->grad, w[0]->grad}, {x[1]->grad, w[1]->grad}};
+    for (int k = 0; k < 2; k++) {
+        double worst = 0.0, big = 0.0;
+        for (int64_t i = 0, n = bt_numel(g[0][k]); i < n; i++) {
+            double a = bt_get(g[0][k], i), b = bt_get(g[1][k], i);
+            worst = fmax(worst, fabs(a - b));
+            big = fmax(big, fabs(a));
+        }
+        ck_assert_msg(worst <= 1e-6 * big, "(%lld,%lld,%lld) grad of %s: max error %g, max %g",
+                      (long long)N, (long long)C, (long long)V, k ? "w" : "x", worst, big);
+    }
+}
+
+START_TEST(test_linear_cross_entropy_matches_unfused) {
+    linear_ce_matches_unfused(12, 8, 5);
+    linear_ce_matches_unfused(1300, 16, 50000);
+}
+END_TEST
+
+START_TEST(test_linear_cross_entropy_gradient) {
+    int64_t t[] = {4, -1, 0, 2, -1, 1};
+    bt_tensor *targets = bt_from_data(BT_SHAPE(6), BT_I64, t);
+    bt_tensor *in[2] = {test_param(BT_SHAPE(6, 3), 340, -2, 2),
+                        test_param(BT_SHAPE(5, 3), 341, -1, 1)};
+    GRADCHECK("linear_cross_entropy", fn_linear_cross_entropy, in, 2, targets);
+}
+END_TEST
+
+/* no grad mode: the loss only, nothing recorded; all rows ignored: 0 and zero gradients */
+START_TEST(test_linear_cross_entropy_no_grad_and_all_ignored) {
+    bt_tensor *x = test_param(BT_SHAPE(4, 3), 350, -1, 1),
+              *w = test_param(BT_SHAPE(6, 3), 351, -1, 1);
+    int64_t t[] = {5, 0, -1, 2};
+    bt_tensor *targets = bt_from_data(BT_SHAPE(4), BT_I64, t);
+    bool was = bt_set_grad_enabled(false);
+    double want = bt_item(bt_cross_entropy(bt_linear(x, w, NULL), targets));
+    bt_tensor *loss = bt_linear_cross_entropy(x, w, targets);
+    bt_set_grad_enabled(was);
+    ck_assert_msg(loss, "%s", bt_last_error());
+    ck_assert_double_eq_tol(bt_item(loss), want, 1e-6);
+    ck_assert(!loss->requires_grad);
+    ck_assert_ptr_null(bt_runtime()->tape);
+    int64_t none[] = {-1, -1, -1, -1};
+    loss = bt_linear_cross_entropy(x, w, bt_from_data(BT_SHAPE(4), BT_I64, none));
+    ck_assert_double_eq(bt_item(loss), 0.0);
+    ck_assert_int_eq(bt_backward(loss), BT_OK);
+    for (int i = 0; i < 12; i++)
+        ck_assert_double_eq(bt_get(x->grad, i), 0.0);
+}
+END_TEST
+
+START_TEST(test_linear_cross_entropy_bad_inputs) {
+    bt_tensor *x = bt_zeros(BT_SHAPE(2, 3), BT_F32, bt_cpu()),
+              *w = bt_zeros(BT_SHAPE(4, 3), BT_F32, bt_cpu());
+    int64_t bad[] = {0, 4};
+    ck_assert_ptr_null(bt_linear_cross_entropy(x, w, bt_from_data(BT_SHAPE(2), BT_I64, bad)));
+    ck_assert_error_contains("linear_cross_entropy: target 4 at position 1 is out of range [0, 4) "
+                             "for w (4,3) (-1 = ignore)");
+    ck_assert_ptr_null(bt_linear_cross_entropy(x, bt_zeros(BT_SHAPE(4, 2), BT_F32, bt_cpu()),
+                                               bt_zeros(BT_SHAPE(2), BT_I64, bt_cpu())));
+    ck_assert_error_contains("linear_cross_entropy: expected x (N, C), w (V, C) and targets (N), "
+                             "got x (2,3), w (4,2), targets (2)");
+    ck_assert_ptr_null(bt_linear_cross_entropy(x, w, bt_zeros(BT_SHAPE(2), BT_F32, bt_cpu())));
+    ck_assert_error_contains("linear_cross_entropy: targets must be int32, int64 or uint16");
+    ck_assert_ptr_null(bt_linear_cross_entropy(x, w, NULL));
+    ck_assert_error_contains("linear_cross_entropy: argument 3 is NULL");
+}
+END_TEST
+
 /* ---- dropout ---- */
 
 START_TEST(test_dropout_identity) {
@@ -321,6 +416,10 @@ static Suite *loss_embedding_suite(void) {
     bt_suite_add(s, test_cross_entropy_gradient_noncontiguous);
     bt_suite_add(s, test_cross_entropy_all_ignored);
     bt_suite_add(s, test_cross_entropy_bad_inputs);
+    bt_suite_add(s, test_linear_cross_entropy_matches_unfused);
+    bt_suite_add(s, test_linear_cross_entropy_gradient);
+    bt_suite_add(s, test_linear_cross_entropy_no_grad_and_all_ignored);
+    bt_suite_add(s, test_linear_cross_entropy_bad_inputs);
     bt_suite_add(s, test_dropout_identity);
     bt_suite_add(s, test_dropout_mask);
     bt_suite_add(s, test_dropout_gradient);

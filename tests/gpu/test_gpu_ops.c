@@ -109,6 +109,9 @@ static bt_tensor *op_embedding(bt_tensor **in, void *ctx) {
 static bt_tensor *op_cross_entropy(bt_tensor **in, void *ctx) {
     return bt_cross_entropy(in[0], in[1]);
 }
+static bt_tensor *op_linear_cross_entropy(bt_tensor **in, void *ctx) {
+    return bt_linear_cross_entropy(in[0], in[1], in[2]);
+}
 static bt_tensor *op_rope(bt_tensor **in, void *ctx) {
     return bt_rope(in[0], 10000.0, 3);
 }
@@ -183,6 +186,14 @@ START_TEST(test_embedding_and_loss_match_cpu) {
         bt_set(targets, i, i % 11 == 0 ? -1 : (i * 13) % 1000); /* some rows ignored */
     bt_tensor *ce[2] = {test_param(BT_SHAPE(256, 1000), 23, -4, 4), targets};
     twin("cross_entropy", op_cross_entropy, ce, 2, NULL, FP32_TOL);
+    /* the head and the loss without the logits: over a 40000-word vocabulary a chunk is 832
+     * rows, so 2000 rows run as 832 + 832 + 336 */
+    bt_tensor *t2000 = bt_empty(BT_SHAPE(2000), BT_I64, bt_cpu());
+    for (int i = 0; i < 2000; i++)
+        bt_set(t2000, i, i % 11 == 0 ? -1 : (i * 7919) % 40000);
+    bt_tensor *lce[3] = {test_param(BT_SHAPE(2000, 64), 28, -1, 1),
+                         test_param(BT_SHAPE(40000, 64), 29, -0.1f, 0.1f), t2000};
+    twin("linear_cross_entropy", op_linear_cross_entropy, lce, 3, NULL, FP32_TOL);
 }
 END_TEST
 
