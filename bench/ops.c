@@ -220,6 +220,31 @@ static void bench_attention(int64_t B, int64_t NH, int64_t NKV, int64_t T, int64
     bt_tensor_free(s.v);
 }
 
+/* the fused-projection form GPT trains with (bt_attention_qkv): q, k, v read in place from one
+ * (B, T, (NH + 2 NKV) hs) tensor, out (B, T, NH hs), the gradient written in place */
+static void bench_attention_qkv(int64_t B, int64_t NH, int64_t NKV, int64_t T, int64_t hs) {
+    bt_tensor *qkv = random_tensor(BT_SHAPE(B, T, (NH + 2 * NKV) * hs), 14);
+    double fwd[REPS], bwd[REPS];
+    for (int r = 0; r < WARMUP + REPS; r++) {
+        bt_tensor *x = bt_requires_grad_(bt_detach(qkv), true);
+        bt_tensor *grad = bt_ones(BT_SHAPE(B, T, NH * hs), BT_F32, bt_cpu());
+        double t0 = bench_now();
+        bt_tensor *y = bt_attention_qkv(x, NH, NKV, true, 0.0);
+        double t1 = bench_now();
+        if (!y || bt_backward_ex(y, grad, false) != BT_OK) die("attention_qkv");
+        double t2 = bench_now();
+        bt_step_end();
+        if (r >= WARMUP) fwd[r - WARMUP] = t1 - t0, bwd[r - WARMUP] = t2 - t1;
+    }
+    double pairs = (double)B * NH * T * T * hs * 0.5 * 1e-9;
+    double tf = bench_median(fwd, REPS), tb = bench_median(bwd, REPS);
+    printf("attention_qkv causal B=%lld NH=%lld NKV=%lld T=%lld hs=%lld: forward %6.2f ms %5.1f "
+           "GFLOP/s, backward %6.2f ms %5.1f GFLOP/s\n",
+           (long long)B, (long long)NH, (long long)NKV, (long long)T, (long long)hs, 1e3 * tf,
+           4 * pairs / tf, 1e3 * tb, 10 * pairs / tb);
+    bt_tensor_free(qkv);
+}
+
 /* ---- GEMM chunks: the three GEMMs of a linear layer, cut for OpenBLAS's small-matrix kernels or
  * one block per thread (core/cpu/matmul.c), alternating run by run ---- */
 
@@ -349,6 +374,8 @@ int main(int argc, char **argv) {
     bench_attention(8, 6, 6, 256, 64, true);
     bench_attention(8, 6, 2, 256, 64, true);
     bench_attention(12, 4, 4, 64, 32, true); /* configs/shakespeare_char.yaml */
+    bench_attention_qkv(12, 4, 4, 64, 32);
+    bench_attention_qkv(8, 6, 6, 256, 64); /* bench/train_cpu.yaml */
     bt_runtime_shutdown();
     return 0;
 }
