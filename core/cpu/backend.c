@@ -46,13 +46,17 @@ const struct bt_backend bt_cpu_backend = {
 };
 
 /* BRAID_FAKE_CUDA=N (core/cuda/cuda.h): cuda:0 .. cuda:N-1 are these kernels on host memory */
+static bool fake_env_bad; /* BRAID_FAKE_CUDA is set to something other than 0 or 1..64 */
+
 int bt_fake_cuda_devices(void) {
     static int n = -1;
     if (n < 0) {
         const char *v = getenv("BRAID_FAKE_CUDA");
-        char *end;
+        char *end = NULL;
         long k = v && *v ? strtol(v, &end, 10) : 0;
-        n = !v || !*v || strcmp(v, "0") == 0 ? 0 : *end == '\0' && k > 1 && k <= 64 ? (int)k : 1;
+        bool number = v && *v && *end == '\0';
+        n = !v || !*v || (number && k == 0) ? 0 : number && k >= 1 && k <= 64 ? (int)k : 1;
+        fake_env_bad = n > 0 && !(number && k >= 1 && k <= 64);
     }
     return n;
 }
@@ -70,6 +74,11 @@ int bt_fake_cuda_current(void) {
 static const struct bt_backend *fake_cuda_backend(int index, const char *op) {
     static struct bt_backend fake;
     int n = bt_fake_cuda_devices();
+    if (fake_env_bad) {
+        bt_error("%s: BRAID_FAKE_CUDA=%s: expected 0 (off) or a number of fake devices, 1 to 64",
+                 op, getenv("BRAID_FAKE_CUDA"));
+        return NULL;
+    }
     if (index < 0 || index >= n) {
         bt_error("%s: device cuda:%d is not available: BRAID_FAKE_CUDA=%d has cuda:0..%d", op,
                  index, n, n - 1);

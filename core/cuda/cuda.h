@@ -20,7 +20,7 @@ struct bt_backend;
 bool bt_cuda_built(void); /* false where braid was built without nvcc */
 /* BRAID_FAKE_CUDA=1 (a test double, for machines without a GPU): cuda:0 is the CPU's kernels on
  * host memory; BRAID_FAKE_CUDA=N (2..64) makes N such devices, one per process as real ones, so
- * that ranks pick theirs by local rank. Every path above the kernels (placing a model, transfers,
+ * that ranks pick theirs by local rank (any other value: the device refuses to start, naming it). Every path above the kernels (placing a model, transfers,
  * device step arenas, checkpoints of device tensors, braid train --train.device=cuda, dp's
  * buckets) runs as with a GPU, and the numbers are the CPU's exactly. Collectives on its tensors
  * go over MPI (host memory), not NCCL. It is no faster than the cpu: it checks plumbing, it does

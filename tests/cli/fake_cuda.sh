@@ -5,7 +5,8 @@
 # and checks what a GPU run does above the kernels: placing the model and batches on the device,
 # device step arenas, the optimizer on device parameters, checkpoints written from and read into
 # device tensors. The kernels are the CPU's, so the losses must be the CPU run's exactly.
-#   train         12 steps on cuda == 12 steps on cpu (train and val losses, every row)
+#   train         12 steps on cuda == 12 steps on cpu (train and val losses, every row);
+#                 BRAID_FAKE_CUDA=yes (not a device count) stops with a message naming it
 #   resume_cross  a cpu checkpoint resumed on cuda, and a cuda one resumed on cpu, continue the
 #                 straight cpu run exactly
 #   dp            parallel.dp=2 on the fake device (its tensors go over MPI: comm/nccl.c), with and
@@ -24,6 +25,14 @@ train)
   run cpu 1 --train.max_steps=12
   run cuda 1 --train.max_steps=12 --train.device=cuda
   grep -q "^device: cuda:0, fake CUDA device" "$out/cuda.log" || fail "no device banner"
+  set +e
+  msg=$(BRAID_FAKE_CUDA=yes "$braid" train "${job[@]}" --train.max_steps=1 --train.device=cuda \
+    --log.dir="$out/bad" --checkpoint.dir="$out/bad/ck" 2>&1)
+  status=$?
+  set -e
+  test "$status" -ne 0 || fail "BRAID_FAKE_CUDA=yes: exit status 0"
+  grep -q "BRAID_FAKE_CUDA=yes: expected 0 (off) or a number of fake devices, 1 to 64" <<<"$msg" ||
+    fail "BRAID_FAKE_CUDA=yes: $(tail -2 <<<"$msg")"
   cmp <(cut -d, -f1-3 "$out/cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/cuda/metrics.jsonl") ||
     fail "losses differ: $(diff "$out/cpu/metrics.jsonl" "$out/cuda/metrics.jsonl" | head -4)"
   ;;
