@@ -30,8 +30,10 @@ bt_status metrics_open(struct metrics_log *log, const char *dir, int64_t keep_th
 bt_status metrics_write(struct metrics_log *log, const struct metrics_row *row);
 void metrics_close(struct metrics_log *log);
 
-/* FLOP/s of sgemm on this machine for an (M,K)@(K,N) product, timed for about `seconds` with the
- * BLAS threads as configured: the peak MFU is measured against (DESIGN.md "Performance"). */
+/* FLOP/s of sgemm on this machine for an (M,K)@(K,N) product over about `seconds`: the better of
+ * OpenBLAS with its own threads (as many as OpenMP's) and braid's CPU GEMM (the product split over
+ * the OpenMP threads, each running single-threaded OpenBLAS). The peak MFU is measured against
+ * (DESIGN.md "Performance"). */
 double metrics_sgemm_peak(int64_t M, int64_t N, int64_t K, double seconds);
 /* The same on a device (cuda:N): the best rate of (M,K)x(K,N) matmuls through braid's backend
  * (cuBLASLt, in the runtime's matmul dtype: bf16 operands under bt_set_matmul_dtype) over about
