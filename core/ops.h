@@ -61,7 +61,8 @@ bt_tensor *bt_cross_entropy(bt_tensor *logits, bt_tensor *targets);
 /* bt_cross_entropy(bt_linear(x, w, NULL), targets) without the (N, V) logits: x (N, C), w (V, C),
  * targets (N). The logits are made a chunk of rows at a time, and when a gradient will be needed
  * the chunk's gradients of x and w are worked out then, so the backward only scales them by the
- * gradient that comes: the step holds (N, C) + (V, C) floats instead of two (N, V) ones. */
+ * gradient that comes: the step holds one chunk of logits (at most 128 MiB, all of them when N is
+ * small) and (N, C) + (V, C) floats, instead of the logits and their gradient, two (N, V). */
 bt_tensor *bt_linear_cross_entropy(bt_tensor *x, bt_tensor *w, bt_tensor *targets);
 /* identity when !training or p == 0; masks from the runtime's dropout RNG (bt_manual_seed) */
 bt_tensor *bt_dropout(bt_tensor *x, double p, bool training);

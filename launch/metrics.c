@@ -145,7 +145,7 @@ double metrics_sgemm_peak(int64_t M, int64_t N, int64_t K, double seconds) {
      * CPU backend's GEMM: the product split over OpenMP threads, each calling single-threaded
      * OpenBLAS), each timed for half the time. The better is the peak: the first alone was
      * bimodal at small shapes (97-112 or 173-189 GFLOP/s at (768, 512, 128) on Zen 4 from run to
-     * run), which put MFU anywhere from 60% to over 100%; the second gave 215-230 there. */
+     * run), which put MFU anywhere from 60% to over 100%; the second gave 206-230 there. */
     bool had_error = bt_has_error();
     double threaded = threaded_sgemm_peak(M, N, K, seconds / 2);
     double split = metrics_device_matmul_peak(bt_cpu(), M, N, K, seconds / 2);

@@ -259,8 +259,12 @@ bt_tensor *model_stage_forward(struct model *m, bt_tensor *in, bt_tensor *target
         bt_tensor *h = m->forward(m, in);
         m->hidden_only = false;
         if (!h) return NULL;
-        return bt_linear_cross_entropy(bt_reshape(h, BT_SHAPE(-1, h->shape[2])), m->head->weight,
-                                       bt_reshape(targets, BT_SHAPE(-1)));
+        bt_scope_push(m->head->base.path); /* its errors name lm_head, as the linear's would */
+        bt_tensor *loss =
+            bt_linear_cross_entropy(bt_reshape(h, BT_SHAPE(-1, h->shape[2])), m->head->weight,
+                                    bt_reshape(targets, BT_SHAPE(-1)));
+        bt_scope_pop();
+        return loss;
     }
     bt_tensor *out = m->forward(m, in);
     if (!model_config_is_last_stage(c)) return out; /* the hidden state for the next stage */

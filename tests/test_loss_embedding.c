@@ -316,6 +316,34 @@ START_TEST(test_linear_cross_entropy_no_grad_and_all_ignored) {
 }
 END_TEST
 
+/* a second backward over a retained graph gives the same gradients again, even after the first
+ * one's were zeroed in place (the saved gradients are never handed to autograd themselves), for
+ * a step tensor x (whose gradient autograd may adopt) and a parameter w */
+START_TEST(test_linear_cross_entropy_retained_graph) {
+    bt_tensor *p = test_param(BT_SHAPE(5, 4), 360, -1, 1),
+              *w = test_param(BT_SHAPE(7, 4), 361, -1, 1);
+    bt_tensor *x = bt_empty(BT_SHAPE(5, 4), BT_F32, bt_cpu());
+    ck_assert_int_eq(bt_copy_(x, p), BT_OK);
+    bt_requires_grad_(x, true);
+    int64_t t[] = {6, 0, -1, 3, 2};
+    bt_tensor *loss = bt_linear_cross_entropy(x, w, bt_from_data(BT_SHAPE(5), BT_I64, t));
+    ck_assert_msg(loss, "%s", bt_last_error());
+    ck_assert_int_eq(bt_backward_ex(loss, NULL, true), BT_OK);
+    float gx[20], gw[28];
+    for (int i = 0; i < 20; i++)
+        gx[i] = (float)bt_get(x->grad, i);
+    for (int i = 0; i < 28; i++)
+        gw[i] = (float)bt_get(w->grad, i);
+    bt_zero_grad(x);
+    bt_zero_grad(w);
+    ck_assert_int_eq(bt_backward_ex(loss, bt_scalar(1.0), false), BT_OK);
+    for (int i = 0; i < 20; i++)
+        ck_assert_float_eq(bt_get(x->grad, i), gx[i]);
+    for (int i = 0; i < 28; i++)
+        ck_assert_float_eq(bt_get(w->grad, i), gw[i]);
+}
+END_TEST
+
 START_TEST(test_linear_cross_entropy_bad_inputs) {
     bt_tensor *x = bt_zeros(BT_SHAPE(2, 3), BT_F32, bt_cpu()),
               *w = bt_zeros(BT_SHAPE(4, 3), BT_F32, bt_cpu());
@@ -419,6 +447,7 @@ static Suite *loss_embedding_suite(void) {
     bt_suite_add(s, test_linear_cross_entropy_matches_unfused);
     bt_suite_add(s, test_linear_cross_entropy_gradient);
     bt_suite_add(s, test_linear_cross_entropy_no_grad_and_all_ignored);
+    bt_suite_add(s, test_linear_cross_entropy_retained_graph);
     bt_suite_add(s, test_linear_cross_entropy_bad_inputs);
     bt_suite_add(s, test_dropout_identity);
     bt_suite_add(s, test_dropout_mask);

@@ -103,21 +103,21 @@ bt_tensor *bt_cross_entropy(bt_tensor *logits, bt_tensor *targets) {
 /* ---- linear + cross-entropy, without the logits ---- */
 
 /* saved = {dx (N, C) or NULL, dw (V, C) or NULL}: the loss's gradients of x and w for a gradient
- * of 1, worked out in the forward; the backward scales them by the one that comes */
+ * of 1, worked out in the forward; the backward writes them, times the gradient that comes, into
+ * each input's gradient in one pass (never handing the saved buffer itself to autograd: a second
+ * backward with retain_graph reads it again) */
 static bt_status linear_cross_entropy_backward(struct ag_node *node) {
-    bt_tensor *g = node->out->grad;
-    double gv = bt_item(g);
+    float gv = (float)bt_item(node->out->grad);
     for (int k = 0; k < 2; k++) {
         bt_tensor *in = node->inputs[k], *d = node->saved[k];
         if (!d || !ag_wants_grad(in)) continue;
-        if (gv != 1.0) {
-            bt_tensor *scaled = op_new_like_shape(d, d->ndim, d->shape);
-            if (!scaled) return BT_ERR;
-            op_backend("backward", d)
-                ->unary(BT_UN_MUL_SCALAR, bt_f32(scaled), bt_f32(d), bt_numel(d), (float)gv);
-            d = scaled;
-        }
-        if (ag_accumulate(in, d) != BT_OK) return BT_ERR;
+        float beta;
+        bt_tensor *target = ag_grad_target(in, &beta);
+        if (!target) return BT_ERR;
+        const float *dp = bt_f32(d);
+        /* target (+)= gv * d: the backward of y = gv * x */
+        op_backend("backward", d)
+            ->unary_backward(BT_UN_MUL_SCALAR, bt_f32(target), dp, dp, dp, bt_numel(d), gv, beta);
     }
     return BT_OK;
 }
