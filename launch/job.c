@@ -28,14 +28,20 @@ bt_status job_resolve_vocab_size(struct braid_config *cfg) {
     return BT_OK;
 }
 
+bt_status job_check_cuda(const char *what) {
+    char why[256];
+    if (!bt_cuda_built() && !bt_fake_cuda())
+        return bt_error("%s: braid was built without the CUDA backend (nvcc was not found at "
+                        "build time; use cpu)",
+                        what);
+    if (bt_cuda_device_count(why, sizeof why) == 0)
+        return bt_error("%s: no CUDA device visible (%s)", what, why);
+    return BT_OK;
+}
+
 bt_status job_check_supported(const struct braid_config *cfg) {
     if (strcmp(cfg->train.device, "cuda") == 0) {
-        char why[256];
-        if (!bt_cuda_built() && !bt_fake_cuda())
-            return bt_error("train.device=cuda: braid was built without the CUDA backend (nvcc "
-                            "was not found at build time; use cpu)");
-        if (bt_cuda_device_count(why, sizeof why) == 0)
-            return bt_error("train.device=cuda: no CUDA device visible (%s)", why);
+        if (job_check_cuda("train.device=cuda") != BT_OK) return BT_ERR;
         /* one GPU per rank: dp's and tp's collectives go through NCCL (comm/nccl.c), the
          * pipeline's activations through host copies over MPI (parallel/pipeline.c) */
         return BT_OK; /* float32, or bfloat16: bf16 matmuls (core/cuda/matmul.cu) */

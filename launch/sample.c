@@ -8,7 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/cuda/cuda.h"
 #include "core/runtime.h"
 #include "data/checkpoint.h"
 #include "data/tokenizer.h"
@@ -195,12 +194,7 @@ static bt_status load_tokenizer(struct sampler *s, struct ckpt_file *f) {
 static bt_status choose_device(struct sampler *s, const char *device) {
     s->device = bt_cpu();
     if (strcmp(device, "cuda") != 0) return BT_OK;
-    char why[256];
-    if (!bt_cuda_built() && !bt_fake_cuda())
-        return bt_error("--device cuda: braid was built without the CUDA backend (nvcc was not "
-                        "found at build time; use cpu)");
-    if (bt_cuda_device_count(why, sizeof why) == 0)
-        return bt_error("--device cuda: no CUDA device visible (%s)", why);
+    if (job_check_cuda("--device cuda") != BT_OK) return BT_ERR;
     s->device = bt_cuda(0);
     return bt_backend_for(s->device, "--device cuda") ? BT_OK : BT_ERR;
 }

