@@ -5,8 +5,9 @@
 # gpu-bundle/ unpacked from bench/gpu_bundle.sh's tarball, whose lib/ it puts on the library path
 # with the NCCL and cuBLASLt of the machine's CUDA or PyTorch. Runs the GPU tests (each suite's
 # cases in one process; braid train's through tests/gpu/train_cuda.sh), then GPT-2 124M training
-# (bench_gpu, float32 and bf16 matmuls), then PyTorch's same model (bench/gpu_torch.py: eager and
-# torch.compile, float32 and bf16 autocast) when a CUDA PyTorch is importable there.
+# (bench_gpu, float32 and bf16 matmuls; the attention kernels; cuBLASLt's epilogues), then
+# PyTorch's same model (bench/gpu_torch.py: eager and torch.compile, float32 and bf16 autocast)
+# when a CUDA PyTorch is importable there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-build} steps=${2:-30} batch=${3:-8}
@@ -26,7 +27,8 @@ for suite in test_cuda_math test_gpu_ops test_gpu_comm; do
   "$bin/$suite" 2>&1 | tail -15
 done
 out=$(mktemp -d)
-for case in cpu_vs_cuda resume cpu_to_cuda bf16 dp2 tp2 pp2 gemm_attention attention_env; do
+for case in cpu_vs_cuda resume cpu_to_cuda bf16 dp2 tp2 pp2 gemm_attention attention_env epilogues \
+  epilogues_env; do
   printf -- '-- train_cuda.sh %s: ' "$case"
   bash tests/gpu/train_cuda.sh "$case" "$bin/braid" "$PWD" "$out" > "$out/$case.txt" 2>&1
   status=$?
@@ -40,6 +42,10 @@ done
 for kernel in tiled gemm; do
   echo "== braid: BRAID_CUDA_ATTENTION=$kernel bench_gpu $steps $batch bfloat16 =="
   BRAID_CUDA_ATTENTION=$kernel "$bin/bench_gpu" "$steps" "$batch" bfloat16
+done
+for kernel in rows gemm; do # cuBLASLt's GELU epilogue in the MLPs
+  echo "== braid: BRAID_CUDA_EPILOGUES=1 BRAID_CUDA_ATTENTION=$kernel bench_gpu $steps $batch bfloat16 =="
+  BRAID_CUDA_EPILOGUES=1 BRAID_CUDA_ATTENTION=$kernel "$bin/bench_gpu" "$steps" "$batch" bfloat16
 done
 if "$py" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
   echo "== pytorch: bench/gpu_torch.py =="

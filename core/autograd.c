@@ -182,6 +182,10 @@ static void release_grad(bt_tensor *g, bool owned) {
     s->arena = NULL;
 }
 
+void ag_release_scratch(bt_tensor *t) {
+    release_grad(t, true);
+}
+
 bt_status bt_backward_ex(bt_tensor *out, bt_tensor *grad, bool retain_graph) {
     char a[64], b[64];
     if (!out) return bt_has_error() ? BT_ERR : bt_error("backward: tensor is NULL");

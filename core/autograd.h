@@ -61,6 +61,9 @@ static inline bool ag_wants_grad(const bt_tensor *t) {
 }
 /* Adds g (contiguous float32, t's logical shape) into t->grad. g may be adopted, not copied. */
 bt_status ag_accumulate(bt_tensor *t, bt_tensor *g);
+/* A step tensor a backward function made for its own use (bt_empty) and is done with: its block
+ * goes back to the arena for the next allocation of its size. Nothing may refer to it after. */
+void ag_release_scratch(bt_tensor *t);
 /* The buffer a kernel should write t's gradient into: *beta = 0 means overwrite (fresh buffer),
  * 1 means accumulate into the existing gradient. NULL on out-of-memory. */
 bt_tensor *ag_grad_target(bt_tensor *t, float *beta);

@@ -40,6 +40,14 @@ typedef enum {
 
 typedef enum { BT_RED_SUM, BT_RED_MEAN, BT_RED_MAX } bt_reduce_op;
 
+/* What a fused linear layer did (struct bt_backend's linear_epilogue) */
+typedef enum {
+    BT_EPI_UNFUSED,    /* nothing: the caller runs gemm, bias_fill and unary itself */
+    BT_EPI_DONE,       /* out written; aux not asked for, or not needed */
+    BT_EPI_DERIVATIVE, /* out written, and aux = f'(pre), the activation's derivative */
+    BT_EPI_INPUT,      /* out written, and aux = pre, the activation's input */
+} bt_epilogue_result;
+
 /* AdamW over many parameters in one pass; each span is one parameter's buffers (n floats each,
  * on the backend's device) and its update's constants; gradients are read times grad_scale */
 struct bt_adamw_span {
@@ -108,6 +116,17 @@ struct bt_backend {
     void (*bias_fill)(float *out, const float *bias, int64_t rows, int64_t cols);
     /* dbias (cols) (+)= sum over rows of dout (rows, cols) */
     void (*bias_backward)(float *dbias, const float *dout, int64_t rows, int64_t cols, float beta);
+    /* A linear layer's forward in one call: out (M, N) = act(pre), pre = A (M, K) op(B) + bias
+     * (gemm's A B or A B^T, trans_a false, alpha 1, one batch), bias (N) or NULL; act is GELU
+     * (tanh) when gelu, else the identity. With aux (M, N) (GELU in training) the backward's
+     * input is written there too, and the result says which (f'(pre) or pre). The result is the
+     * unfused path's up to float reassociation. BT_EPI_UNFUSED where the backend cannot fuse these
+     * operands (nothing written; not an error); NULL where it never fuses. CPU: GELU only, on each
+     * thread's rows of C while they are in its cache; CUDA: cuBLASLt's bias and GELU epilogues. */
+    bt_epilogue_result (*linear_epilogue)(float *out, float *aux, const float *A, int64_t lda,
+                                          bool trans_b, const float *B, int64_t ldb,
+                                          const float *bias, int64_t M, int64_t N, int64_t K,
+                                          bool gelu);
 
     /* ---- softmax family (core/cpu/softmax.c): x viewed as (outer, dim, inner) ---- */
     void (*softmax)(float *out, const float *x, int64_t outer, int64_t dim, int64_t inner,

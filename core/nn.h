@@ -167,6 +167,8 @@ struct nn_dropout *nn_dropout_create(const char *name, double p);
 
 /* ---- forwards (step tensors; NULL with a message naming the module on error) ---- */
 bt_tensor *nn_linear_forward(struct nn_linear *m, bt_tensor *x); /* (..., in) -> (..., out) */
+/* gelu_tanh(nn_linear_forward(m, x)) as one op (bt_linear_gelu) */
+bt_tensor *nn_linear_gelu_forward(struct nn_linear *m, bt_tensor *x);
 bt_tensor *nn_embedding_forward(struct nn_embedding *m, bt_tensor *idx); /* (...) -> (..., C) */
 bt_tensor *nn_layernorm_forward(struct nn_layernorm *m, bt_tensor *x);   /* over the last dim */
 bt_tensor *nn_rmsnorm_forward(struct nn_rmsnorm *m, bt_tensor *x);       /* over the last dim */

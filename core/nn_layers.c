@@ -48,6 +48,14 @@ bt_tensor *nn_linear_forward(struct nn_linear *m, bt_tensor *x) {
     return y;
 }
 
+bt_tensor *nn_linear_gelu_forward(struct nn_linear *m, bt_tensor *x) {
+    if (!m) return nn_module_missing("linear");
+    bt_scope_push(m->base.path);
+    bt_tensor *y = bt_linear_gelu(x, m->weight, m->bias);
+    bt_scope_pop();
+    return y;
+}
+
 /* ---- Embedding ---- */
 
 struct nn_embedding *nn_embedding_create(const char *name, int64_t num_embeddings,

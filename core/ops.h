@@ -45,6 +45,10 @@ bt_tensor *bt_sum_to_shape(bt_tensor *g, int ndim, const int64_t *shape);
 bt_tensor *bt_matmul(bt_tensor *a, bt_tensor *b);
 /* x (..., in) @ w (out, in)^T + bias (out) -> (..., out); bias may be NULL (nn.Linear layout) */
 bt_tensor *bt_linear(bt_tensor *x, bt_tensor *w, bt_tensor *bias);
+/* bt_gelu(bt_linear(x, w, bias), BT_GELU_TANH) as one op, the MLP's first layer: the backend runs
+ * the GELU as the GEMM's epilogue (CUDA: cuBLASLt's; CPU: on each thread's rows while they are in
+ * its cache) and keeps one (..., out) buffer for the backward instead of two */
+bt_tensor *bt_linear_gelu(bt_tensor *x, bt_tensor *w, bt_tensor *bias);
 
 /* ---- softmax and normalisation (core/ops/softmax.c, core/ops/norm.c) ---- */
 bt_tensor *bt_softmax(bt_tensor *x, int dim);

@@ -1,7 +1,11 @@
 /* matmul and linear: forward values worked out by hand, gradient checks (batched, broadcast,
- * transposed views on either side, bias, 3-D input), and the messages of bad inputs. */
+ * transposed views on either side, bias, 3-D input), the fused linear + GELU against the two ops
+ * it replaces, and the messages of bad inputs. */
 #include <math.h>
+#include <omp.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/cpu/kernels.h"
 #include "tests/gradcheck.h"
@@ -188,6 +192,122 @@ START_TEST(test_linear_gradient_accumulates_into_persistent_weight) {
 }
 END_TEST
 
+/* ---- linear + GELU ---- */
+
+/* a fresh copy of t's values as a leaf that requires grad */
+static bt_tensor *leaf_copy(const bt_tensor *t) {
+    return bt_requires_grad_(bt_detach((bt_tensor *)t), true);
+}
+
+static void assert_same_bits(const char *what, const bt_tensor *a, const bt_tensor *b) {
+    ck_assert_msg(a && b, "%s: missing (%s)", what, bt_last_error());
+    ck_assert_msg(bt_same_shape(a, b), "%s: shapes differ", what);
+    bt_tensor *ac = bt_contiguous((bt_tensor *)a), *bc = bt_contiguous((bt_tensor *)b);
+    for (int64_t i = 0, n = bt_numel(a); i < n; i++)
+        ck_assert_msg(memcmp(&bt_f32(ac)[i], &bt_f32(bc)[i], sizeof(float)) == 0,
+                      "%s: element %lld: fused %.9g, unfused %.9g", what, (long long)i,
+                      (double)bt_f32(ac)[i], (double)bt_f32(bc)[i]);
+}
+
+START_TEST(test_linear_gelu_matches_linear_then_gelu) {
+    /* bt_linear_gelu runs the same GEMM calls, split over the threads the same way, and the GELU
+     * on each thread's rows (CPU): outputs and gradients must be the unfused ops' bit for bit.
+     * Shapes: C split by rows (with small-kernel chunks where OpenBLAS has them), by columns
+     * (N > M: the GELU runs after), too small to split; 1 and 2 threads; with and without a
+     * bias, a transposed weight view, a 3-D input; then without autograd. */
+    static const int64_t shapes[][3] = {{256, 192, 64}, {203, 77, 65}, {40, 600, 96}, {3, 5, 4}};
+    int threads_was = omp_get_max_threads();
+    for (size_t si = 0; si < sizeof(shapes) / sizeof(shapes[0]); si++)
+        for (int threads = 1; threads <= 2; threads++)
+            for (int variant = 0; variant < 3; variant++) {
+                omp_set_num_threads(threads);
+                int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+                bool bias = variant != 1, wt = variant == 2;
+                bt_tensor *x = test_param(BT_SHAPE(M, K), 100 + si, -1, 1);
+                bt_tensor *w = wt ? test_param(BT_SHAPE(K, N), 200 + si, -0.3f, 0.3f)
+                                  : test_param(BT_SHAPE(N, K), 200 + si, -0.3f, 0.3f);
+                bt_tensor *b = test_param(BT_SHAPE(N), 300 + si, -0.5f, 0.5f);
+                bt_tensor *x2 = leaf_copy(x), *w2 = leaf_copy(w), *b2 = leaf_copy(b);
+                bt_tensor *wv = wt ? bt_transpose(w, 0, 1) : w,
+                          *wv2 = wt ? bt_transpose(w2, 0, 1) : w2;
+                bt_tensor *fused = bt_linear_gelu(x, wv, bias ? b : NULL);
+                bt_tensor *plain = bt_gelu(bt_linear(x2, wv2, bias ? b2 : NULL), BT_GELU_TANH);
+                char what[96];
+                snprintf(what, sizeof what, "(%lld,%lld,%lld) %d threads variant %d forward",
+                         (long long)M, (long long)N, (long long)K, threads, variant);
+                assert_same_bits(what, fused, plain);
+                bt_tensor *g = test_param(2, fused->shape, 400 + si, -1, 1);
+                bt_requires_grad_(g, false);
+                ck_assert_int_eq(bt_backward(bt_sum_all(bt_mul(fused, g))), BT_OK);
+                ck_assert_int_eq(bt_backward(bt_sum_all(bt_mul(plain, g))), BT_OK);
+                assert_same_bits("dx", x->grad, x2->grad);
+                assert_same_bits("dw", w->grad, w2->grad);
+                if (bias) assert_same_bits("db", b->grad, b2->grad);
+                bool was = bt_set_grad_enabled(false);
+                assert_same_bits("no grad", bt_linear_gelu(x, wv, bias ? b : NULL),
+                                 bt_gelu(bt_linear(x, wv, bias ? b : NULL), BT_GELU_TANH));
+                bt_set_grad_enabled(was);
+                bt_step_end();
+            }
+    omp_set_num_threads(threads_was);
+    /* a 3-D input: the rows are its first two dims */
+    bt_tensor *x3 = test_param(BT_SHAPE(2, 50, 24), 500, -1, 1),
+              *w3 = test_param(BT_SHAPE(40, 24), 501, -1, 1);
+    assert_same_bits("3-D", bt_linear_gelu(x3, w3, NULL),
+                     bt_gelu(bt_linear(x3, w3, NULL), BT_GELU_TANH));
+}
+END_TEST
+
+static bt_tensor *fn_linear_gelu(bt_tensor **in, void *ctx) {
+    return bt_linear_gelu(in[0], in[1], ctx ? in[2] : NULL);
+}
+static bt_tensor *fn_linear_gelu_wt(bt_tensor **in, void *ctx) {
+    return bt_linear_gelu(in[0], bt_transpose(in[1], 0, 1), ctx ? in[2] : NULL);
+}
+
+START_TEST(test_linear_gelu_gradients) {
+    GRADCHECK("linear_gelu", fn_linear_gelu, PARAMS3(61, (3, 4), (5, 4), (5)), 3, &with_bias);
+    GRADCHECK("linear_gelu no bias", fn_linear_gelu, PARAMS2(64, (2, 3, 4), (5, 4)), 2, NULL);
+    GRADCHECK("linear_gelu w^T view", fn_linear_gelu_wt, PARAMS3(66, (3, 4), (4, 5), (5)), 3,
+              &with_bias);
+}
+END_TEST
+
+START_TEST(test_linear_gelu_retained_graph_and_accumulation) {
+    /* the backward's scratch goes back to the arena: a second backward through the same graph
+     * (retain_graph) must see nothing of it, and the gradients add up to twice the first */
+    bt_tensor *x = test_param(BT_SHAPE(64, 32), 70, -1, 1),
+              *w = test_param(BT_SHAPE(48, 32), 71, -1, 1);
+    bt_tensor *b = test_param(BT_SHAPE(48), 72, -1, 1);
+    bt_tensor *y = bt_sum_all(bt_mul(bt_linear_gelu(x, w, b), bt_linear(x, w, NULL)));
+    ck_assert_int_eq(bt_backward_ex(y, NULL, true), BT_OK);
+    bt_tensor *dx1 = bt_contiguous(bt_detach(x->grad)), *dw1 = bt_contiguous(bt_detach(w->grad));
+    dx1 = bt_mul_scalar(dx1, 2.0), dw1 = bt_mul_scalar(dw1, 2.0);
+    ck_assert_int_eq(bt_backward_ex(y, NULL, false), BT_OK);
+    for (int64_t i = 0; i < bt_numel(dx1); i++)
+        ck_assert_float_eq_tol(bt_get(x->grad, i), bt_get(dx1, i),
+                               1e-5 * (1 + fabs(bt_get(dx1, i))));
+    for (int64_t i = 0; i < bt_numel(dw1); i++)
+        ck_assert_float_eq_tol(bt_get(w->grad, i), bt_get(dw1, i),
+                               1e-5 * (1 + fabs(bt_get(dw1, i))));
+}
+END_TEST
+
+START_TEST(test_linear_gelu_bad_inputs) {
+    bt_device cpu = bt_cpu();
+    bt_tensor *x = bt_zeros(BT_SHAPE(2, 3), BT_F32, cpu),
+              *w = bt_zeros(BT_SHAPE(4, 5), BT_F32, cpu);
+    ck_assert_ptr_null(bt_linear_gelu(x, w, NULL));
+    ck_assert_error_contains("linear_gelu: input (2,3) has 3 features but weight (4,5) expects 5");
+    bt_tensor *w43 = bt_zeros(BT_SHAPE(4, 3), BT_F32, cpu),
+              *b3 = bt_zeros(BT_SHAPE(3), BT_F32, cpu);
+    ck_assert_ptr_null(bt_linear_gelu(x, w43, b3));
+    ck_assert_error_contains("linear_gelu: bias (3) does not match weight (4,3) (expected (4))");
+    ck_assert_ptr_null(bt_linear_gelu(NULL, w43, NULL));
+    ck_assert_error_contains("linear_gelu: argument 1 is NULL");
+}
+END_TEST
+
 /* ---- bad inputs ---- */
 
 /* C (M,N) = op(A) op(B) + beta C0 in double, row-major, as bt_cpu_gemm's contract */
@@ -326,6 +446,10 @@ static Suite *matmul_suite(void) {
     bt_suite_add(s, test_linear_gradients);
     bt_suite_add(s, test_linear_gradient_accumulates_into_persistent_weight);
     bt_suite_add(s, test_gemm_threads_and_chunks_match_reference);
+    bt_suite_add(s, test_linear_gelu_matches_linear_then_gelu);
+    bt_suite_add(s, test_linear_gelu_gradients);
+    bt_suite_add(s, test_linear_gelu_retained_graph_and_accumulation);
+    bt_suite_add(s, test_linear_gelu_bad_inputs);
     bt_suite_add(s, test_matmul_bad_inputs);
     bt_suite_add(s, test_linear_bad_inputs);
     return s;

@@ -27,6 +27,7 @@ const struct bt_backend bt_cpu_backend = {
     .gemm = bt_cpu_gemm,
     .bias_fill = bt_cpu_bias_fill,
     .bias_backward = bt_cpu_bias_backward,
+    .linear_epilogue = bt_cpu_linear_epilogue,
     .softmax = bt_cpu_softmax,
     .softmax_backward = bt_cpu_softmax_backward,
     .layernorm = bt_cpu_layernorm,

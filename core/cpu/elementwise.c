@@ -306,6 +306,13 @@ void bt_cpu_unary(bt_unary_op op, float *out, const float *x, int64_t n, float a
     }
 }
 
+void bt_cpu_gelu_tanh_in_place(float *x, float *dydx, int64_t n) {
+    if (dydx)
+        gelu_tanh_both_span(x, dydx, x, n);
+    else
+        gelu_tanh_span(x, x, n);
+}
+
 bool bt_cpu_unary_with_grad(bt_unary_op op, float *out, float *dydx, const float *x, int64_t n) {
     void (*span)(float *, float *, const float *, int64_t);
     if (op == BT_UN_GELU_TANH)

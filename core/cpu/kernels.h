@@ -21,6 +21,8 @@ void bt_cpu_unary(bt_unary_op op, float *out, const float *x, int64_t n, float a
 void bt_cpu_unary_backward(bt_unary_op op, float *dx, const float *dout, const float *x,
                            const float *out, int64_t n, float arg, float beta);
 bool bt_cpu_unary_with_grad(bt_unary_op op, float *out, float *dydx, const float *x, int64_t n);
+/* x = gelu_tanh(x) in place on the calling thread, and dydx = its derivative when not NULL */
+void bt_cpu_gelu_tanh_in_place(float *x, float *dydx, int64_t n);
 void bt_cpu_mul_grad(float *dx, const float *dout, const float *dydx, int64_t n, float beta);
 void bt_cpu_masked_fill(float *out, const float *x, const uint8_t *mask,
                         const int64_t *mask_strides, int ndim, const int64_t *shape, float value);
@@ -52,6 +54,10 @@ void bt_cpu_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N
                  int64_t ldb, int64_t stride_b, float beta, float *C, int64_t stride_c);
 void bt_cpu_bias_fill(float *out, const float *bias, int64_t rows, int64_t cols);
 void bt_cpu_bias_backward(float *dbias, const float *dout, int64_t rows, int64_t cols, float beta);
+bt_epilogue_result bt_cpu_linear_epilogue(float *out, float *aux, const float *A, int64_t lda,
+                                          bool trans_b, const float *B, int64_t ldb,
+                                          const float *bias, int64_t M, int64_t N, int64_t K,
+                                          bool gelu);
 
 /* softmax.c */
 void bt_cpu_softmax(float *out, const float *x, int64_t outer, int64_t dim, int64_t inner,

@@ -52,34 +52,47 @@ static int64_t small_gemm_chunk(bool trans_a, bool trans_b, int64_t other, int64
     return chunk;
 }
 
-/* C (M,N) = alpha op(A) op(B) + beta C, split over the threads of the enclosing team */
+/* C (M,N) = alpha op(A) op(B) + beta C, split over the threads of the enclosing team. With
+ * gelu, C = gelu(C) after (and gelu_dydx = its derivative when not NULL): each thread runs it on
+ * the rows it computed, while they are in its cache; over all of C at the end where the split is
+ * by columns or there is none. */
 static void gemm_parallel(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                           const float *A, int64_t lda, const float *B, int64_t ldb, float beta,
-                          float *C) {
+                          float *C, bool gelu, float *gelu_dydx) {
     int threads = omp_get_max_threads();
-    if (threads <= 1 || 2.0 * (double)M * (double)N * (double)K < GEMM_SPLIT_MIN_FLOPS) {
-        bt_cpu_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
-        return;
-    }
+    bool split = threads > 1 && 2.0 * (double)M * (double)N * (double)K >= GEMM_SPLIT_MIN_FLOPS;
     bool split_rows = M >= N; /* split the longer side of C */
-    int64_t len = split_rows ? M : N;
-    /* one contiguous part per thread; each part in small-kernel chunks where they pay */
-    int64_t part = ((len + threads - 1) / threads + 15) / 16 * 16;
-    int64_t chunk = small_gemm_chunk(trans_a, trans_b, split_rows ? N : M, K);
+    if (!split) {
+        bt_cpu_sgemm(trans_a, trans_b, M, N, K, alpha, A, lda, B, ldb, beta, C, N);
+    } else {
+        int64_t len = split_rows ? M : N;
+        /* one contiguous part per thread; each part in small-kernel chunks where they pay */
+        int64_t part = ((len + threads - 1) / threads + 15) / 16 * 16;
+        int64_t chunk = small_gemm_chunk(trans_a, trans_b, split_rows ? N : M, K);
 #pragma omp parallel for schedule(static, 1)
-    for (int64_t first = 0; first < len; first += part) {
-        int64_t end = first + part < len ? first + part : len;
-        int64_t step = chunk ? chunk : end - first;
-        for (int64_t start = first; start < end; start += step) {
-            int64_t n = start + step <= end ? step : end - start;
-            if (split_rows) /* rows of op(A) and of C */
-                bt_cpu_sgemm(trans_a, trans_b, n, N, K, alpha,
-                             trans_a ? A + start : A + start * lda, lda, B, ldb, beta,
-                             C + start * N, N);
-            else /* columns of op(B) and of C */
-                bt_cpu_sgemm(trans_a, trans_b, M, n, K, alpha, A, lda,
-                             trans_b ? B + start * ldb : B + start, ldb, beta, C + start, N);
+        for (int64_t first = 0; first < len; first += part) {
+            int64_t end = first + part < len ? first + part : len;
+            int64_t step = chunk ? chunk : end - first;
+            for (int64_t start = first; start < end; start += step) {
+                int64_t n = start + step <= end ? step : end - start;
+                if (split_rows) /* rows of op(A) and of C */
+                    bt_cpu_sgemm(trans_a, trans_b, n, N, K, alpha,
+                                 trans_a ? A + start : A + start * lda, lda, B, ldb, beta,
+                                 C + start * N, N);
+                else /* columns of op(B) and of C */
+                    bt_cpu_sgemm(trans_a, trans_b, M, n, K, alpha, A, lda,
+                                 trans_b ? B + start * ldb : B + start, ldb, beta, C + start, N);
+            }
+            if (gelu && split_rows) /* this thread's rows, still in its cache */
+                bt_cpu_gelu_tanh_in_place(C + first * N, gelu_dydx ? gelu_dydx + first * N : NULL,
+                                          (end - first) * N);
         }
+    }
+    if (gelu && !(split && split_rows)) {
+        if (gelu_dydx)
+            bt_cpu_unary_with_grad(BT_UN_GELU_TANH, C, gelu_dydx, C, M * N);
+        else
+            bt_cpu_unary(BT_UN_GELU_TANH, C, C, M * N, 0.0f);
     }
 }
 
@@ -106,7 +119,7 @@ void bt_cpu_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N
     for (int64_t b = 0; b < batch; b++) {
         float beta_b = (stride_c == 0 && b > 0) ? 1.0f : beta;
         gemm_parallel(trans_a, trans_b, M, N, K, alpha, A + b * stride_a, lda, B + b * stride_b,
-                      ldb, beta_b, C + b * stride_c);
+                      ldb, beta_b, C + b * stride_c, false, NULL);
     }
 }
 
@@ -115,6 +128,19 @@ void bt_cpu_bias_fill(float *out, const float *bias, int64_t rows, int64_t cols)
     for (int64_t r = 0; r < rows; r++)
         for (int64_t c = 0; c < cols; c++)
             out[r * cols + c] = bias[c];
+}
+
+/* GELU only: the bias is bias_fill and beta 1, as unfused (the same bits); the GELU runs on each
+ * thread's rows of C right after its GEMM, in place, instead of over a second buffer later */
+bt_epilogue_result bt_cpu_linear_epilogue(float *out, float *aux, const float *A, int64_t lda,
+                                          bool trans_b, const float *B, int64_t ldb,
+                                          const float *bias, int64_t M, int64_t N, int64_t K,
+                                          bool gelu) {
+    if (!gelu) return BT_EPI_UNFUSED; /* bias_fill and gemm are already all there is */
+    if (bias) bt_cpu_bias_fill(out, bias, M, N);
+    gemm_parallel(false, trans_b, M, N, K, 1.0f, A, lda, B, ldb, bias ? 1.0f : 0.0f, out, true,
+                  aux);
+    return aux ? BT_EPI_DERIVATIVE : BT_EPI_DONE;
 }
 
 void bt_cpu_bias_backward(float *dbias, const float *dout, int64_t rows, int64_t cols, float beta) {

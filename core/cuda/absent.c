@@ -60,4 +60,9 @@ enum bt_cuda_attention_kernel bt_cuda_set_attention_kernel(enum bt_cuda_attentio
     return BT_CUDA_ATTENTION_ROWS;
 }
 
+bool bt_cuda_set_epilogues(bool on) {
+    (void)on;
+    return false;
+}
+
 void bt_cuda_shutdown(void) {}

@@ -22,6 +22,7 @@ extern const struct bt_backend bt_cuda_backend_table = {
     .gemm = bt_cuda_gemm,
     .bias_fill = bt_cuda_bias_fill,
     .bias_backward = bt_cuda_bias_backward,
+    .linear_epilogue = bt_cuda_linear_epilogue,
     .softmax = bt_cuda_softmax,
     .softmax_backward = bt_cuda_softmax_backward,
     .layernorm = bt_cuda_layernorm,

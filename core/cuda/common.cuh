@@ -26,6 +26,9 @@ void *bt_cuda_scratch(size_t nbytes);
 /* reads BRAID_CUDA_ATTENTION once (attention.cu); false with the reason for a value it does not
  * know */
 bool bt_cuda_attention_kernel_from_env(char *why, size_t size);
+/* Reads BRAID_CUDA_EPILOGUES (0, the default, or 1: cuBLASLt's bias and GELU epilogues for linear
+ * layers); false with the reason for another value */
+bool bt_cuda_epilogues_from_env(char *why, size_t size);
 
 #define BT_THREADS 256
 

@@ -20,11 +20,11 @@ struct bt_backend;
 bool bt_cuda_built(void); /* false where braid was built without nvcc */
 /* BRAID_FAKE_CUDA=1 (a test double, for machines without a GPU): cuda:0 is the CPU's kernels on
  * host memory; BRAID_FAKE_CUDA=N (2..64) makes N such devices, one per process as real ones, so
- * that ranks pick theirs by local rank (any other value: the device refuses to start, naming it). Every path above the kernels (placing a model, transfers,
- * device step arenas, checkpoints of device tensors, braid train --train.device=cuda, dp's
- * buckets) runs as with a GPU, and the numbers are the CPU's exactly. Collectives on its tensors
- * go over MPI (host memory), not NCCL. It is no faster than the cpu: it checks plumbing, it does
- * not train anything. */
+ * that ranks pick theirs by local rank (any other value: the device refuses to start, naming it).
+ * Every path above the kernels (placing a model, transfers, device step arenas, checkpoints of
+ * device tensors, braid train --train.device=cuda, dp's buckets) runs as with a GPU, and the
+ * numbers are the CPU's exactly. Collectives on its tensors go over MPI (host memory), not NCCL. It
+ * is no faster than the cpu: it checks plumbing, it does not train anything. */
 bool bt_fake_cuda(void);
 int bt_fake_cuda_devices(void); /* N above; 0 when off */
 int bt_fake_cuda_current(void); /* the fake device this process uses (0 before one is chosen) */
@@ -58,6 +58,13 @@ enum bt_cuda_attention_kernel {
     BT_CUDA_ATTENTION_GEMM,
 };
 enum bt_cuda_attention_kernel bt_cuda_set_attention_kernel(enum bt_cuda_attention_kernel kind);
+
+/* cuBLASLt's epilogues for linear layers: the bias, and bt_linear_gelu's GELU (with its input
+ * kept for the backward), run inside the matmul instead of as kernels of their own. Off unless
+ * BRAID_CUDA_EPILOGUES=1 (0 or 1; another value: the device refuses to start, naming it) until
+ * they have run on a GPU. Shapes cuBLASLt has no such algorithm for run unfused. The setter
+ * returns the previous setting. */
+bool bt_cuda_set_epilogues(bool on);
 
 /* The caching allocator: device memory is taken from the driver once and reused, so a
  * steady-state step calls cudaMalloc never. Step arenas sit on it (core/runtime.c). */

@@ -82,7 +82,8 @@ static bool init_device(int index, const char *op) {
                  index, n, getenv("CUDA_VISIBLE_DEVICES") ? getenv("CUDA_VISIBLE_DEVICES") : "");
         return false;
     }
-    if (!bt_cuda_attention_kernel_from_env(why, sizeof why)) {
+    if (!bt_cuda_attention_kernel_from_env(why, sizeof why) ||
+        !bt_cuda_epilogues_from_env(why, sizeof why)) {
         bt_error("%s: device cuda:%d not started: %s", op, index, why);
         return false;
     }

@@ -29,6 +29,10 @@ void bt_cuda_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t 
     float alpha, const float *A, int64_t lda, int64_t stride_a, const float *B,
     int64_t ldb, int64_t stride_b, float beta, float *C, int64_t stride_c);
 void bt_cuda_bias_fill(float *out, const float *bias, int64_t rows, int64_t cols);
+bt_epilogue_result bt_cuda_linear_epilogue(float *out, float *aux, const float *A, int64_t lda,
+                                           bool trans_b, const float *B, int64_t ldb,
+                                           const float *bias, int64_t M, int64_t N, int64_t K,
+                                           bool gelu);
 void bt_cuda_bias_backward(float *dbias, const float *dout, int64_t rows, int64_t cols, float beta);
 void bt_cuda_softmax(float *out, const float *x, int64_t outer, int64_t dim, int64_t inner,
     bool log);

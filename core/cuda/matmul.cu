@@ -4,7 +4,13 @@
  * float32 path is the one results are checked against). Under mixed precision
  * (bt_set_matmul_dtype(BT_BF16), train.dtype: bfloat16) the operands are rounded to bf16 into
  * scratch first and multiplied on the tensor cores, products summed and written in float32. The
- * heuristic's pick is cached per shape, so a steady-state step asks for none. */
+ * heuristic's pick is cached per shape, so a steady-state step asks for none.
+ * A linear layer's bias and GELU can run as the matmul's epilogue (bt_cuda_linear_epilogue,
+ * opt-in with BRAID_CUDA_EPILOGUES=1 until it has run on a GPU): D = GELU(A B + bias) with the
+ * GELU's input written beside it for the backward. Where cuBLASLt has no algorithm for an
+ * epilogue, that is remembered per shape and the layer runs unfused. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "core/cuda/kernels.cuh"
@@ -18,6 +24,8 @@ struct gemm_key {
     float beta_is_zero;
     int bf16;                           /* operands in bf16 (mixed precision) */
     uint32_t align_a, align_b, align_c; /* the pointers' alignment in bytes, up to 256 */
+    uint32_t epilogue;                  /* cublasLtEpilogue_t; DEFAULT for plain matmuls */
+    uint32_t align_bias, align_aux;     /* the epilogue's vectors' alignment (0: none) */
 };
 
 struct gemm_plan {
@@ -26,6 +34,7 @@ struct gemm_plan {
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c; /* cuBLAS's operands: a = braid's B, b = braid's A */
     cublasLtMatmulAlgo_t algo;
+    bool unfused; /* an epilogue cuBLASLt has no algorithm for: run the layer unfused */
 };
 
 #define PLANS 256
@@ -38,10 +47,10 @@ static bool same_key(const struct gemm_key *x, const struct gemm_key *y) {
 
 static void destroy_plan(struct gemm_plan *p) {
     if (!p->used) return;
-    cublasLtMatmulDescDestroy(p->op);
-    cublasLtMatrixLayoutDestroy(p->a);
-    cublasLtMatrixLayoutDestroy(p->b);
-    cublasLtMatrixLayoutDestroy(p->c);
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->c) cublasLtMatrixLayoutDestroy(p->c);
     p->used = false;
 }
 
@@ -58,7 +67,28 @@ static bool layout(cublasLtMatrixLayout_t *l, cudaDataType type, int64_t rows, i
                *l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride));
 }
 
-static struct gemm_plan *plan_for(const struct gemm_key *k) {
+/* The epilogue's attributes on a matmul descriptor: which one, and its vectors. The pointers are
+ * set again before every call; the heuristic reads their alignment. Raw statuses: an attribute
+ * this cuBLASLt does not take means "run unfused", not a broken device. */
+static bool set_epilogue(cublasLtMatmulDesc_t op, uint32_t epilogue, const void *bias,
+                         const void *aux, int64_t aux_ld) {
+    cublasLtEpilogue_t e = (cublasLtEpilogue_t)epilogue;
+    bool ok = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof e) ==
+              CUBLAS_STATUS_SUCCESS;
+    if (ok && bias)
+        ok = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                            sizeof bias) == CUBLAS_STATUS_SUCCESS;
+    if (ok && aux)
+        ok = cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER, &aux,
+                                            sizeof aux) == CUBLAS_STATUS_SUCCESS &&
+             cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &aux_ld,
+                                            sizeof aux_ld) == CUBLAS_STATUS_SUCCESS;
+    return ok;
+}
+
+/* The cached plan for k, made on first use. For an epilogue, bias and aux are this call's
+ * vectors (their alignment is in k) and a plan cuBLASLt cannot make is kept as unfused. */
+static struct gemm_plan *plan_for(const struct gemm_key *k, const void *bias, const void *aux) {
     for (int i = 0; i < PLANS; i++)
         if (plans[i].used && same_key(&plans[i].key, k)) return &plans[i];
     struct gemm_plan *p = &plans[next_victim];
@@ -77,6 +107,12 @@ static struct gemm_plan *plan_for(const struct gemm_key *k) {
         cublasLtMatmulDescDestroy(p->op);
         return NULL;
     }
+    bool epilogue = k->epilogue != CUBLASLT_EPILOGUE_DEFAULT;
+    if (epilogue && !set_epilogue(p->op, k->epilogue, bias, aux, k->N)) {
+        p->used = true;
+        p->unfused = true; /* the layouts stay unmade: destroy_plan skips NULL handles */
+        return p;
+    }
     /* braid's B, row-major (K x N, or N x K when transposed), is column-major (N x K | K x N) */
     cudaDataType in = k->bf16 ? CUDA_R_16BF : CUDA_R_32F;
     bool ok =
@@ -90,6 +126,26 @@ static struct gemm_plan *plan_for(const struct gemm_key *k) {
     int found = 0;
     /* the heuristic otherwise assumes 256-byte aligned operands; views and arena blocks may be
      * less aligned (cuBLAS's a is braid's B) */
+    if (ok && epilogue) { /* no algorithm for this epilogue here: unfused, not an error */
+        cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulPreferenceSetAttribute(
+                pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes);
+        const uint32_t *aligns[] = {&k->align_b, &k->align_a, &k->align_c, &k->align_c};
+        const cublasLtMatmulPreferenceAttributes_t which[] = {
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+        for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; i++)
+            st = cublasLtMatmulPreferenceSetAttribute(pref, which[i], aligns[i], sizeof(uint32_t));
+        if (st == CUBLAS_STATUS_SUCCESS)
+            st = cublasLtMatmulAlgoGetHeuristic(bt_cuda_cublaslt(), p->op, p->a, p->b, p->c, p->c,
+                                                pref, 1, &result, &found);
+        if (pref) cublasLtMatmulPreferenceDestroy(pref);
+        p->used = true;
+        if (st != CUBLAS_STATUS_SUCCESS || found == 0) p->unfused = true;
+        else p->algo = result.algo;
+        return p;
+    }
     ok = ok && BT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref)) &&
          BT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
              pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes)) &&
@@ -140,6 +196,44 @@ static uint32_t alignment(const void *p) {
     return a;
 }
 
+/* The matmul's inputs: A and B themselves, or under mixed precision their spans' bf16 copies in
+ * the matmul scratch (laid out as they were), which round_operands then writes */
+struct operands {
+    const void *a, *b;
+    uint16_t *half;
+    int64_t na, na_padded, nb;
+};
+
+/* Where the operands will be, and their alignment and dtype in k; false (device marked broken)
+ * when the scratch cannot be had */
+static bool operands_for(struct gemm_key *k, const float *A, const float *B, struct operands *in) {
+    memset(in, 0, sizeof *in);
+    in->a = A, in->b = B;
+    k->bf16 = bt_runtime()->matmul_dtype == BT_BF16;
+    if (k->bf16) {
+        in->na = operand_span(k->ta ? k->K : k->M, k->ta ? k->M : k->K, k->lda, k->batch, k->sa);
+        in->nb = operand_span(k->tb ? k->N : k->K, k->tb ? k->K : k->N, k->ldb, k->batch, k->sb);
+        in->na_padded = (in->na + 127) / 128 * 128; /* B's copy 256-byte aligned */
+        in->half = (uint16_t *)bt_cuda_scratch((size_t)(in->na_padded + in->nb) *
+                                               sizeof(uint16_t));
+        if (!in->half) return false;
+        in->a = in->half;
+        in->b = in->half + in->na_padded;
+    }
+    k->align_a = alignment(in->a), k->align_b = alignment(in->b);
+    return true;
+}
+
+static bool round_operands(const struct operands *in, const float *A, const float *B) {
+    if (!in->half) return true;
+    to_bf16_kernel<<<bt_blocks(in->na, BT_THREADS), BT_THREADS, 0, bt_cuda_stream()>>>(
+        in->half, A, in->na);
+    if (!BT_CUDA_LAUNCHED("to_bf16_kernel")) return false;
+    to_bf16_kernel<<<bt_blocks(in->nb, BT_THREADS), BT_THREADS, 0, bt_cuda_stream()>>>(
+        in->half + in->na_padded, B, in->nb);
+    return BT_CUDA_LAUNCHED("to_bf16_kernel");
+}
+
 void bt_cuda_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t N, int64_t K,
                   float alpha, const float *A, int64_t lda, int64_t stride_a, const float *B,
                   int64_t ldb, int64_t stride_b, float beta, float *C, int64_t stride_c) {
@@ -166,31 +260,81 @@ void bt_cuda_gemm(bool trans_a, bool trans_b, int64_t batch, int64_t M, int64_t 
     key.ta = trans_a, key.tb = trans_b, key.batch = batch, key.M = M, key.N = N, key.K = K;
     key.lda = lda, key.ldb = ldb, key.sa = stride_a, key.sb = stride_b, key.sc = stride_c;
     key.beta_is_zero = beta == 0.0f;
-    key.bf16 = bt_runtime()->matmul_dtype == BT_BF16;
-    const void *a_in = A, *b_in = B;
-    if (key.bf16) { /* A's and B's spans rounded to bf16, laid out as they were */
-        int64_t na = operand_span(trans_a ? K : M, trans_a ? M : K, lda, batch, stride_a);
-        int64_t nb = operand_span(trans_b ? N : K, trans_b ? K : N, ldb, batch, stride_b);
-        int64_t na_padded = (na + 127) / 128 * 128; /* B's copy 256-byte aligned */
-        uint16_t *half = (uint16_t *)bt_cuda_scratch((size_t)(na_padded + nb) * sizeof(uint16_t));
-        if (!half) return;
-        to_bf16_kernel<<<bt_blocks(na, BT_THREADS), BT_THREADS, 0, bt_cuda_stream()>>>(half, A,
-                                                                                     na);
-        if (!BT_CUDA_LAUNCHED("to_bf16_kernel")) return;
-        to_bf16_kernel<<<bt_blocks(nb, BT_THREADS), BT_THREADS, 0, bt_cuda_stream()>>>(
-            half + na_padded, B, nb);
-        if (!BT_CUDA_LAUNCHED("to_bf16_kernel")) return;
-        a_in = half;
-        b_in = half + na_padded;
-    }
-    key.align_a = alignment(a_in), key.align_b = alignment(b_in), key.align_c = alignment(C);
-    struct gemm_plan *p = plan_for(&key);
-    if (!p) return;
+    key.epilogue = CUBLASLT_EPILOGUE_DEFAULT;
+    struct operands in;
+    if (!operands_for(&key, A, B, &in)) return;
+    key.align_c = alignment(C);
+    struct gemm_plan *p = plan_for(&key, NULL, NULL);
+    if (!p || !round_operands(&in, A, B)) return;
     size_t ws_bytes;
     void *ws = bt_cuda_gemm_workspace(&ws_bytes);
-    BT_CUBLAS_CHECK(cublasLtMatmul(bt_cuda_cublaslt(), p->op, &alpha, b_in, p->a, a_in, p->b,
+    BT_CUBLAS_CHECK(cublasLtMatmul(bt_cuda_cublaslt(), p->op, &alpha, in.b, p->a, in.a, p->b,
                                    &beta, C, p->c, C, p->c, &p->algo, ws, ws_bytes,
                                    bt_cuda_stream()));
+}
+
+/* -1 until read or set: what BRAID_CUDA_EPILOGUES says (read when the device starts), and what
+ * bt_cuda_set_epilogues chose over it */
+static int epilogues_env = -1, epilogues_chosen = -1;
+
+bool bt_cuda_epilogues_from_env(char *why, size_t size) {
+    const char *v = getenv("BRAID_CUDA_EPILOGUES");
+    epilogues_env = v && strcmp(v, "1") == 0;
+    if (!v || !*v || strcmp(v, "0") == 0 || strcmp(v, "1") == 0) return true;
+    snprintf(why, size, "BRAID_CUDA_EPILOGUES=%s: expected 0 or 1", v);
+    return false;
+}
+
+static bool epilogues_on(void) {
+    char why[128];
+    if (epilogues_chosen >= 0) return epilogues_chosen == 1;
+    if (epilogues_env < 0) bt_cuda_epilogues_from_env(why, sizeof why);
+    return epilogues_env == 1;
+}
+
+bool bt_cuda_set_epilogues(bool on) {
+    bool was = epilogues_on();
+    epilogues_chosen = on;
+    return was;
+}
+
+bt_epilogue_result bt_cuda_linear_epilogue(float *out, float *aux, const float *A, int64_t lda,
+                                           bool trans_b, const float *B, int64_t ldb,
+                                           const float *bias, int64_t M, int64_t N, int64_t K,
+                                           bool gelu) {
+    /* cuBLASLt: the GELU input's leading dimension (column-major D's rows, braid's N) must be a
+     * multiple of 8 */
+    if (!epilogues_on() || M == 0 || N == 0 || K == 0 || (aux && N % 8 != 0))
+        return BT_EPI_UNFUSED;
+    struct gemm_key key;
+    memset(&key, 0, sizeof key);
+    key.ta = false, key.tb = trans_b, key.batch = 1, key.M = M, key.N = N, key.K = K;
+    key.lda = lda, key.ldb = ldb, key.sc = M * N;
+    key.beta_is_zero = true;
+    cublasLtEpilogue_t e = CUBLASLT_EPILOGUE_BIAS;
+    if (gelu && aux) e = bias ? CUBLASLT_EPILOGUE_GELU_AUX_BIAS : CUBLASLT_EPILOGUE_GELU_AUX;
+    else if (gelu) e = bias ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_GELU;
+    key.epilogue = e;
+    key.align_bias = bias ? alignment(bias) : 0;
+    key.align_aux = aux ? alignment(aux) : 0;
+    struct operands in;
+    if (!operands_for(&key, A, B, &in)) return BT_EPI_DONE; /* no scratch: device marked broken */
+    key.align_c = alignment(out);
+    struct gemm_plan *p = plan_for(&key, bias, aux);
+    if (!p) return BT_EPI_DONE; /* the device is marked broken: every later op fails */
+    if (p->unfused) return BT_EPI_UNFUSED;
+    if (!round_operands(&in, A, B)) return BT_EPI_DONE;
+    if (!set_epilogue(p->op, e, bias, aux, N)) { /* it took them when the plan was made */
+        bt_cuda_fail("cuBLASLt took the epilogue's attributes once and not again");
+        return BT_EPI_DONE;
+    }
+    size_t ws_bytes;
+    void *ws = bt_cuda_gemm_workspace(&ws_bytes);
+    float alpha = 1.0f, beta = 0.0f;
+    BT_CUBLAS_CHECK(cublasLtMatmul(bt_cuda_cublaslt(), p->op, &alpha, in.b, p->a, in.a, p->b,
+                                   &beta, out, p->c, out, p->c, &p->algo, ws, ws_bytes,
+                                   bt_cuda_stream()));
+    return gelu && aux ? BT_EPI_INPUT : BT_EPI_DONE;
 }
 
 void bt_cuda_gemm_release_plans(void) {

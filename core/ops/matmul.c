@@ -140,10 +140,11 @@ bt_tensor *bt_matmul(bt_tensor *a, bt_tensor *b) {
 
 /* ---- linear: x (R, in) @ w (out, in)^T + bias ---- */
 
-static bt_status linear_backward(struct ag_node *node) {
+/* dx, dW, dbias of a linear layer from g, the gradient of its pre-activation output (R, out) */
+static bt_status linear_grads(struct ag_node *node, bt_tensor *g) {
     bt_tensor *x = node->inputs[0], *w = node->inputs[1];
     bt_tensor *bias = node->n_inputs > 2 ? node->inputs[2] : NULL;
-    bt_tensor *g = node->out->grad, *xd = node->saved[0], *wd = node->saved[1];
+    bt_tensor *xd = node->saved[0], *wd = node->saved[1];
     const struct bt_backend *be = op_backend("backward", g);
     bool tw = node->i[0];
     int64_t ldw = node->i[1], R = node->i[2];
@@ -169,53 +170,126 @@ static bt_status linear_backward(struct ag_node *node) {
     return BT_OK;
 }
 
-bt_tensor *bt_linear(bt_tensor *x, bt_tensor *w, bt_tensor *bias) {
-    if (!OP_INPUTS("linear", x, w)) return NULL;
-    if (!op_check_float("linear", "input", x) || !op_check_float("linear", "weight", w) ||
-        !op_check_same_device("linear", x, w))
-        return NULL;
+static bt_status linear_backward(struct ag_node *node) {
+    return linear_grads(node, node->out->grad);
+}
+
+/* The checks, contiguous operands and output of bt_linear and bt_linear_gelu */
+struct linear_args {
+    bt_tensor *xd, *bd, *out;
+    struct mat_layout lw;
+    int64_t IN, OUT, R;
+    const struct bt_backend *be;
+};
+
+static bool linear_prepare(const char *op, bt_tensor *x, bt_tensor *w, bt_tensor *bias,
+                           struct linear_args *a) {
+    if (!OP_INPUTS(op, x, w)) return false;
+    if (!op_check_float(op, "input", x) || !op_check_float(op, "weight", w) ||
+        !op_check_same_device(op, x, w))
+        return false;
     if (w->ndim != 2) {
-        bt_error("linear: weight must be (out_features, in_features), got %s", SHAPE(w));
-        return NULL;
+        bt_error("%s: weight must be (out_features, in_features), got %s", op, SHAPE(w));
+        return false;
     }
     if (x->ndim < 1 || x->shape[x->ndim - 1] != w->shape[1]) {
-        bt_error("linear: input %s has %lld features but weight %s expects %lld", SHAPE(x),
+        bt_error("%s: input %s has %lld features but weight %s expects %lld", op, SHAPE(x),
                  (long long)(x->ndim ? x->shape[x->ndim - 1] : 0), SHAPE(w),
                  (long long)w->shape[1]);
-        return NULL;
+        return false;
     }
     if (bias) {
-        if (!op_check_float("linear", "bias", bias) || !op_check_same_device("linear", x, bias))
-            return NULL;
+        if (!op_check_float(op, "bias", bias) || !op_check_same_device(op, x, bias)) return false;
         if (bias->ndim != 1 || bias->shape[0] != w->shape[0]) {
-            bt_error("linear: bias %s does not match weight %s (expected (%lld))", SHAPE(bias),
+            bt_error("%s: bias %s does not match weight %s (expected (%lld))", op, SHAPE(bias),
                      SHAPE(w), (long long)w->shape[0]);
-            return NULL;
+            return false;
         }
     }
-    int64_t IN = w->shape[1], OUT = w->shape[0], R = bt_numel(x) / (IN ? IN : 1);
-    bt_tensor *xd = op_contiguous_data(x);
-    bt_tensor *bd = bias ? op_contiguous_data(bias) : NULL;
-    struct mat_layout lw;
-    if (!xd || (bias && !bd) || !layout_of(w, &lw)) return NULL;
+    a->IN = w->shape[1], a->OUT = w->shape[0], a->R = bt_numel(x) / (a->IN ? a->IN : 1);
+    a->xd = op_contiguous_data(x);
+    a->bd = bias ? op_contiguous_data(bias) : NULL;
+    if (!a->xd || (bias && !a->bd) || !layout_of(w, &a->lw)) return false;
     int64_t shape[BT_MAX_DIMS];
     memcpy(shape, x->shape, (size_t)x->ndim * sizeof(int64_t));
-    shape[x->ndim - 1] = OUT;
-    bt_tensor *out = op_new_like_shape(x, x->ndim, shape);
-    const struct bt_backend *be = op_backend("linear", x);
-    if (!out || !be) return NULL;
-    if (bd) be->bias_fill(bt_f32(out), bt_f32(bd), R, OUT);
-    /* out (R,out) = x (R,in) @ W^T: W stored (out,in) row-major is W^T transposed */
-    be->gemm(false, !lw.trans, 1, R, OUT, IN, 1.0f, bt_f32(xd), IN, 0, bt_f32(lw.t), lw.ld, 0,
-             bd ? 1.0f : 0.0f, bt_f32(out), R * OUT);
+    shape[x->ndim - 1] = a->OUT;
+    a->out = op_new_like_shape(x, x->ndim, shape);
+    a->be = op_backend(op, x);
+    return a->out && a->be;
+}
+
+/* out (R,out) = x (R,in) @ W^T + bias, with W stored (out,in) row-major (W^T transposed): the
+ * backend's fused form where it has one for these operands, else bias_fill and gemm */
+static bt_epilogue_result linear_compute(const struct linear_args *a, float *aux, bool gelu) {
+    const struct bt_backend *be = a->be;
+    const float *bias = a->bd ? bt_f32(a->bd) : NULL;
+    bt_epilogue_result r = BT_EPI_UNFUSED;
+    if (be->linear_epilogue && (gelu || bias))
+        r = be->linear_epilogue(bt_f32(a->out), aux, bt_f32(a->xd), a->IN, !a->lw.trans,
+                                bt_f32(a->lw.t), a->lw.ld, bias, a->R, a->OUT, a->IN, gelu);
+    if (r != BT_EPI_UNFUSED) return r;
+    float *pre = gelu && aux ? aux : bt_f32(a->out); /* unfused GELU: pre kept for the backward */
+    if (bias) be->bias_fill(pre, bias, a->R, a->OUT);
+    be->gemm(false, !a->lw.trans, 1, a->R, a->OUT, a->IN, 1.0f, bt_f32(a->xd), a->IN, 0,
+             bt_f32(a->lw.t), a->lw.ld, 0, bias ? 1.0f : 0.0f, pre, a->R * a->OUT);
+    if (!gelu) return BT_EPI_DONE;
+    be->unary(BT_UN_GELU_TANH, bt_f32(a->out), pre, a->R * a->OUT, 0.0f);
+    return aux ? BT_EPI_INPUT : BT_EPI_DONE;
+}
+
+static struct ag_node *linear_record(const char *op, ag_backward_fn backward, bt_tensor *x,
+                                     bt_tensor *w, bt_tensor *bias, const struct linear_args *a) {
     bt_tensor *inputs[3] = {x, w, bias};
-    struct ag_node *node = ag_record("linear", linear_backward, out, bias ? 3 : 2, inputs);
+    struct ag_node *node = ag_record(op, backward, a->out, bias ? 3 : 2, inputs);
     if (node) {
-        node->saved[0] = xd;
-        node->saved[1] = lw.t;
-        node->i[0] = lw.trans;
-        node->i[1] = lw.ld;
-        node->i[2] = R;
+        node->saved[0] = a->xd;
+        node->saved[1] = a->lw.t;
+        node->i[0] = a->lw.trans;
+        node->i[1] = a->lw.ld;
+        node->i[2] = a->R;
     }
-    return out;
+    return node;
+}
+
+bt_tensor *bt_linear(bt_tensor *x, bt_tensor *w, bt_tensor *bias) {
+    struct linear_args a;
+    if (!linear_prepare("linear", x, w, bias, &a)) return NULL;
+    linear_compute(&a, NULL, false);
+    linear_record("linear", linear_backward, x, w, bias, &a);
+    return a.out;
+}
+
+/* ---- linear + GELU (tanh): gelu(x @ w^T + bias) as one op ---- */
+
+static bt_status linear_gelu_backward(struct ag_node *node) {
+    bt_tensor *g = node->out->grad, *aux = node->saved[2];
+    const struct bt_backend *be = op_backend("backward", g);
+    int64_t n = bt_numel(g);
+    /* the gradient of the pre-activation, the backward's own scratch */
+    bt_tensor *gpre = bt_empty(g->ndim, g->shape, BT_F32, g->storage->device);
+    if (!gpre) return BT_ERR;
+    if (node->i[3] == BT_EPI_DERIVATIVE)
+        be->mul_grad(bt_f32(gpre), bt_f32(g), bt_f32(aux), n, 0.0f);
+    else /* aux is the GELU's input */
+        be->unary_backward(BT_UN_GELU_TANH, bt_f32(gpre), bt_f32(g), bt_f32(aux), bt_f32(node->out),
+                           n, 0.0f, 0.0f);
+    bt_status st = linear_grads(node, gpre);
+    ag_release_scratch(gpre);
+    return st;
+}
+
+bt_tensor *bt_linear_gelu(bt_tensor *x, bt_tensor *w, bt_tensor *bias) {
+    struct linear_args a;
+    if (!linear_prepare("linear_gelu", x, w, bias, &a)) return NULL;
+    bool record = bt_runtime()->grad_enabled &&
+                  (ag_wants_grad(x) || ag_wants_grad(w) || (bias && ag_wants_grad(bias)));
+    bt_tensor *aux = record ? op_new_like_shape(x, a.out->ndim, a.out->shape) : NULL;
+    if (record && !aux) return NULL;
+    bt_epilogue_result r = linear_compute(&a, aux ? bt_f32(aux) : NULL, true);
+    struct ag_node *node = linear_record("linear_gelu", linear_gelu_backward, x, w, bias, &a);
+    if (node) {
+        node->saved[2] = aux;
+        node->i[3] = r;
+    }
+    return a.out;
 }

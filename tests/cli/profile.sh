@@ -17,8 +17,10 @@ case $case_name in
     ! grep -q '^profile: ' "$out/plain.log" || fail "a run without BRAID_PROFILE printed a profile"
     profile_table prof > "$out/table"
     grep -q '^profile: 7 steps, ' "$out/table" || fail "no '7 steps' header: $(head -2 "$out/table")"
-    # 2 layers x 4 linear layers; the LM head runs with the loss (linear_cross_entropy)
-    for row in 'forward +linear +8[.]0 ' 'backward +linear +8[.]0 ' 'forward +attention ' \
+    # 2 layers x 4 linear layers, the MLP's first one with its GELU (linear_gelu); the LM head
+    # runs with the loss (linear_cross_entropy)
+    for row in 'forward +linear +6[.]0 ' 'backward +linear +6[.]0 ' 'forward +linear_gelu +2[.]0 ' \
+      'backward +linear_gelu +2[.]0 ' 'forward +attention ' \
       'forward +linear_cross_entropy +1[.]0 ' 'backward +linear_cross_entropy +1[.]0 ' \
       'step +optimizer +1[.]0 ' 'step +clip_grad_norm ' 'step +data '; do
       grep -Eq "^  $row" "$out/table" || fail "no row /$row/ in: $(cat "$out/table")"

@@ -94,6 +94,9 @@ static bt_tensor *op_matmul_transposed(bt_tensor **in, void *ctx) {
 static bt_tensor *op_linear(bt_tensor **in, void *ctx) {
     return bt_linear(in[0], in[1], in[2]);
 }
+static bt_tensor *op_linear_gelu(bt_tensor **in, void *ctx) {
+    return bt_linear_gelu(in[0], in[1], ctx ? in[2] : NULL);
+}
 static bt_tensor *op_softmaxes(bt_tensor **in, void *ctx) {
     return bt_add(bt_softmax(in[0], -1), bt_log_softmax(in[0], 1));
 }
@@ -260,6 +263,49 @@ START_TEST(test_bf16_matmuls_match_cpu) {
 }
 END_TEST
 
+/* cuBLASLt's epilogues (BRAID_CUDA_EPILOGUES=1), then the same ops unfused: linear with a bias
+ * (BIAS), linear_gelu with and without one (GELU_AUX_BIAS, GELU_AUX), and without autograd
+ * (GELU_BIAS, no saved input); a width that is not a multiple of 8, which cuBLASLt's saved GELU
+ * input cannot have (it runs unfused); float32 and bf16 matmuls */
+START_TEST(test_linear_epilogues_match_cpu) {
+    static int bias = 1;
+    const int64_t widths[2] = {1536, 77};
+    for (int on = 0; on < 2; on++) {
+        bool was = bt_cuda_set_epilogues(on);
+        for (int bf16 = 0; bf16 < 2; bf16++)
+            for (int wi = 0; wi < 2; wi++) {
+                double tol = bf16 ? BF16_TOL : FP32_TOL;
+                int64_t F = widths[wi];
+                char name[64];
+                bt_tensor *in[3] = {test_param(BT_SHAPE(2, 64, 384), 40 + wi, -1, 1),
+                                    test_param(BT_SHAPE(F, 384), 42 + wi, -0.05f, 0.05f),
+                                    test_param(BT_SHAPE(F), 44 + wi, -0.1f, 0.1f)};
+                bt_set_matmul_dtype(bf16 ? BT_BF16 : BT_F32);
+                snprintf(name, sizeof name, "linear_gelu F=%lld%s%s", (long long)F,
+                         bf16 ? " bf16" : "", on ? " epilogues" : "");
+                twin(name, op_linear_gelu, in, 3, &bias, tol);
+                bt_tensor *in2[2] = {test_param(BT_SHAPE(2, 64, 384), 46 + wi, -1, 1),
+                                     test_param(BT_SHAPE(F, 384), 48 + wi, -0.05f, 0.05f)};
+                twin(name, op_linear_gelu, in2, 2, NULL, tol);
+                bt_tensor *in3[3] = {test_param(BT_SHAPE(2, 64, 384), 50 + wi, -1, 1),
+                                     test_param(BT_SHAPE(F, 384), 52 + wi, -0.05f, 0.05f),
+                                     test_param(BT_SHAPE(F), 54 + wi, -0.1f, 0.1f)};
+                twin(name, op_linear, in3, 3, NULL, tol);
+                bool grad = bt_set_grad_enabled(false);
+                bt_tensor *c = bt_linear_gelu(in[0], in[1], in[2]);
+                bt_tensor *g =
+                    bt_linear_gelu(bt_to_device(in[0], gpu()), bt_to_device(in[1], gpu()),
+                                   bt_to_device(in[2], gpu()));
+                assert_close(name, c, g, tol);
+                bt_set_grad_enabled(grad);
+                bt_set_matmul_dtype(BT_F32);
+                bt_step_end();
+            }
+        bt_cuda_set_epilogues(was);
+    }
+}
+END_TEST
+
 /* dropout draws the same mask on both devices: the counter-based RNG */
 START_TEST(test_dropout_matches_cpu) {
     bt_tensor *x = test_param(BT_SHAPE(100, 100), 28, -1, 1);
@@ -369,6 +415,14 @@ START_TEST(test_gpt_bf16_training_steps_match_cpu) {
 }
 END_TEST
 
+START_TEST(test_gpt_training_steps_with_epilogues_match_cpu) {
+    bool was = bt_cuda_set_epilogues(true);
+    train_twins(model_check_tiny_gpt(true, true, 61, 2), BT_F32);
+    train_twins(model_check_tiny_gpt(true, true, 61, 2), BT_BF16);
+    bt_cuda_set_epilogues(was);
+}
+END_TEST
+
 START_TEST(test_llama_training_steps_match_cpu) {
     train_twins(model_check_tiny_llama(false, 61, 2), BT_F32);
 }
@@ -385,11 +439,13 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_tiled_attention_matches_cpu);
     bt_suite_add(s, test_gemm_attention_matches_cpu);
     bt_suite_add(s, test_bf16_matmuls_match_cpu);
+    bt_suite_add(s, test_linear_epilogues_match_cpu);
     bt_suite_add(s, test_dropout_matches_cpu);
     bt_suite_add(s, test_device_arena_and_cache_allocate_once);
     bt_suite_add(s, test_device_errors_name_the_problem);
     bt_suite_add(s, test_gpt_training_steps_match_cpu);
     bt_suite_add(s, test_gpt_bf16_training_steps_match_cpu);
+    bt_suite_add(s, test_gpt_training_steps_with_epilogues_match_cpu);
     bt_suite_add(s, test_llama_training_steps_match_cpu);
     return s;
 }

@@ -14,6 +14,9 @@
 #   gemm_attention   BRAID_CUDA_ATTENTION=gemm (attention as cuBLASLt GEMMs): the cpu's losses
 #                    within 1e-4 in float32, within 2e-2 with train.dtype=bfloat16
 #   attention_env    BRAID_CUDA_ATTENTION=bogus: one error naming it, non-zero exit, no step run
+#   epilogues        BRAID_CUDA_EPILOGUES=1 (cuBLASLt's bias and GELU epilogues), with biases: the
+#                    cpu's losses within 1e-4 in float32, within 2e-2 with train.dtype=bfloat16
+#   epilogues_env    BRAID_CUDA_EPILOGUES=2: one error naming it, non-zero exit, no step run
 set -euo pipefail
 source "$(dirname "$0")/../cli/tiny_job.sh" "$@"
 
@@ -97,6 +100,24 @@ attention_env)
   set -e
   test "$status" -ne 0 || fail "exit status 0 with BRAID_CUDA_ATTENTION=bogus: $msg"
   grep -q "BRAID_CUDA_ATTENTION=bogus: expected rows, tiled or gemm" <<<"$msg" || fail "message: $msg"
+  test ! -s "$out/bogus/metrics.jsonl" || fail "steps ran: $(cat "$out/bogus/metrics.jsonl")"
+  ;;
+epilogues)
+  run cpu 1 --train.max_steps=20 --model.bias=true
+  BRAID_CUDA_EPILOGUES=1 run fused 1 --train.max_steps=20 --model.bias=true --train.device=cuda
+  BRAID_CUDA_EPILOGUES=1 run fused_bf16 1 --train.max_steps=20 --model.bias=true \
+    --train.device=cuda --train.dtype=bfloat16
+  same_losses cpu fused 1 1e-4
+  same_losses cpu fused_bf16 1 2e-2
+  ;;
+epilogues_env)
+  set +e
+  msg=$(BRAID_CUDA_EPILOGUES=2 timeout 120 "$braid" train "${job[@]}" --train.device=cuda \
+    --log.dir="$out/bogus" --checkpoint.dir="$out/bogus/ck" 2>&1)
+  status=$?
+  set -e
+  test "$status" -ne 0 || fail "exit status 0 with BRAID_CUDA_EPILOGUES=2: $msg"
+  grep -q "BRAID_CUDA_EPILOGUES=2: expected 0 or 1" <<<"$msg" || fail "message: $msg"
   test ! -s "$out/bogus/metrics.jsonl" || fail "steps ran: $(cat "$out/bogus/metrics.jsonl")"
   ;;
 *)
