@@ -105,9 +105,10 @@ static bt_tensor *attention_forward(const struct model_config *c, struct gpt_att
 /* x (B, T, C) -> (B, T, C): c_proj(gelu(c_fc(x))), then dropout */
 static bt_tensor *mlp_forward(const struct model_config *c, struct gpt_mlp *mlp, bt_tensor *x) {
     bt_scope_push(mlp->base.path);
-    bt_tensor *h;                                   /* (B, T, F), F/P with tp */
-    if (!mlp->c_fc_tp && mlp->gelu == BT_GELU_TANH) /* one op: the GELU is the GEMM's epilogue */
-        h = nn_linear_gelu_forward(mlp->c_fc, x);
+    bt_tensor *h;                  /* (B, T, F), F/P with tp */
+    if (mlp->gelu == BT_GELU_TANH) /* one op: the GELU is the GEMM's epilogue */
+        h = mlp->c_fc_tp ? tp_column_linear_gelu_forward(mlp->c_fc_tp, x)
+                         : nn_linear_gelu_forward(mlp->c_fc, x);
     else
         h = bt_gelu(mlp->c_fc_tp ? tp_column_linear_forward(mlp->c_fc_tp, x)
                                  : nn_linear_forward(mlp->c_fc, x),

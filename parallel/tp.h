@@ -140,6 +140,8 @@ struct tp_vocab_embedding *tp_vocab_embedding_create(const char *name, int64_t n
  * attend: the tied LM head, x (..., C) replicated [SP: slice] -> logits (..., V/P), this rank's
  *         vocabulary slice, ready for tp_cross_entropy. */
 bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x);
+/* gelu_tanh(tp_column_linear_forward(m, x)) with the GELU fused into the GEMM (bt_linear_gelu) */
+bt_tensor *tp_column_linear_gelu_forward(struct tp_column_linear *m, bt_tensor *x);
 /* The input collective of column layer m alone: tp_copy(x), or tp_gather_seq under SP. Run it once
  * for several column layers of the same settings that read the same x, with their
  * input_is_gathered set: one all-reduce in the backward (or one all-gather and one

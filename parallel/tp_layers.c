@@ -167,7 +167,7 @@ bt_tensor *tp_column_input(const struct tp_column_linear *m, bt_tensor *x) {
     return m->sequence_parallel ? tp_gather_seq(x, m->group, m->seq_dim) : tp_copy(x, m->group);
 }
 
-bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x) {
+static bt_tensor *column_forward(struct tp_column_linear *m, bt_tensor *x, bool gelu) {
     if (!m) return nn_module_missing("column-parallel linear");
     bt_scope_push(m->base.path);
     bt_tensor *y = NULL;
@@ -178,11 +178,20 @@ bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x) {
         goto done;
     }
     if (!m->input_is_gathered) x = tp_column_input(m, x);
-    y = bt_linear(x, m->weight, m->bias); /* (..., out/P) */
+    y = gelu ? bt_linear_gelu(x, m->weight, m->bias) /* elementwise: its own shard */
+             : bt_linear(x, m->weight, m->bias);     /* (..., out/P) */
     if (m->gather_output) y = tp_gather(y, m->group, -1);
 done:
     bt_scope_pop();
     return y;
+}
+
+bt_tensor *tp_column_linear_forward(struct tp_column_linear *m, bt_tensor *x) {
+    return column_forward(m, x, false);
+}
+
+bt_tensor *tp_column_linear_gelu_forward(struct tp_column_linear *m, bt_tensor *x) {
+    return column_forward(m, x, true);
 }
 
 /* ---- row-parallel linear ---- */
