@@ -23,6 +23,9 @@ else()
   braid_cli_test(train_cuda_unavailable 2 "train.device=cuda: braid was built without the CUDA backend"
                  train ${CONFIGS}/shakespeare_char.yaml --train.device=cuda --model.vocab_size=65)
 endif()
+braid_cli_test(train_bad_mfu_peak 2 "braid: error: BRAID_MFU_PEAK='fast': expected a positive number of GFLOP/s"
+               train ${CONFIGS}/shakespeare_char.yaml --model.vocab_size=65)
+set_tests_properties(cli_train_bad_mfu_peak PROPERTIES ENVIRONMENT "BRAID_MFU_PEAK=fast")
 braid_cli_test(train_no_data 1 "no files match '${TRAIN_OUT}/none/train_*.bin'"
                train ${CONFIGS}/shakespeare_char.yaml --model.vocab_size=65
                --data.train=${TRAIN_OUT}/none/train_*.bin --log.dir=${TRAIN_OUT}/log)
@@ -44,8 +47,8 @@ foreach(case bitexact redo refuse_model report_changes damaged broken_latest not
   set_tests_properties(resume_${case} PROPERTIES ENVIRONMENT "OMP_NUM_THREADS=2" TIMEOUT 300)
 endforeach()
 
-# BRAID_PROFILE=1: the per-op time table (tests/cli/profile.sh)
-foreach(case one_rank dp2)
+# BRAID_PROFILE=1: the per-op time table, and MFU's peak (tests/cli/profile.sh)
+foreach(case one_rank dp2 mfu_peak)
   add_test(NAME profile_${case}
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/profile.sh ${case} $<TARGET_FILE:braid>
                    ${PROJECT_SOURCE_DIR} ${TRAIN_OUT}/profile)
