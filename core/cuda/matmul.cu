@@ -86,6 +86,37 @@ static bool set_epilogue(cublasLtMatmulDesc_t op, uint32_t epilogue, const void 
     return ok;
 }
 
+/* cuBLASLt's pick for plan p's descriptor and layouts, told the workspace and the operands'
+ * alignment (it otherwise assumes 256-byte aligned operands; views and arena blocks may be less
+ * aligned; cuBLAS's a is braid's B). The raw status, with the call it came from in *call. */
+static cublasStatus_t ask_heuristic(const struct gemm_key *k, const struct gemm_plan *p,
+                                    cublasLtMatmulHeuristicResult_t *result, int *found,
+                                    const char **call) {
+    size_t ws_bytes;
+    bt_cuda_gemm_workspace(&ws_bytes);
+    cublasLtMatmulPreference_t pref = NULL;
+    *call = "cublasLtMatmulPreferenceCreate";
+    cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
+    const cublasLtMatmulPreferenceAttributes_t which[] = {
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+        CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
+    const uint32_t *aligns[] = {&k->align_b, &k->align_a, &k->align_c, &k->align_c};
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        *call = "cublasLtMatmulPreferenceSetAttribute";
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                  &ws_bytes, sizeof ws_bytes);
+    }
+    for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; i++)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, which[i], aligns[i], sizeof(uint32_t));
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        *call = "cublasLtMatmulAlgoGetHeuristic";
+        st = cublasLtMatmulAlgoGetHeuristic(bt_cuda_cublaslt(), p->op, p->a, p->b, p->c, p->c,
+                                            pref, 1, result, found);
+    }
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    return st;
+}
+
 /* The cached plan for k, made on first use. For an epilogue, bias and aux are this call's
  * vectors (their alignment is in k) and a plan cuBLASLt cannot make is kept as unfused. */
 static struct gemm_plan *plan_for(const struct gemm_key *k, const void *bias, const void *aux) {
@@ -119,48 +150,17 @@ static struct gemm_plan *plan_for(const struct gemm_key *k, const void *bias, co
         layout(&p->a, in, k->tb ? k->K : k->N, k->tb ? k->N : k->K, k->ldb, k->batch, k->sb) &&
         layout(&p->b, in, k->ta ? k->M : k->K, k->ta ? k->K : k->M, k->lda, k->batch, k->sa) &&
         layout(&p->c, CUDA_R_32F, k->N, k->M, k->N, k->batch, k->sc);
-    cublasLtMatmulPreference_t pref = NULL;
-    size_t ws_bytes;
-    bt_cuda_gemm_workspace(&ws_bytes);
     cublasLtMatmulHeuristicResult_t result;
     int found = 0;
-    /* the heuristic otherwise assumes 256-byte aligned operands; views and arena blocks may be
-     * less aligned (cuBLAS's a is braid's B) */
+    const char *call = "";
+    cublasStatus_t st = ok ? ask_heuristic(k, p, &result, &found, &call) : CUBLAS_STATUS_SUCCESS;
+    p->used = true; /* from here destroy_plan releases what was made */
     if (ok && epilogue) { /* no algorithm for this epilogue here: unfused, not an error */
-        cublasStatus_t st = cublasLtMatmulPreferenceCreate(&pref);
-        if (st == CUBLAS_STATUS_SUCCESS)
-            st = cublasLtMatmulPreferenceSetAttribute(
-                pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes);
-        const uint32_t *aligns[] = {&k->align_b, &k->align_a, &k->align_c, &k->align_c};
-        const cublasLtMatmulPreferenceAttributes_t which[] = {
-            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
-            CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES};
-        for (int i = 0; i < 4 && st == CUBLAS_STATUS_SUCCESS; i++)
-            st = cublasLtMatmulPreferenceSetAttribute(pref, which[i], aligns[i], sizeof(uint32_t));
-        if (st == CUBLAS_STATUS_SUCCESS)
-            st = cublasLtMatmulAlgoGetHeuristic(bt_cuda_cublaslt(), p->op, p->a, p->b, p->c, p->c,
-                                                pref, 1, &result, &found);
-        if (pref) cublasLtMatmulPreferenceDestroy(pref);
-        p->used = true;
         if (st != CUBLAS_STATUS_SUCCESS || found == 0) p->unfused = true;
         else p->algo = result.algo;
         return p;
     }
-    ok = ok && BT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref)) &&
-         BT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof ws_bytes)) &&
-         BT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &k->align_b, sizeof k->align_b)) &&
-         BT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &k->align_a, sizeof k->align_a)) &&
-         BT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &k->align_c, sizeof k->align_c)) &&
-         BT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-             pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &k->align_c, sizeof k->align_c)) &&
-         BT_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(bt_cuda_cublaslt(), p->op, p->a, p->b,
-                                                        p->c, p->c, pref, 1, &result, &found));
-    if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    p->used = true; /* from here destroy_plan releases what was made */
+    ok = ok && bt_cublas_check_(st, call, __FILE__, __LINE__);
     if (ok && found == 0) {
         bt_cuda_fail("cuBLASLt has no algorithm for a %s matmul (M=%lld N=%lld K=%lld "
                      "batch=%lld)",

@@ -30,6 +30,19 @@ if ! "$braid" train "${job[@]}" --train.device=cuda --train.max_steps=1 \
   tail -5 "$out/probe.log"
 fi
 
+# refused VAR=VALUE MESSAGE: with that environment the job stops with MESSAGE, a non-zero exit and
+# no step run
+refused() {
+  set +e
+  msg=$(env "$1" timeout 120 "$braid" train "${job[@]}" --train.device=cuda \
+    --log.dir="$out/bogus" --checkpoint.dir="$out/bogus/ck" 2>&1)
+  status=$?
+  set -e
+  test "$status" -ne 0 || fail "exit status 0 with $1: $msg"
+  grep -qF "$2" <<<"$msg" || fail "message: $msg"
+  test ! -s "$out/bogus/metrics.jsonl" || fail "steps ran: $(cat "$out/bogus/metrics.jsonl")"
+}
+
 case $case_name in
 cpu_vs_cuda)
   run cpu 1 --train.max_steps=20
@@ -93,14 +106,7 @@ gemm_attention)
   same_losses cpu gemm_bf16 1 2e-2
   ;;
 attention_env)
-  set +e
-  msg=$(BRAID_CUDA_ATTENTION=bogus timeout 120 "$braid" train "${job[@]}" --train.device=cuda \
-    --log.dir="$out/bogus" --checkpoint.dir="$out/bogus/ck" 2>&1)
-  status=$?
-  set -e
-  test "$status" -ne 0 || fail "exit status 0 with BRAID_CUDA_ATTENTION=bogus: $msg"
-  grep -q "BRAID_CUDA_ATTENTION=bogus: expected rows, tiled or gemm" <<<"$msg" || fail "message: $msg"
-  test ! -s "$out/bogus/metrics.jsonl" || fail "steps ran: $(cat "$out/bogus/metrics.jsonl")"
+  refused BRAID_CUDA_ATTENTION=bogus "BRAID_CUDA_ATTENTION=bogus: expected rows, tiled or gemm"
   ;;
 epilogues)
   run cpu 1 --train.max_steps=20 --model.bias=true
@@ -111,14 +117,7 @@ epilogues)
   same_losses cpu fused_bf16 1 2e-2
   ;;
 epilogues_env)
-  set +e
-  msg=$(BRAID_CUDA_EPILOGUES=2 timeout 120 "$braid" train "${job[@]}" --train.device=cuda \
-    --log.dir="$out/bogus" --checkpoint.dir="$out/bogus/ck" 2>&1)
-  status=$?
-  set -e
-  test "$status" -ne 0 || fail "exit status 0 with BRAID_CUDA_EPILOGUES=2: $msg"
-  grep -q "BRAID_CUDA_EPILOGUES=2: expected 0 or 1" <<<"$msg" || fail "message: $msg"
-  test ! -s "$out/bogus/metrics.jsonl" || fail "steps ran: $(cat "$out/bogus/metrics.jsonl")"
+  refused BRAID_CUDA_EPILOGUES=2 "BRAID_CUDA_EPILOGUES=2: expected 0 or 1"
   ;;
 *)
   fail "unknown case $case_name"
