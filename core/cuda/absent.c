@@ -60,6 +60,10 @@ enum bt_cuda_attention_kernel bt_cuda_set_attention_kernel(enum bt_cuda_attentio
     return BT_CUDA_ATTENTION_ROWS;
 }
 
+int64_t bt_cuda_cudnn_attention_runs(void) {
+    return 0;
+}
+
 bool bt_cuda_set_epilogues(bool on) {
     (void)on;
     return false;

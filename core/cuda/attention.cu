@@ -3,9 +3,9 @@
  * log-sum-exp is saved for the backward, which recomputes the probabilities: one warp per query
  * row for dq (and D = rowsum(dout * out)), one warp per key row for dk and dv, each summing over
  * the rows in order (no atomics: deterministic). Head size up to 256 (8 floats per lane).
- * The default (BRAID_CUDA_ATTENTION=rows) until attention_tiled.cu's (tiled) or
- * attention_gemm.cu's (gemm) kernels have run on a GPU; cuDNN's fused attention is to come
- * (docs/cuda.md). */
+ * The default (BRAID_CUDA_ATTENTION=rows) until attention_tiled.cu's (tiled),
+ * attention_gemm.cu's (gemm) or cuDNN's fused attention (cudnn, attention_cudnn.cu) have run on a
+ * GPU (docs/cuda.md); cudnn falls back to these kernels where cuDNN does not take a call. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +35,18 @@ void bt_cuda_attention_gemm_backward(float *dq, float *dk, float *dv, const floa
                                      int64_t NKV, int64_t T, int64_t hs, float scale, bool causal,
                                      const struct bt_attn_layouts *layouts);
 
+/* attention_cudnn.cu: false where cuDNN does not take the call (then these kernels run it) */
+extern "C" bool bt_cuda_attention_cudnn(float *out, float *lse, const float *q, const float *k,
+                                        const float *v, int64_t B, int64_t NH, int64_t NKV,
+                                        int64_t T, int64_t hs, float scale, bool causal,
+                                        const struct bt_attn_layouts *layouts);
+extern "C" bool bt_cuda_attention_cudnn_backward(float *dq, float *dk, float *dv,
+                                                 const float *dout, const float *q,
+                                                 const float *k, const float *v, const float *out,
+                                                 const float *lse, int64_t B, int64_t NH,
+                                                 int64_t NKV, int64_t T, int64_t hs, float scale,
+                                                 bool causal, const struct bt_attn_layouts *layouts);
+
 /* -1 until read or set: what BRAID_CUDA_ATTENTION says (rows when unset or unknown), and what
  * bt_cuda_set_attention_kernel chose over it */
 static int from_env = -1, chosen = -1;
@@ -48,10 +60,18 @@ bool bt_cuda_attention_kernel_from_env(char *why, size_t size) {
         from_env = BT_CUDA_ATTENTION_TILED;
     else if (strcmp(v, "gemm") == 0)
         from_env = BT_CUDA_ATTENTION_GEMM;
+    else if (strcmp(v, "cudnn") == 0)
+        from_env = BT_CUDA_ATTENTION_CUDNN;
     else {
         from_env = BT_CUDA_ATTENTION_ROWS;
         known = false;
-        snprintf(why, size, "BRAID_CUDA_ATTENTION=%s: expected rows, tiled or gemm", v);
+        snprintf(why, size, "BRAID_CUDA_ATTENTION=%s: expected rows, tiled, gemm or cudnn", v);
+    }
+    /* cuDNN is loaded when the device starts, so that a missing one is said before any work */
+    char load_why[400];
+    if (known && from_env == BT_CUDA_ATTENTION_CUDNN && !bt_cudnn_load(load_why, sizeof load_why)) {
+        snprintf(why, size, "BRAID_CUDA_ATTENTION=cudnn: %s", load_why);
+        known = false;
     }
     return known;
 }
@@ -147,6 +167,9 @@ void bt_cuda_attention(float *out, float *lse, const float *q, const float *k, c
         bt_cuda_attention_gemm(out, lse, q, k, v, B, NH, NKV, T, hs, scale, causal, layouts);
         return;
     }
+    if (kind == BT_CUDA_ATTENTION_CUDNN &&
+        bt_cuda_attention_cudnn(out, lse, q, k, v, B, NH, NKV, T, hs, scale, causal, layouts))
+        return;
     if (hs > 32 * MAX_PER_LANE) {
         bt_cuda_fail("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
                      32 * MAX_PER_LANE);
@@ -260,6 +283,10 @@ void bt_cuda_attention_backward(float *dq, float *dk, float *dv, const float *do
                                         scale, causal, layouts);
         return;
     }
+    if (kind == BT_CUDA_ATTENTION_CUDNN &&
+        bt_cuda_attention_cudnn_backward(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, T, hs,
+                                         scale, causal, layouts))
+        return;
     if (hs > 32 * MAX_PER_LANE) {
         bt_cuda_fail("attention: head size %lld is above the CUDA kernel's %d", (long long)hs,
                      32 * MAX_PER_LANE);

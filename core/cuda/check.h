@@ -7,7 +7,10 @@
 
 #include <cuda_runtime.h>
 
+#include <stdio.h>
+
 #include "core/cuda/cublaslt.h"
+#include "core/cuda/cudnn_api.h"
 
 extern "C" {
 #include "core/error.h"
@@ -31,8 +34,19 @@ static inline bool bt_cublas_check_(cublasStatus_t e, const char *call, const ch
            bt_cuda_failed_("cuBLAS", call, cublasLtGetStatusString(e), file, line);
 }
 
+/* cuDNN's status string and, where it has one, its message for the last failed call (which
+ * attribute or shape it rejected) */
+static inline bool bt_cudnn_check_(cudnnStatus_t e, const char *call, const char *file, int line) {
+    if (e == CUDNN_STATUS_SUCCESS) return true;
+    char detail[400] = "", what[520];
+    cudnnGetLastErrorString(detail, sizeof detail);
+    snprintf(what, sizeof what, "%s%s%s", cudnnGetErrorString(e), detail[0] ? ": " : "", detail);
+    return bt_cuda_failed_("cuDNN", call, what, file, line);
+}
+
 #define BT_CUDA_CHECK(call) bt_cuda_check_((call), #call, __FILE__, __LINE__)
 #define BT_CUBLAS_CHECK(call) bt_cublas_check_((call), #call, __FILE__, __LINE__)
+#define BT_CUDNN_CHECK(call) bt_cudnn_check_((call), #call, __FILE__, __LINE__)
 /* after a kernel launch: the launch's own error (bad geometry, no kernel image for this GPU) */
 #define BT_CUDA_LAUNCHED(kernel_name)                                                              \
     bt_cuda_check_(cudaGetLastError(), kernel_name " launch", __FILE__, __LINE__)

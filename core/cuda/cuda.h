@@ -49,15 +49,21 @@ bt_status bt_cuda_synchronize(void);
 
 /* Attention's kernels on the device: one warp per query row, float32 (attention.cu, the
  * default); tiled, float32 (attention_tiled.cu, head sizes 64 and 128, others take the rows
- * kernels); or batched cuBLASLt GEMMs around a row softmax (attention_gemm.cu, bf16 tensor cores
- * under train.dtype: bfloat16). BRAID_CUDA_ATTENTION=rows|tiled|gemm chooses at start (another
- * value: the device refuses to start, naming it); the setter returns the previous choice. */
+ * kernels); batched cuBLASLt GEMMs around a row softmax (attention_gemm.cu, bf16 tensor cores
+ * under train.dtype: bfloat16); or cuDNN's fused flash attention (attention_cudnn.cu, bf16 only:
+ * float32 runs, and shapes cuDNN does not take, run the rows kernels).
+ * BRAID_CUDA_ATTENTION=rows|tiled|gemm|cudnn chooses at start (another value: the device refuses
+ * to start, naming it); the setter returns the previous choice. */
 enum bt_cuda_attention_kernel {
     BT_CUDA_ATTENTION_ROWS,
     BT_CUDA_ATTENTION_TILED,
     BT_CUDA_ATTENTION_GEMM,
+    BT_CUDA_ATTENTION_CUDNN,
 };
 enum bt_cuda_attention_kernel bt_cuda_set_attention_kernel(enum bt_cuda_attention_kernel kind);
+/* how many attention calls (forward and backward) cuDNN's kernels have run in this process: the
+ * rest of BRAID_CUDA_ATTENTION=cudnn's calls ran on the rows kernels */
+int64_t bt_cuda_cudnn_attention_runs(void);
 
 /* cuBLASLt's epilogues for linear layers: the bias, and bt_linear_gelu's GELU (with its input
  * kept for the backward), run inside the matmul instead of as kernels of their own. Off unless

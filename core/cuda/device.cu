@@ -327,12 +327,14 @@ extern "C" struct bt_cuda_memory_stats bt_cuda_memory_stats(void) {
     return (struct bt_cuda_memory_stats){cache.in_use, cache.peak, cache.reserved, cache.mallocs};
 }
 
-void bt_cuda_gemm_release_plans(void); /* matmul.cu */
+void bt_cuda_gemm_release_plans(void);  /* matmul.cu */
+void bt_cuda_cudnn_release_plans(void); /* attention_cudnn.cu */
 
 extern "C" void bt_cuda_shutdown(void) {
     if (dev.device < 0) return;
     cudaStreamSynchronize(dev.stream);
     bt_cuda_gemm_release_plans();
+    bt_cuda_cudnn_release_plans();
     shut_down_once = true;
     if (dev.lt) cublasLtDestroy(dev.lt);
     if (dev.stream) cudaStreamDestroy(dev.stream);

@@ -295,6 +295,19 @@ BT_HD float bt_km_attn_kv_sum(const float *packed, int64_t i, struct bt_attn_lay
     return sum;
 }
 
+/* bt_km_attn_kv_sum over packed bf16 gradients (cuDNN's attention writes bf16): the same sum, in
+ * float32, of the bf16 values */
+BT_HD float bt_km_attn_kv_sum_bf16(const uint16_t *packed, int64_t i, struct bt_attn_layout l,
+                                   int64_t NH, int64_t NKV, int64_t T, int64_t hs, int64_t *dst) {
+    int64_t c = i % hs, t = (i / hs) % T, kvh = (i / (hs * T)) % NKV, bl = i / (hs * T * NKV);
+    int64_t group = NH / NKV;
+    float sum = 0.0f;
+    for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
+        sum += bt_bf16_to_f32(packed[((bl * NH + h) * T + t) * hs + c]);
+    *dst = bl * l.batch + kvh * l.head + t * l.time + c;
+    return sum;
+}
+
 /* keys query row t sees: [0, n) */
 BT_HD int64_t bt_km_attn_keys(int64_t t, int64_t T, bool causal) {
     return causal ? t + 1 : T;

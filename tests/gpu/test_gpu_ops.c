@@ -239,6 +239,38 @@ static void attention_kernels_match_cpu(enum bt_cuda_attention_kernel kind, cons
     bt_cuda_set_attention_kernel(was);
 }
 
+/* cuDNN's fused attention (BRAID_CUDA_ATTENTION=cudnn) under bf16: head sizes 64 and 128 (T not a
+ * multiple of a tile), GQA, causal and not, run by cuDNN (its run count says so); head size 20,
+ * and float32 runs, fall back to the rows kernels */
+START_TEST(test_cudnn_attention_matches_cpu) {
+    enum bt_cuda_attention_kernel was = bt_cuda_set_attention_kernel(BT_CUDA_ATTENTION_CUDNN);
+    int64_t hs_of[3] = {64, 128, 20}, T_of[3] = {70, 40, 33};
+    for (int k = 0; k < 3; k++)
+        for (int causal = 0; causal < 2; causal++)
+            for (int bf16 = 0; bf16 < 2; bf16++) {
+                bool c = causal;
+                int64_t hs = hs_of[k], T = T_of[k];
+                bt_tensor *in[3] = {test_param(BT_SHAPE(2, 4, T, hs), 40 + k, -1, 1),
+                                    test_param(BT_SHAPE(2, 2, T, hs), 43 + k, -1, 1),
+                                    test_param(BT_SHAPE(2, 2, T, hs), 46 + k, -1, 1)};
+                char name[80];
+                snprintf(name, sizeof name, "cudnn attention%s hs %lld%s", bf16 ? " bf16" : "",
+                         (long long)hs, causal ? " causal" : "");
+                int64_t runs = bt_cuda_cudnn_attention_runs();
+                bt_set_matmul_dtype(bf16 ? BT_BF16 : BT_F32);
+                twin(name, op_attention, in, 3, &c, bf16 ? BF16_TOL : FP32_TOL);
+                bt_set_matmul_dtype(BT_F32);
+                /* forward and backward on cuDNN exactly where it takes the call (the fake
+                 * device runs the CPU's kernels: no cuDNN there) */
+                int64_t want = !bt_fake_cuda() && bf16 && hs % 8 == 0 ? 2 : 0;
+                ck_assert_msg(bt_cuda_cudnn_attention_runs() - runs == want,
+                              "%s: cuDNN ran %lld of the forward and backward, expected %lld", name,
+                              (long long)(bt_cuda_cudnn_attention_runs() - runs), (long long)want);
+            }
+    bt_cuda_set_attention_kernel(was);
+}
+END_TEST
+
 START_TEST(test_tiled_attention_matches_cpu) {
     attention_kernels_match_cpu(BT_CUDA_ATTENTION_TILED, "tiled");
 }
@@ -438,6 +470,7 @@ static Suite *make_suite(void) {
     bt_suite_add(s, test_rope_and_attention_match_cpu);
     bt_suite_add(s, test_tiled_attention_matches_cpu);
     bt_suite_add(s, test_gemm_attention_matches_cpu);
+    bt_suite_add(s, test_cudnn_attention_matches_cpu);
     bt_suite_add(s, test_bf16_matmuls_match_cpu);
     bt_suite_add(s, test_linear_epilogues_match_cpu);
     bt_suite_add(s, test_dropout_matches_cpu);

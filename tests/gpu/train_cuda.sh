@@ -13,6 +13,9 @@
 #                    1e-4 (skipped with fewer than 2 GPUs)
 #   gemm_attention   BRAID_CUDA_ATTENTION=gemm (attention as cuBLASLt GEMMs): the cpu's losses
 #                    within 1e-4 in float32, within 2e-2 with train.dtype=bfloat16
+#   cudnn_attention  BRAID_CUDA_ATTENTION=cudnn (cuDNN's fused attention): the cpu's losses within
+#                    2e-2 with train.dtype=bfloat16, every shape taken by cuDNN (no fallback
+#                    note); float32 falls back to the rows kernels: within 1e-4
 #   attention_env    BRAID_CUDA_ATTENTION=bogus: one error naming it, non-zero exit, no step run
 #   epilogues        BRAID_CUDA_EPILOGUES=1 (cuBLASLt's bias and GELU epilogues), with biases: the
 #                    cpu's losses within 1e-4 in float32, within 2e-2 with train.dtype=bfloat16
@@ -105,8 +108,19 @@ gemm_attention)
   same_losses cpu gemm 1 1e-4
   same_losses cpu gemm_bf16 1 2e-2
   ;;
+cudnn_attention)
+  run cpu 1 --train.max_steps=20
+  BRAID_CUDA_ATTENTION=cudnn run cudnn_bf16 1 --train.max_steps=20 --train.device=cuda \
+    --train.dtype=bfloat16
+  BRAID_CUDA_ATTENTION=cudnn run cudnn_f32 1 --train.max_steps=20 --train.device=cuda
+  if grep -q "attention (cudnn).*runs on braid's rows kernels" "$out/cudnn_bf16.log"; then
+    fail "cuDNN did not take the job's attention: $(grep "attention (cudnn)" "$out/cudnn_bf16.log")"
+  fi
+  same_losses cpu cudnn_bf16 1 2e-2
+  same_losses cpu cudnn_f32 1 1e-4
+  ;;
 attention_env)
-  refused BRAID_CUDA_ATTENTION=bogus "BRAID_CUDA_ATTENTION=bogus: expected rows, tiled or gemm"
+  refused BRAID_CUDA_ATTENTION=bogus "BRAID_CUDA_ATTENTION=bogus: expected rows, tiled, gemm or cudnn"
   ;;
 epilogues)
   run cpu 1 --train.max_steps=20 --model.bias=true
